@@ -1,0 +1,9 @@
+//! ddmon: watch a data-dissemination pump through its AMQP log messages.
+//!
+//! One library, thin binaries (`bin/`). The data flow of every tool is the same:
+//! the [`broker`] module delivers raw messages, [`record`] turns each into a
+//! [`record::LogRecord`] (or a typed [`record::Malformed`]), the tool's state decides what to
+//! emit, and the edge prints or publishes it and only then acknowledges the delivery.
+
+pub mod record;
+pub mod topic;
