@@ -5,5 +5,12 @@
 //! [`record::LogRecord`] (or a typed [`record::Malformed`]), the tool's state decides what to
 //! emit, and the edge prints or publishes it and only then acknowledges the delivery.
 
+pub mod broker;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod log;
 pub mod record;
+pub mod sim;
 pub mod topic;

@@ -127,6 +127,8 @@ impl LogRecord {
 }
 
 /// What a message turned out to be.
+// Not boxed: a `Parsed` lives for one message on the hot path, and the other variants are rare.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
     /// A log record.
@@ -367,6 +369,50 @@ fn format_stamp(t: &DateTime<Utc>, t_separator: bool) -> String {
         t.format("%Y%m%dT%H%M%S%.9f").to_string()
     } else {
         t.format("%Y%m%d%H%M%S%.9f").to_string()
+    }
+}
+
+/// Counts malformed messages by kind and decides when to warn: at most once a second per
+/// kind, saying how many of that kind were not logged since. Time comes from the caller's
+/// clock, so tests run it in virtual time.
+#[derive(Debug, Default)]
+pub struct MalformedTally {
+    kinds: BTreeMap<&'static str, KindTally>,
+}
+
+#[derive(Debug, Default)]
+struct KindTally {
+    total: u64,
+    unlogged: u64,
+    last_logged: Option<DateTime<Utc>>,
+}
+
+impl MalformedTally {
+    /// Count one; `Some(n)` when it should be logged now, `n` being how many of this kind went
+    /// unlogged before it.
+    pub fn count(&mut self, m: &Malformed, now: DateTime<Utc>) -> Option<u64> {
+        let k = self.kinds.entry(m.kind()).or_default();
+        k.total += 1;
+        let due = k
+            .last_logged
+            .is_none_or(|t| now - t >= chrono::Duration::seconds(1));
+        if due {
+            k.last_logged = Some(now);
+            Some(std::mem::take(&mut k.unlogged))
+        } else {
+            k.unlogged += 1;
+            None
+        }
+    }
+
+    /// Total counted, all kinds.
+    pub fn total(&self) -> u64 {
+        self.kinds.values().map(|k| k.total).sum()
+    }
+
+    /// Counts per kind.
+    pub fn by_kind(&self) -> BTreeMap<&'static str, u64> {
+        self.kinds.iter().map(|(k, v)| (*k, v.total)).collect()
     }
 }
 

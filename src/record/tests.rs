@@ -316,6 +316,21 @@ fn line_fields_never_shift() {
     assert_eq!(&f[10..], ["two", "lines"]);
 }
 
+#[test]
+fn malformed_warnings_are_rate_limited_per_kind() {
+    let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let ms = |n| t0 + chrono::Duration::milliseconds(n);
+    let mut tally = MalformedTally::default();
+    assert_eq!(tally.count(&Malformed::Empty, ms(0)), Some(0));
+    assert_eq!(tally.count(&Malformed::Empty, ms(10)), None);
+    assert_eq!(tally.count(&Malformed::Empty, ms(500)), None);
+    // another kind has its own budget
+    assert_eq!(tally.count(&Malformed::NotUtf8(0), ms(600)), Some(0));
+    assert_eq!(tally.count(&Malformed::Empty, ms(1000)), Some(2));
+    assert_eq!(tally.total(), 5);
+    assert_eq!(tally.by_kind()["empty"], 4);
+}
+
 fn word() -> impl Strategy<Value = String> {
     "[A-Za-z0-9_.:@-]{1,20}"
 }

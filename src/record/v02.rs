@@ -152,8 +152,9 @@ pub(super) fn parse_notice_report(
 /// The routing key is `v02.log.` followed by the relpath's words, as the pump does. Used by
 /// the demo, the tests and the benchmarks; `parse` of the result gives the record back.
 pub fn encode_v02(r: &LogRecord) -> (String, Headers, String) {
-    let words: Vec<&str> = r.relpath.split('/').filter(|w| !w.is_empty()).collect();
-    let key = crate::topic::build("v02.log", &words);
+    // The pump's own keys: the path's words as they are (`a/b/c.gif` gives `v02.log.a.b.c.gif`).
+    let path_words = r.relpath.trim_matches('/').replace('/', ".");
+    let key = crate::topic::cut(&format!("v02.log.{path_words}")).to_string();
     let body = format!(
         "{} {} {} {:03} {} {} {}",
         format_stamp(&r.time, false),

@@ -1,0 +1,749 @@
+//! The only place that touches lapin: connect, recover, declare, consume, publish with
+//! confirms, acknowledge, close.
+//!
+//! One reconnect policy for every tool: a broker that is down or goes away is retried with
+//! capped exponential backoff and jitter, each attempt logged once at warn; after it comes
+//! back the topology is declared again and consuming resumes. A refusal that retrying cannot
+//! fix (bad credentials, a missing permission, an unknown vhost, a queue declared with other
+//! arguments) is returned at once as [`BrokerError::Refused`], with the broker's reason.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::config::{BrokerConfig, mask_url};
+use crate::daemon::Shutdown;
+use crate::record::{HeaderValue, Headers};
+
+/// What went wrong talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker said no, and asking again will not change its mind.
+    #[error("broker refused: {0}")]
+    Refused(String),
+    /// The broker cannot be reached or went away (retried by the reconnect loop).
+    #[error("broker unreachable: {0}")]
+    Unreachable(String),
+    /// A local problem: an unreadable CA file, a bad URL.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl BrokerError {
+    /// Can a retry help?
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BrokerError::Unreachable(_))
+    }
+}
+
+/// Sort a lapin error into "retry" or "give up". AMQP reply codes that no retry can change:
+/// 403 access refused, 404 not found, 406 precondition failed, 530 not allowed, 402 invalid
+/// path, 501-505 protocol errors, 540 not implemented.
+fn classify(e: lapin::Error) -> BrokerError {
+    if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
+        let code = amqp.get_id();
+        let text = format!("{} ({code})", amqp.get_message());
+        return match code {
+            320 | 311 | 312 | 313 | 504 | 506 | 541 => BrokerError::Unreachable(text),
+            _ => BrokerError::Refused(text),
+        };
+    }
+    match e.kind() {
+        lapin::ErrorKind::AuthProviderError(msg) => BrokerError::Refused(msg.clone()),
+        _ => BrokerError::Unreachable(e.to_string()),
+    }
+}
+
+/// A pseudo-random number from the process's hasher keys: enough for jitter and unique names
+/// without another dependency.
+pub fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Capped exponential backoff with full jitter (each wait is random in [d/2, d]).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// A backoff from the broker settings.
+    pub fn new(cfg: &BrokerConfig) -> Self {
+        let min = Duration::from_millis(cfg.reconnect_min_ms);
+        Backoff {
+            min,
+            max: Duration::from_millis(cfg.reconnect_max_ms),
+            next: min,
+        }
+    }
+
+    /// The next wait, doubling up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = d / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
+        half + Duration::from_millis(random_u64() % jitter_ms)
+    }
+
+    /// Back to the shortest wait (after a successful connection).
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Open one connection, named after the tool so the broker's view shows who is connected.
+pub async fn connect(cfg: &BrokerConfig, name: &str) -> Result<Connection, BrokerError> {
+    let tls = match &cfg.tls_ca {
+        None => lapin::tcp::OwnedTLSConfig::default(),
+        Some(path) => lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(std::fs::read_to_string(path).map_err(|e| {
+                BrokerError::Setup(format!("cannot read CA file {}: {e}", path.display()))
+            })?),
+        },
+    };
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let runtime =
+        lapin::runtime::default_runtime().map_err(|e| BrokerError::Setup(e.to_string()))?;
+    Connection::connect_with_config(&cfg.url, props, tls, runtime)
+        .await
+        .map_err(classify)
+        .map_err(|e| match e {
+            // lapin reports a login refused by the broker as a closed socket on some paths;
+            // name the URL (masked) so the operator knows which broker said no.
+            BrokerError::Refused(m) => {
+                BrokerError::Refused(format!("{m} at {}", mask_url(&cfg.url)))
+            }
+            BrokerError::Unreachable(m) => {
+                BrokerError::Unreachable(format!("{m} at {}", mask_url(&cfg.url)))
+            }
+            other => other,
+        })
+}
+
+/// Connect, retrying transient failures with backoff until `shutdown` fires (then `None`).
+pub async fn connect_with_retry(
+    cfg: &BrokerConfig,
+    name: &str,
+    backoff: &mut Backoff,
+    shutdown: &mut Shutdown,
+) -> Result<Option<Connection>, BrokerError> {
+    loop {
+        if shutdown.is_requested() {
+            return Ok(None);
+        }
+        match connect(cfg, name).await {
+            Ok(c) => {
+                backoff.reset();
+                return Ok(Some(c));
+            }
+            Err(e) if e.is_transient() => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot reach broker, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.requested() => return Ok(None),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A queue to consume from.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    /// Full queue name (`q_<user>.<tool>.<name>`).
+    pub name: String,
+    /// Survives a broker restart and the consumer's absence.
+    pub durable: bool,
+    /// Only this connection may use it, and it goes when the connection goes.
+    pub exclusive: bool,
+    /// Declared as a quorum queue (durable only).
+    pub quorum: bool,
+    /// Where rejected messages go, if anywhere.
+    pub dead_letter_exchange: Option<String>,
+}
+
+impl QueueSpec {
+    /// The queue name convention: `q_<user>.<tool>.<name>`, so that per-user permissions
+    /// (`^q_<user>\..*`) can cover it.
+    pub fn name_for(user: &str, tool: &str, name: &str) -> String {
+        crate::topic::cut(&format!("q_{user}.{tool}.{name}")).to_string()
+    }
+}
+
+/// What a consumer needs declared: its queue, bound to an exchange with some keys.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The topic exchange to read.
+    pub exchange: String,
+    /// Binding keys on that exchange.
+    pub bindings: Vec<String>,
+    /// The queue.
+    pub queue: QueueSpec,
+}
+
+/// Declare a durable topic exchange (idempotent).
+pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(classify)
+}
+
+/// Declare the queue and its bindings on a fresh channel. A binding to an exchange that does
+/// not exist yet declares the exchange (durable topic) and tries again, so a reader can start
+/// before any writer; a user who may not create it gets the broker's refusal.
+async fn declare(conn: &Connection, sub: &Subscription) -> Result<Channel, BrokerError> {
+    let channel = conn.create_channel().await.map_err(classify)?;
+    let mut args = FieldTable::default();
+    if sub.queue.quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    if let Some(dlx) = &sub.queue.dead_letter_exchange {
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.as_str().into()),
+        );
+    }
+    let opts = QueueDeclareOptions {
+        durable: sub.queue.durable,
+        exclusive: sub.queue.exclusive,
+        auto_delete: sub.queue.exclusive,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(sub.queue.name.as_str().into(), opts, args)
+        .await
+        .map_err(classify)?;
+    let mut channel = channel;
+    for key in &sub.bindings {
+        let bind = |ch: Channel| async move {
+            ch.queue_bind(
+                sub.queue.name.as_str().into(),
+                sub.exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map(|_| ch)
+        };
+        channel = match bind(channel).await {
+            Ok(ch) => ch,
+            Err(e) if is_not_found(&e) => {
+                tracing::info!(exchange = %sub.exchange, "exchange missing: declaring it");
+                let ch = conn.create_channel().await.map_err(classify)?;
+                declare_topic_exchange(&ch, &sub.exchange).await?;
+                bind(ch).await.map_err(classify)?
+            }
+            Err(e) => return Err(classify(e)),
+        };
+    }
+    Ok(channel)
+}
+
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 404)
+}
+
+/// One message as delivered, with what is needed to acknowledge it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// The exchange it was published to.
+    pub exchange: String,
+    /// Its headers, converted.
+    pub headers: Headers,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// Was it delivered before (to us or another consumer) without being acknowledged?
+    pub redelivered: bool,
+    inner: lapin::message::Delivery,
+}
+
+impl Delivery {
+    /// Acknowledge: its effect is durable. If the channel it came on is gone, the broker
+    /// redelivers it (at-least-once); that is logged, not an error.
+    pub async fn ack(&self) {
+        if let Err(e) = self.inner.acker.ack(BasicAckOptions::default()).await {
+            tracing::debug!(error = %e, "ack on a closed channel: the broker will redeliver");
+        }
+    }
+
+    /// Reject without requeue: it can never succeed (dead-lettered where the queue has a
+    /// dead-letter exchange, else dropped by the broker after being counted by the tool).
+    pub async fn reject(&self) {
+        let opts = BasicRejectOptions { requeue: false };
+        if let Err(e) = self.inner.acker.reject(opts).await {
+            tracing::debug!(error = %e, "reject on a closed channel: the broker will redeliver");
+        }
+    }
+}
+
+/// A consumer that survives the broker going away: [`Consumer::next`] reconnects, declares
+/// again and resumes; unacknowledged messages of the lost channel are redelivered by the broker.
+pub struct Consumer {
+    cfg: BrokerConfig,
+    name: String,
+    sub: Subscription,
+    shutdown: Shutdown,
+    backoff: Backoff,
+    live: Option<Live>,
+}
+
+struct Live {
+    conn: Connection,
+    channel: Channel,
+    stream: lapin::Consumer,
+    tag: String,
+}
+
+impl Consumer {
+    /// Connect (retrying while the broker is unreachable), declare and start consuming.
+    /// `Ok(None)` when a stop was asked for before the broker answered.
+    pub async fn start(
+        cfg: &BrokerConfig,
+        name: &str,
+        sub: Subscription,
+        shutdown: Shutdown,
+    ) -> Result<Option<Consumer>, BrokerError> {
+        let mut c = Consumer {
+            cfg: cfg.clone(),
+            name: name.to_string(),
+            sub,
+            backoff: Backoff::new(cfg),
+            shutdown,
+            live: None,
+        };
+        if c.establish().await? {
+            Ok(Some(c))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The queue this consumer reads.
+    pub fn queue(&self) -> &str {
+        &self.sub.queue.name
+    }
+
+    async fn establish(&mut self) -> Result<bool, BrokerError> {
+        loop {
+            // Named after the tool and its queue, so the broker's connection list (and a test
+            // that must cut one connection) can tell them apart.
+            let conn_name = format!("{} {}", self.name, self.sub.queue.name);
+            let Some(conn) =
+                connect_with_retry(&self.cfg, &conn_name, &mut self.backoff, &mut self.shutdown)
+                    .await?
+            else {
+                return Ok(false);
+            };
+            match self.subscribe(conn).await {
+                Ok(live) => {
+                    tracing::info!(queue = %self.sub.queue.name, exchange = %self.sub.exchange, "consuming");
+                    self.live = Some(live);
+                    return Ok(true);
+                }
+                Err(e) if e.is_transient() => {
+                    let wait = self.backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot subscribe, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.shutdown.requested() => return Ok(false),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn subscribe(&self, conn: Connection) -> Result<Live, BrokerError> {
+        let channel = declare(&conn, &self.sub).await?;
+        channel
+            .basic_qos(self.cfg.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(classify)?;
+        let tag = format!("{}.{:08x}", self.name, random_u64() as u32);
+        let stream = channel
+            .basic_consume(
+                self.sub.queue.name.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(classify)?;
+        Ok(Live {
+            conn,
+            channel,
+            stream,
+            tag,
+        })
+    }
+
+    /// The next delivery; `Ok(None)` once a stop was asked for (or the consumer was closed).
+    pub async fn next(&mut self) -> Result<Option<Delivery>, BrokerError> {
+        loop {
+            let Some(live) = self.live.as_mut() else {
+                return Ok(None);
+            };
+            let item = tokio::select! {
+                biased;
+                _ = self.shutdown.requested() => return Ok(None),
+                item = live.stream.next() => item,
+            };
+            match item {
+                Some(Ok(d)) => return Ok(Some(convert(d))),
+                Some(Err(e)) => {
+                    let e = classify(e);
+                    if !e.is_transient() {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "lost the broker, reconnecting");
+                }
+                None => tracing::warn!("consumer cancelled or connection closed, reconnecting"),
+            }
+            if let Some(old) = self.live.take() {
+                let _ = old.conn.close(200, "reconnecting".into()).await;
+            }
+            let wait = self.backoff.next_delay();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.requested() => return Ok(None),
+            }
+            if !self.establish().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Stop consuming and close the channel and connection. Messages received but not
+    /// acknowledged go back to the queue.
+    pub async fn close(mut self) {
+        if let Some(live) = self.live.take() {
+            let _ = live
+                .channel
+                .basic_cancel(live.tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            let _ = live.channel.close(200, "OK".into()).await;
+            let _ = live.conn.close(200, "OK".into()).await;
+        }
+    }
+}
+
+fn convert(d: lapin::message::Delivery) -> Delivery {
+    let headers = d
+        .properties
+        .headers()
+        .as_ref()
+        .map(headers_from_table)
+        .unwrap_or_default();
+    Delivery {
+        routing_key: d.routing_key.to_string(),
+        exchange: d.exchange.to_string(),
+        headers,
+        body: d.data.clone(),
+        redelivered: d.redelivered,
+        inner: d,
+    }
+}
+
+/// Convert an AMQP table to [`Headers`].
+pub fn headers_from_table(t: &FieldTable) -> Headers {
+    t.inner()
+        .iter()
+        .map(|(k, v)| (k.to_string(), header_value(v)))
+        .collect()
+}
+
+fn header_value(v: &AMQPValue) -> HeaderValue {
+    match v {
+        AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
+        AMQPValue::ShortShortInt(i) => HeaderValue::Int(i64::from(*i)),
+        AMQPValue::ShortShortUInt(i) => HeaderValue::Int(i64::from(*i)),
+        AMQPValue::ShortInt(i) => HeaderValue::Int(i64::from(*i)),
+        AMQPValue::ShortUInt(i) => HeaderValue::Int(i64::from(*i)),
+        AMQPValue::LongInt(i) => HeaderValue::Int(i64::from(*i)),
+        AMQPValue::LongUInt(i) => HeaderValue::Int(i64::from(*i)),
+        AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
+        AMQPValue::Timestamp(t) => HeaderValue::Int(i64::try_from(*t).unwrap_or(i64::MAX)),
+        AMQPValue::Float(f) => HeaderValue::Float(f64::from(*f)),
+        AMQPValue::Double(f) => HeaderValue::Float(*f),
+        AMQPValue::DecimalValue(d) => {
+            HeaderValue::Float(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::ShortString(s) => HeaderValue::Str(s.to_string()),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => HeaderValue::Str(text.to_string()),
+            Err(_) => HeaderValue::Bytes(s.as_bytes().to_vec()),
+        },
+        AMQPValue::FieldArray(a) => {
+            HeaderValue::Array(a.as_slice().iter().map(header_value).collect())
+        }
+        AMQPValue::FieldTable(t) => HeaderValue::Table(headers_from_table(t)),
+        AMQPValue::ByteArray(b) => HeaderValue::Bytes(b.as_slice().to_vec()),
+        AMQPValue::Void => HeaderValue::Bytes(Vec::new()),
+    }
+}
+
+/// Convert [`Headers`] to an AMQP table (strings become long strings).
+pub fn table_from_headers(h: &Headers) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in h {
+        t.insert(ShortString::from(k.as_str()), amqp_value(v));
+    }
+    t
+}
+
+fn amqp_value(v: &HeaderValue) -> AMQPValue {
+    match v {
+        HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
+        HeaderValue::Float(f) => AMQPValue::Double(*f),
+        HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+        HeaderValue::Table(t) => AMQPValue::FieldTable(table_from_headers(t)),
+        HeaderValue::Array(a) => {
+            let mut arr = FieldArray::default();
+            for x in a {
+                arr.push(amqp_value(x));
+            }
+            AMQPValue::FieldArray(arr)
+        }
+        HeaderValue::Bytes(b) => AMQPValue::ByteArray(b.clone().into()),
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Exchange to publish to.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// Headers.
+    pub headers: Headers,
+    /// Body.
+    pub body: Vec<u8>,
+    /// MIME type of the body, if any.
+    pub content_type: Option<String>,
+}
+
+/// A publisher with confirms: a message counts as published only when the broker confirmed
+/// it. On a lost connection it reconnects and publishes again what was not confirmed
+/// (at-least-once).
+pub struct Publisher {
+    cfg: BrokerConfig,
+    name: String,
+    shutdown: Shutdown,
+    backoff: Backoff,
+    live: Option<(Connection, Channel)>,
+    declared: std::collections::BTreeSet<String>,
+}
+
+impl Publisher {
+    /// Connect (retrying while the broker is unreachable) with confirms enabled.
+    pub async fn connect(
+        cfg: &BrokerConfig,
+        name: &str,
+        shutdown: Shutdown,
+    ) -> Result<Publisher, BrokerError> {
+        let mut p = Publisher {
+            cfg: cfg.clone(),
+            name: name.to_string(),
+            shutdown,
+            backoff: Backoff::new(cfg),
+            live: None,
+            declared: Default::default(),
+        };
+        p.ensure().await?;
+        Ok(p)
+    }
+
+    async fn ensure(&mut self) -> Result<&Channel, BrokerError> {
+        if self.live.is_none() {
+            let conn =
+                connect_with_retry(&self.cfg, &self.name, &mut self.backoff, &mut self.shutdown)
+                    .await?
+                    .ok_or_else(|| BrokerError::Unreachable("stopped while connecting".into()))?;
+            let channel = conn.create_channel().await.map_err(classify)?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(classify)?;
+            for ex in &self.declared {
+                declare_topic_exchange(&channel, ex).await?;
+            }
+            self.live = Some((conn, channel));
+        }
+        match &self.live {
+            Some((_, ch)) => Ok(ch),
+            None => Err(BrokerError::Unreachable("no channel".into())),
+        }
+    }
+
+    /// Declare a durable topic exchange now and again after every reconnection.
+    pub async fn declare_exchange(&mut self, name: &str) -> Result<(), BrokerError> {
+        let ch = self.ensure().await?;
+        declare_topic_exchange(ch, name).await?;
+        self.declared.insert(name.to_string());
+        Ok(())
+    }
+
+    /// Publish a batch, pipelined, and wait until the broker confirmed every message. What
+    /// was not confirmed when the connection broke is published again after reconnecting.
+    pub async fn publish_all(&mut self, msgs: &[Outgoing]) -> Result<(), BrokerError> {
+        let mut pending: &[Outgoing] = msgs;
+        while !pending.is_empty() {
+            match self.try_publish(pending).await {
+                Ok(()) => return Ok(()),
+                Err((confirmed, e)) if e.is_transient() => {
+                    tracing::warn!(error = %e, "publish interrupted, reconnecting");
+                    pending = &pending[confirmed..];
+                    if let Some((conn, _)) = self.live.take() {
+                        let _ = conn.close(200, "reconnecting".into()).await;
+                    }
+                    if self.shutdown.is_requested() {
+                        return Err(e);
+                    }
+                }
+                Err((_, e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publish `msgs`; on failure, how many from the start were confirmed, and the error.
+    async fn try_publish(&mut self, msgs: &[Outgoing]) -> Result<(), (usize, BrokerError)> {
+        let ch = self.ensure().await.map_err(|e| (0, e))?.clone();
+        let mut confirms = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let mut props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(table_from_headers(&m.headers));
+            if let Some(ct) = &m.content_type {
+                props = props.with_content_type(ct.as_str().into());
+            }
+            let c = ch
+                .basic_publish(
+                    m.exchange.as_str().into(),
+                    m.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &m.body,
+                    props,
+                )
+                .await;
+            match c {
+                Ok(c) => confirms.push(c),
+                Err(e) => return Err((0, classify(e))),
+            }
+        }
+        for (i, c) in confirms.into_iter().enumerate() {
+            match c.await {
+                Ok(conf) if conf.is_ack() => {}
+                Ok(_) => {
+                    return Err((
+                        i,
+                        BrokerError::Unreachable("broker refused (nack) a message".into()),
+                    ));
+                }
+                Err(e) => return Err((i, classify(e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Close the channel and connection.
+    pub async fn close(mut self) {
+        if let Some((conn, ch)) = self.live.take() {
+            let _ = ch.close(200, "OK".into()).await;
+            let _ = conn.close(200, "OK".into()).await;
+        }
+    }
+}
+
+/// Delete a queue (tests and clean-up). Returns how many messages it held.
+pub async fn delete_queue(conn: &Connection, name: &str) -> Result<u32, BrokerError> {
+    let ch = conn.create_channel().await.map_err(classify)?;
+    let n = ch
+        .queue_delete(name.into(), QueueDeleteOptions::default())
+        .await
+        .map_err(classify)?;
+    let _ = ch.close(200, "OK".into()).await;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let cfg = BrokerConfig {
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 1000,
+            ..BrokerConfig::default()
+        };
+        let mut b = Backoff::new(&cfg);
+        let waits: Vec<u128> = (0..8).map(|_| b.next_delay().as_millis()).collect();
+        assert!((50..=100).contains(&waits[0]), "{waits:?}");
+        assert!((100..=200).contains(&waits[1]), "{waits:?}");
+        assert!(
+            waits[5..].iter().all(|w| (500..=1000).contains(w)),
+            "{waits:?}"
+        );
+        b.reset();
+        assert!(b.next_delay().as_millis() <= 100);
+    }
+
+    #[test]
+    fn headers_convert_both_ways() {
+        let mut report = Headers::new();
+        report.insert("code".into(), HeaderValue::Int(204));
+        let mut h = Headers::new();
+        h.insert("source".into(), HeaderValue::Str("ec_cmc".into()));
+        h.insert("report".into(), HeaderValue::Table(report));
+        h.insert("flag".into(), HeaderValue::Bool(true));
+        assert_eq!(headers_from_table(&table_from_headers(&h)), h);
+    }
+
+    #[test]
+    fn queue_names_follow_the_convention() {
+        assert_eq!(
+            QueueSpec::name_for("guest", "dd_log", "capture"),
+            "q_guest.dd_log.capture"
+        );
+    }
+}

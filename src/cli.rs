@@ -1,0 +1,100 @@
+//! What every command shares at its edge: the common flags, tracing set-up, and the mapping
+//! of an outcome to an exit code.
+//!
+//! Exit codes of every command: 0 success (also a clean stop on a signal, and a closed
+//! stdout as in `dd_log | head -1`); 1 a failure at run time (the broker refused the login or
+//! a permission, a file cannot be written); 2 a usage or configuration mistake.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::ConfigError;
+
+/// Flags every command has (flattened into each command's own flags).
+#[derive(Debug, Clone, Args)]
+pub struct CommonOpts {
+    /// Broker URL: amqp://user:password@host:port/vhost (amqps:// for TLS).
+    /// [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, env = "DD_BROKER", hide_env_values = true, value_name = "URL")]
+    pub broker: Option<String>,
+    /// TOML config file (flags beat environment beat file beat defaults).
+    #[arg(long, env = "DD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// PEM file of the CA that signs the broker's certificate (amqps://).
+    #[arg(long, env = "DD_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// More log output on stderr (repeat for more). RUST_LOG wins over -v/-q.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output on stderr (repeat for less).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub quiet: u8,
+    /// Print the effective configuration (password masked) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl CommonOpts {
+    /// Lay the broker flags over a broker config from the file layer.
+    pub fn apply_broker(&self, broker: &mut crate::config::BrokerConfig) {
+        crate::config::overlay(&mut broker.url, self.broker.clone());
+        if self.tls_ca.is_some() {
+            broker.tls_ca = self.tls_ca.clone();
+        }
+    }
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Start tracing on stderr. `default_level` is an index in off/error/warn/info/debug/trace
+/// (a command-line tool starts at warn, a daemon at info); each -v adds one, each -q takes
+/// one. lapin's own logs show only from -vv on. `RUST_LOG` replaces all of this.
+pub fn init_tracing(common: &CommonOpts, default_level: usize) {
+    let level =
+        (default_level + usize::from(common.verbose)).saturating_sub(usize::from(common.quiet));
+    let ours = LEVELS[level.min(LEVELS.len() - 1)];
+    let lapin = if common.verbose >= 2 { ours } else { "off" };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{ours},lapin={lapin},amq_protocol={lapin}")));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// Is this error (or what caused it) a closed pipe on our output?
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Map a command's outcome to its exit code, printing a failure in one line on stderr.
+pub fn exit_code(tool: &str, outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{tool}: error: {e:#}");
+            if e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Run an async command body on a fresh tokio runtime.
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(fut)
+}

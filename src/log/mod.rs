@@ -1,0 +1,378 @@
+//! `dd_log`: tail and grep the log stream, or capture it to files with nothing lost.
+//!
+//! Each delivery is parsed, rendered (line or JSON), filtered, written, and only then
+//! acknowledged. Ordinary posts (no report) are acknowledged and skipped; malformed messages
+//! are counted, warned about at most once a second per kind, and rejected (dead-lettered when
+//! the queue has a dead-letter exchange). With `--queue` the queue is durable, so whatever is
+//! published while dd_log is down is printed when it comes back, once.
+
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{Consumer, QueueSpec, Subscription};
+use crate::cli::CommonOpts;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
+use crate::daemon::Shutdown;
+use crate::record::{MalformedTally, Parsed, parse, render_json, render_line};
+
+pub use output::{DailyFiles, Filter, Sink};
+
+/// How each message is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One line: topic, then the traceability fields in a fixed order (see README).
+    #[default]
+    Line,
+    /// One JSON object per line.
+    Json,
+}
+
+/// dd_log's command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dd_log",
+    version,
+    about = "Print the pump's log (and speedo) messages, one line each, topic first",
+    after_help = "Line format: <topic> <time> <status> <source> <client> <node> <flow> <url> <bytes> <duration> <message>\n\
+                  Exit codes: 0 ok (also on SIGINT/SIGTERM and a closed stdout), 1 failure, 2 usage or config error."
+)]
+pub struct Args {
+    /// Regexes: a line is printed when any of them matches (no pattern: every line).
+    #[arg(value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+    /// Do not print lines matching this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Option<String>,
+    /// Topic binding on the exchange (repeatable) [default: #].
+    #[arg(long = "topic", value_name = "BINDING")]
+    pub topics: Vec<String>,
+    /// Stop after N printed lines.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Exchange to read [default: log].
+    #[arg(long, env = "DD_EXCHANGE", value_name = "NAME")]
+    pub exchange: Option<String>,
+    /// Read from a durable named queue (q_<user>.dd_log.<NAME>): nothing is lost while
+    /// dd_log is down.
+    #[arg(long, value_name = "NAME")]
+    pub queue: Option<String>,
+    /// Declare the durable queue as a quorum queue.
+    #[arg(long)]
+    pub quorum: bool,
+    /// Dead-letter exchange for rejected (malformed) messages of the durable queue.
+    #[arg(long, value_name = "NAME")]
+    pub dead_letter_exchange: Option<String>,
+    /// Append to daily files DIR/YYYYMMDD.log instead of printing.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Flags shared by every command.
+    #[command(flatten)]
+    pub common: CommonOpts,
+}
+
+/// dd_log's effective configuration (the `--config` file has the same keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Exchange to read.
+    pub exchange: String,
+    /// Topic bindings on it.
+    pub topics: Vec<String>,
+    /// Regexes; a line is printed when any matches (empty: all).
+    pub patterns: Vec<String>,
+    /// Lines matching this regex are not printed.
+    pub exclude: Option<String>,
+    /// Stop after this many printed lines.
+    pub count: Option<u64>,
+    /// `line` or `json`.
+    pub format: Format,
+    /// Durable queue name (the NAME in q_<user>.dd_log.NAME); none: a private tail queue.
+    pub queue: Option<String>,
+    /// Declare the durable queue as a quorum queue.
+    pub quorum: bool,
+    /// Dead-letter exchange for rejected messages of the durable queue.
+    pub dead_letter_exchange: Option<String>,
+    /// Directory of daily capture files; none: stdout.
+    pub output: Option<PathBuf>,
+    /// How to reach the broker.
+    pub broker: BrokerConfig,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            exchange: "log".to_string(),
+            topics: vec!["#".to_string()],
+            patterns: Vec::new(),
+            exclude: None,
+            count: None,
+            format: Format::Line,
+            queue: None,
+            quorum: false,
+            dead_letter_exchange: None,
+            output: None,
+            broker: BrokerConfig::default(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Merge the layers: defaults < file < environment < flags.
+    pub fn from_args(args: &Args) -> Result<LogConfig, ConfigError> {
+        let mut cfg: LogConfig = load_file(args.common.config.as_deref())?;
+        args.common.apply_broker(&mut cfg.broker);
+        overlay(&mut cfg.exchange, args.exchange.clone());
+        if !args.topics.is_empty() {
+            cfg.topics = args.topics.clone();
+        }
+        if !args.patterns.is_empty() {
+            cfg.patterns = args.patterns.clone();
+        }
+        if args.exclude.is_some() {
+            cfg.exclude = args.exclude.clone();
+        }
+        if args.count.is_some() {
+            cfg.count = args.count;
+        }
+        overlay(&mut cfg.format, args.format);
+        if args.queue.is_some() {
+            cfg.queue = args.queue.clone();
+        }
+        cfg.quorum |= args.quorum;
+        if args.dead_letter_exchange.is_some() {
+            cfg.dead_letter_exchange = args.dead_letter_exchange.clone();
+        }
+        if args.output.is_some() {
+            cfg.output = args.output.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.broker.validate()?;
+        Filter::new(&self.patterns, self.exclude.as_deref()).map_err(|e| ConfigError::Invalid {
+            field: "pattern",
+            message: e.to_string(),
+        })?;
+        if self.topics.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "topics",
+                message: "at least one binding is needed".to_string(),
+            });
+        }
+        if self.quorum && self.queue.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "quorum",
+                message: "a quorum queue needs --queue NAME (a tail queue is exclusive)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The subscription this configuration asks for.
+    pub fn subscription(&self) -> Subscription {
+        let user = self.broker.user();
+        let queue = match &self.queue {
+            Some(name) => QueueSpec {
+                name: QueueSpec::name_for(&user, "dd_log", name),
+                durable: true,
+                exclusive: false,
+                quorum: self.quorum,
+                dead_letter_exchange: self.dead_letter_exchange.clone(),
+            },
+            None => QueueSpec {
+                name: QueueSpec::name_for(
+                    &user,
+                    "dd_log",
+                    &format!("tail.{:016x}", crate::broker::random_u64()),
+                ),
+                durable: false,
+                exclusive: true,
+                quorum: false,
+                dead_letter_exchange: None,
+            },
+        };
+        Subscription {
+            exchange: self.exchange.clone(),
+            bindings: self.topics.clone(),
+            queue,
+        }
+    }
+}
+
+/// What a run did, for the closing log line and for tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals {
+    /// Lines printed (or written to files).
+    pub printed: u64,
+    /// Messages that did not pass the filter.
+    pub filtered: u64,
+    /// Ordinary posts (no report), skipped.
+    pub not_reports: u64,
+    /// Malformed messages, rejected.
+    pub malformed: u64,
+}
+
+/// Entry point of the `dd_log` binary.
+pub fn main(args: Args) -> std::process::ExitCode {
+    crate::cli::init_tracing(&args.common, 2);
+    let outcome = (|| {
+        let cfg = LogConfig::from_args(&args)?;
+        if args.common.print_config {
+            print!("{}", crate::config::to_toml(&cfg));
+            return Ok(());
+        }
+        crate::cli::block_on(async move {
+            let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+            run(&cfg, shutdown, &SystemClock).await.map(|_| ())
+        })
+    })();
+    crate::cli::exit_code("dd_log", outcome)
+}
+
+/// Consume, filter and print until `--count` lines were printed, a stop is asked for, or
+/// stdout is closed (an `Err` whose cause is a broken pipe: the caller exits 0 quietly).
+pub async fn run(cfg: &LogConfig, shutdown: Shutdown, clock: &dyn Clock) -> anyhow::Result<Totals> {
+    let filter = Filter::new(&cfg.patterns, cfg.exclude.as_deref())?;
+    let mut sink = match &cfg.output {
+        Some(dir) => Sink::Daily(
+            DailyFiles::new(dir.clone())
+                .with_context(|| format!("cannot create output directory {}", dir.display()))?,
+        ),
+        None => Sink::Stdout(std::io::stdout()),
+    };
+    let Some(mut consumer) = Consumer::start(&cfg.broker, "dd_log", cfg.subscription(), shutdown)
+        .await
+        .with_context(|| format!("cannot read exchange {:?}", cfg.exchange))?
+    else {
+        return Ok(Totals::default());
+    };
+    let mut totals = Totals::default();
+    let mut tally = MalformedTally::default();
+    let outcome = loop {
+        if cfg.count.is_some_and(|n| totals.printed >= n) {
+            break Ok(());
+        }
+        let delivery = match consumer.next().await {
+            Ok(Some(d)) => d,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(anyhow::Error::new(e).context("lost the subscription")),
+        };
+        let parsed = match parse(&delivery.routing_key, &delivery.headers, &delivery.body) {
+            Ok(p) => p,
+            Err(m) => {
+                totals.malformed += 1;
+                if let Some(unlogged) = tally.count(&m, clock.now()) {
+                    tracing::warn!(topic = %delivery.routing_key, kind = m.kind(), unlogged, "malformed message rejected: {m}");
+                }
+                delivery.reject().await;
+                continue;
+            }
+        };
+        if parsed == Parsed::NotReport {
+            totals.not_reports += 1;
+            delivery.ack().await;
+            continue;
+        }
+        let line = render_line(&delivery.routing_key, &parsed).unwrap_or_default();
+        if !filter.accepts(&line) {
+            totals.filtered += 1;
+            delivery.ack().await;
+            continue;
+        }
+        let out = match cfg.format {
+            Format::Line => line,
+            Format::Json => render_json(&delivery.routing_key, &parsed).unwrap_or_default(),
+        };
+        if let Err(e) = sink.write_line(&out, clock.now()) {
+            // Not acknowledged: a durable queue keeps it for the next run.
+            break Err(anyhow::Error::new(e).context("cannot write output"));
+        }
+        totals.printed += 1;
+        delivery.ack().await;
+    };
+    consumer.close().await;
+    tracing::info!(
+        printed = totals.printed,
+        filtered = totals.filtered,
+        not_reports = totals.not_reports,
+        malformed = totals.malformed,
+        by_kind = ?tally.by_kind(),
+        "dd_log done"
+    );
+    outcome.map(|()| totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dd_log.toml");
+        std::fs::write(
+            &file,
+            "exchange = \"xreport\"\nformat = \"json\"\ntopics = [\"v02.#\"]\n[broker]\nprefetch = 7\n",
+        )
+        .unwrap();
+        let args = Args::try_parse_from([
+            "dd_log",
+            "--config",
+            file.to_str().unwrap(),
+            "--format",
+            "line",
+            "--broker",
+            "amqp://bob:pw@h/%2f",
+            "ec_cmc",
+        ])
+        .unwrap();
+        let cfg = LogConfig::from_args(&args).unwrap();
+        assert_eq!(cfg.exchange, "xreport");
+        assert_eq!(cfg.format, Format::Line);
+        assert_eq!(cfg.topics, vec!["v02.#"]);
+        assert_eq!(cfg.broker.prefetch, 7);
+        assert_eq!(cfg.broker.url, "amqp://bob:pw@h/%2f");
+        assert_eq!(cfg.patterns, vec!["ec_cmc"]);
+        assert_eq!(
+            cfg.subscription().queue.name.split('.').next(),
+            Some("q_bob")
+        );
+    }
+
+    #[test]
+    fn bad_regex_is_a_config_error() {
+        let args = Args::try_parse_from(["dd_log", "--broker", "amqp://h/%2f", "("]).unwrap();
+        assert!(LogConfig::from_args(&args).is_err());
+    }
+
+    #[test]
+    fn durable_queue_is_named_by_convention() {
+        let cfg = LogConfig {
+            queue: Some("capture".into()),
+            ..LogConfig::default()
+        };
+        let sub = cfg.subscription();
+        assert_eq!(sub.queue.name, "q_guest.dd_log.capture");
+        assert!(sub.queue.durable && !sub.queue.exclusive);
+        let tail = LogConfig::default().subscription();
+        assert!(tail.queue.exclusive && tail.queue.name.starts_with("q_guest.dd_log.tail."));
+    }
+}

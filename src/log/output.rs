@@ -1,0 +1,142 @@
+//! dd_log's filters and output sinks: which lines to print, and where (stdout, flushed per
+//! line, or daily files `DIR/YYYYMMDD.log` opened in append mode).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use regex::{Regex, RegexSet};
+
+/// The line filter: printed when any pattern matches (or there is none), unless the exclude
+/// pattern matches. Patterns are matched against the line format, whatever the output format.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    include: Option<RegexSet>,
+    exclude: Option<Regex>,
+}
+
+impl Filter {
+    /// Compile the patterns; an invalid regex is an error naming it.
+    pub fn new(patterns: &[String], exclude: Option<&str>) -> Result<Filter, regex::Error> {
+        let include = if patterns.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(patterns)?)
+        };
+        let exclude = exclude.map(Regex::new).transpose()?;
+        Ok(Filter { include, exclude })
+    }
+
+    /// Does the filter let through nothing but everything (so the line needs no rendering)?
+    pub fn is_open(&self) -> bool {
+        self.include.is_none() && self.exclude.is_none()
+    }
+
+    /// Should this line be printed?
+    pub fn accepts(&self, line: &str) -> bool {
+        self.include.as_ref().is_none_or(|set| set.is_match(line))
+            && !self.exclude.as_ref().is_some_and(|re| re.is_match(line))
+    }
+}
+
+/// Where printed lines go.
+pub enum Sink {
+    /// Standard output, flushed after every line.
+    Stdout(std::io::Stdout),
+    /// Daily files in a directory, chosen by the UTC date at which the line is written.
+    Daily(DailyFiles),
+}
+
+impl Sink {
+    /// Write one line (a newline is added) so that it is in the OS before this returns.
+    pub fn write_line(&mut self, line: &str, now: DateTime<Utc>) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(out) => {
+                let mut lock = out.lock();
+                let mut buf = Vec::with_capacity(line.len() + 1);
+                buf.extend_from_slice(line.as_bytes());
+                buf.push(b'\n');
+                lock.write_all(&buf)?;
+                lock.flush()
+            }
+            Sink::Daily(d) => d.write_line(line, now),
+        }
+    }
+}
+
+/// Append-only daily files `DIR/YYYYMMDD.log`: a new file at each UTC midnight, an existing
+/// file appended to, each line written whole in one `write` so that concurrent readers
+/// (`tail -f`) never see half a line.
+pub struct DailyFiles {
+    dir: PathBuf,
+    open: Option<(NaiveDate, File)>,
+}
+
+impl DailyFiles {
+    /// Use `dir` (created if missing).
+    pub fn new(dir: PathBuf) -> std::io::Result<DailyFiles> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(DailyFiles { dir, open: None })
+    }
+
+    /// The file for a day.
+    pub fn path_for(&self, day: NaiveDate) -> PathBuf {
+        self.dir.join(format!("{}.log", day.format("%Y%m%d")))
+    }
+
+    fn write_line(&mut self, line: &str, now: DateTime<Utc>) -> std::io::Result<()> {
+        let day = now.date_naive();
+        if self.open.as_ref().is_none_or(|(d, _)| *d != day) {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path_for(day))?;
+            self.open = Some((day, f));
+        }
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        match &mut self.open {
+            Some((_, f)) => f.write_all(&buf),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_pattern_matches_and_exclude_wins() {
+        let f = Filter::new(&["ec_cmc".into(), " 4\\d\\d ".into()], Some("ignore")).unwrap();
+        assert!(f.accepts("v02.log.x t 201 ec_cmc c n"));
+        assert!(f.accepts("v02.log.x t 404 other c n"));
+        assert!(!f.accepts("v02.log.x t 201 other c n"));
+        assert!(!f.accepts("v02.log.x t 201 ec_cmc ignore"));
+        assert!(Filter::new(&[], None).unwrap().accepts("anything"));
+        assert!(Filter::new(&["(".into()], None).is_err());
+    }
+
+    #[test]
+    fn daily_files_append_and_roll_at_midnight() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DailyFiles::new(dir.path().join("capture")).unwrap();
+        let day1 = DateTime::parse_from_rfc3339("2026-11-21T23:59:59Z")
+            .unwrap()
+            .to_utc();
+        let day2 = DateTime::parse_from_rfc3339("2026-11-22T00:00:01Z")
+            .unwrap()
+            .to_utc();
+        d.write_line("a", day1).unwrap();
+        d.write_line("b", day2).unwrap();
+        // a second writer (a restarted dd_log) appends
+        let mut again = DailyFiles::new(dir.path().join("capture")).unwrap();
+        again.write_line("c", day2).unwrap();
+        let read =
+            |name: &str| std::fs::read_to_string(dir.path().join("capture").join(name)).unwrap();
+        assert_eq!(read("20261121.log"), "a\n");
+        assert_eq!(read("20261122.log"), "b\nc\n");
+    }
+}

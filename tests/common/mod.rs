@@ -1,0 +1,306 @@
+//! Shared by the integration tests: the real broker, throw-away exchange and queue names that
+//! are removed afterwards, publishing, and running the real binaries.
+//!
+//! The broker is `DD_TEST_BROKER` or the local RabbitMQ (guest). A test that cannot reach it
+//! fails with a message saying so; it never passes silently.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ddmon::broker::{Outgoing, Publisher};
+use ddmon::config::BrokerConfig;
+use ddmon::record::Headers;
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+
+/// The broker the tests use.
+pub fn broker_url() -> String {
+    std::env::var("DD_TEST_BROKER")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+pub fn broker_config() -> BrokerConfig {
+    BrokerConfig {
+        url: broker_url(),
+        ..BrokerConfig::default()
+    }
+}
+
+/// A connection, or a loud failure naming the broker and how to start one.
+pub async fn connect() -> lapin::Connection {
+    match ddmon::broker::connect(&broker_config(), "ddmon-test").await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "NO BROKER: these tests need RabbitMQ at {} ({e}); run scripts/test, which starts one",
+            ddmon::config::mask_url(&broker_url())
+        ),
+    }
+}
+
+/// A unique name for this test run.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}.{:012x}",
+        ddmon::broker::random_u64() & 0xffff_ffff_ffff
+    )
+}
+
+/// Names created by a test, removed when it ends (even when it fails).
+pub struct Scratch {
+    pub exchange: String,
+    queues: Mutex<Vec<String>>,
+    exchanges: Mutex<Vec<String>>,
+}
+
+impl Scratch {
+    pub fn new() -> Arc<Scratch> {
+        let exchange = unique("test.log");
+        Arc::new(Scratch {
+            exchanges: Mutex::new(vec![exchange.clone()]),
+            exchange,
+            queues: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A queue name to remove at the end (dd_log's `--queue NAME` becomes
+    /// `q_guest.dd_log.NAME`).
+    pub fn dd_log_queue(&self) -> (String, String) {
+        let name = unique("t");
+        let full = format!("q_guest.dd_log.{name}");
+        self.queues.lock().unwrap().push(full.clone());
+        (name, full)
+    }
+
+    pub fn track_queue(&self, full: &str) {
+        self.queues.lock().unwrap().push(full.to_string());
+    }
+
+    pub fn track_exchange(&self, name: &str) {
+        self.exchanges.lock().unwrap().push(name.to_string());
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let queues = self.queues.lock().unwrap().clone();
+        let exchanges = self.exchanges.lock().unwrap().clone();
+        // Drop may run inside a tokio runtime: clean up from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let Ok(conn) = ddmon::broker::connect(&broker_config(), "ddmon-test-cleanup").await
+                else {
+                    return;
+                };
+                for q in queues {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch
+                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                }
+                for x in exchanges {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch
+                            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                            .await;
+                    }
+                }
+                let _ = conn.close(200, "OK".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Messages in a queue and its consumers, from a passive declare; `None` if it does not exist.
+pub async fn queue_counts(conn: &lapin::Connection, queue: &str) -> Option<(u32, u32)> {
+    let ch = conn.create_channel().await.ok()?;
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()?;
+    let _ = ch.close(200, "OK".into()).await;
+    Some((q.message_count(), q.consumer_count()))
+}
+
+/// Wait until `queue` has `consumers` consumers (a dd_log is subscribed), or panic.
+pub async fn wait_for_consumers(conn: &lapin::Connection, queue: &str, consumers: u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if queue_counts(conn, queue)
+            .await
+            .is_some_and(|(_, c)| c == consumers)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue {queue} never got {consumers} consumer(s)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publish raw messages with confirms.
+pub async fn publish(exchange: &str, msgs: Vec<(String, Headers, Vec<u8>)>) {
+    let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
+    let mut p = Publisher::connect(&broker_config(), "ddmon-test-publisher", shutdown)
+        .await
+        .expect("publisher");
+    let out: Vec<Outgoing> = msgs
+        .into_iter()
+        .map(|(routing_key, headers, body)| Outgoing {
+            exchange: exchange.to_string(),
+            routing_key,
+            headers,
+            body,
+            content_type: None,
+        })
+        .collect();
+    p.publish_all(&out).await.expect("publish");
+    p.close().await;
+}
+
+/// `n` simulated records (seeded, fixed start), as v02 messages.
+pub fn sim_records(n: usize, seed: u64) -> Vec<ddmon::record::LogRecord> {
+    let start = chrono::DateTime::from_timestamp(1_763_790_000, 0).unwrap();
+    let mut pump = ddmon::sim::Pump::new(
+        ddmon::sim::PumpModel {
+            seed,
+            ..Default::default()
+        },
+        start,
+    );
+    (0..n).map(|_| pump.next_record()).collect()
+}
+
+pub fn v02_messages(records: &[ddmon::record::LogRecord]) -> Vec<(String, Headers, Vec<u8>)> {
+    records
+        .iter()
+        .map(|r| {
+            let (k, h, b) = ddmon::record::encode_v02(r);
+            (k, h, b.into_bytes())
+        })
+        .collect()
+}
+
+/// The line dd_log prints for a v02 message.
+pub fn expected_line(key: &str, headers: &Headers, body: &[u8]) -> String {
+    let parsed = ddmon::record::parse(key, headers, body).expect("valid");
+    ddmon::record::render_line(key, &parsed).expect("printable")
+}
+
+pub fn dd_log() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dd_log"));
+    c.env("DD_BROKER", broker_url()).env_remove("RUST_LOG");
+    c
+}
+
+/// A running binary whose stdout and stderr are collected by threads.
+pub struct Running {
+    pub child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<String>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (o, e) = (stdout.clone(), stderr.clone());
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let threads = vec![
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    match line {
+                        Ok(l) => o.lock().unwrap().push(l),
+                        Err(_) => break,
+                    }
+                }
+            }),
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = BufReader::new(err).read_to_string(&mut s);
+                e.lock().unwrap().push_str(&s);
+            }),
+        ];
+        Running {
+            child,
+            stdout,
+            stderr,
+            threads,
+        }
+    }
+
+    pub fn lines(&self) -> usize {
+        self.stdout.lock().unwrap().len()
+    }
+
+    /// Wait until `n` lines were printed, or panic after `secs`.
+    pub async fn wait_lines(&self, n: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.lines() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} lines after {secs}s; stderr: {}",
+                self.lines(),
+                self.stderr.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait for the process to exit (or kill it after `secs` and panic); its exit code, stdout
+    /// lines and stderr.
+    pub fn finish(mut self, secs: u64) -> (i32, Vec<String>, String) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "process did not exit within {secs}s; stderr: {}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let out = self.stdout.lock().unwrap().clone();
+        let err = self.stderr.lock().unwrap().clone();
+        (status.code().unwrap_or(-1), out, err)
+    }
+
+    /// Send SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}

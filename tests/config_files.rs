@@ -1,0 +1,29 @@
+//! Every example config under config/ parses as the tool it is for, with no unknown key.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+#[test]
+fn dd_log_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dd_log.toml");
+    let cfg: ddmon::log::LogConfig = ddmon::config::load_file(Some(&path)).unwrap();
+    assert_eq!(cfg.exchange, "log");
+    assert_eq!(cfg.queue.as_deref(), Some("capture"));
+    assert_eq!(cfg.topics.len(), 3);
+    assert_eq!(cfg.broker.prefetch, 256);
+}
+
+#[test]
+fn every_example_is_checked_by_a_test() {
+    // A new example file must get its own test above.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dd_log.toml"]);
+}
