@@ -291,6 +291,10 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// Was it delivered before (to us or another consumer) without being acknowledged?
     pub redelivered: bool,
+    /// Where a request wants its reply.
+    pub reply_to: Option<String>,
+    /// A request's correlation id.
+    pub correlation_id: Option<String>,
     inner: lapin::message::Delivery,
 }
 
@@ -414,11 +418,20 @@ impl Consumer {
         })
     }
 
-    /// The next delivery; `Ok(None)` once a stop was asked for (or the consumer was closed).
+    /// The next delivery; `Ok(None)` once a stop was asked for.
+    ///
+    /// Cancel-safe (it may lose a `select!`): a connection lost while waiting is dropped, and
+    /// the next call establishes a new one.
     pub async fn next(&mut self) -> Result<Option<Delivery>, BrokerError> {
         loop {
-            let Some(live) = self.live.as_mut() else {
+            if self.shutdown.is_requested() {
                 return Ok(None);
+            }
+            let Some(live) = self.live.as_mut() else {
+                if !self.establish().await? {
+                    return Ok(None);
+                }
+                continue;
             };
             let item = tokio::select! {
                 biased;
@@ -443,9 +456,6 @@ impl Consumer {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.shutdown.requested() => return Ok(None),
-            }
-            if !self.establish().await? {
-                return Ok(None);
             }
         }
     }
@@ -477,6 +487,12 @@ fn convert(d: lapin::message::Delivery) -> Delivery {
         headers,
         body: d.data.clone(),
         redelivered: d.redelivered,
+        reply_to: d.properties.reply_to().as_ref().map(|s| s.to_string()),
+        correlation_id: d
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|s| s.to_string()),
         inner: d,
     }
 }
@@ -547,7 +563,7 @@ fn amqp_value(v: &HeaderValue) -> AMQPValue {
 }
 
 /// A message to publish.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Outgoing {
     /// Exchange to publish to.
     pub exchange: String,
@@ -559,6 +575,8 @@ pub struct Outgoing {
     pub body: Vec<u8>,
     /// MIME type of the body, if any.
     pub content_type: Option<String>,
+    /// Correlation id (a reply carries its request's).
+    pub correlation_id: Option<String>,
 }
 
 /// A publisher with confirms: a message counts as published only when the broker confirmed
@@ -656,6 +674,9 @@ impl Publisher {
             if let Some(ct) = &m.content_type {
                 props = props.with_content_type(ct.as_str().into());
             }
+            if let Some(id) = &m.correlation_id {
+                props = props.with_correlation_id(id.as_str().into());
+            }
             let c = ch
                 .basic_publish(
                     m.exchange.as_str().into(),
@@ -692,6 +713,76 @@ impl Publisher {
             let _ = conn.close(200, "OK".into()).await;
         }
     }
+}
+
+/// A reply to a request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The reply's body.
+    pub body: Vec<u8>,
+}
+
+/// Publish a request to `exchange` with `routing_key` and collect the replies that arrive
+/// within `wait` (through RabbitMQ's direct reply-to), stopping early after `max` replies.
+pub async fn request(
+    conn: &Connection,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    wait: Duration,
+    max: Option<usize>,
+) -> Result<Vec<Reply>, BrokerError> {
+    const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+    let ch = conn.create_channel().await.map_err(classify)?;
+    let mut replies = ch
+        .basic_consume(
+            REPLY_TO.into(),
+            format!("request.{:08x}", random_u64() as u32)
+                .as_str()
+                .into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(classify)?;
+    let id = format!("{:016x}", random_u64());
+    let props = BasicProperties::default()
+        .with_reply_to(REPLY_TO.into())
+        .with_correlation_id(id.as_str().into())
+        .with_content_type("application/json".into());
+    ch.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .map_err(classify)?;
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while max.is_none_or(|m| out.len() < m) {
+        match tokio::time::timeout_at(deadline, replies.next()).await {
+            Err(_) => break,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(classify(e)),
+            Ok(Some(Ok(d))) => {
+                let matches = d
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .is_some_and(|c| c.as_str() == id);
+                if matches {
+                    out.push(Reply { body: d.data });
+                }
+            }
+        }
+    }
+    let _ = ch.close(200, "OK".into()).await;
+    Ok(out)
 }
 
 /// Delete a queue (tests and clean-up). Returns how many messages it held.

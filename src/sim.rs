@@ -271,6 +271,7 @@ pub fn outgoing(r: &LogRecord, format: WireFormat, exchange: &str) -> crate::bro
                 headers,
                 body: body.into_bytes(),
                 content_type: Some("text/plain".to_string()),
+                correlation_id: None,
             }
         }
         WireFormat::V03 => {
@@ -281,6 +282,7 @@ pub fn outgoing(r: &LogRecord, format: WireFormat, exchange: &str) -> crate::bro
                 headers: Default::default(),
                 body: body.into_bytes(),
                 content_type: Some("application/json".to_string()),
+                correlation_id: None,
             }
         }
     }

@@ -14,11 +14,11 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Consumer, QueueSpec, Subscription};
+use crate::broker::{QueueSpec, Subscription};
 use crate::cli::CommonOpts;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
-use crate::daemon::Shutdown;
+use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shutdown, serve};
 use crate::record::{MalformedTally, Parsed, parse, render_json, render_line};
 
 pub use output::{DailyFiles, Filter, Sink};
@@ -75,6 +75,13 @@ pub struct Args {
     /// Append to daily files DIR/YYYYMMDD.log instead of printing.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// Run as a service (a capture daemon): publish alive and status messages and answer
+    /// health/stats requests, like every ddmon daemon.
+    #[arg(long)]
+    pub service: bool,
+    /// Daemon flags (with --service).
+    #[command(flatten)]
+    pub daemon: DaemonOpts,
     /// Flags shared by every command.
     #[command(flatten)]
     pub common: CommonOpts,
@@ -104,6 +111,10 @@ pub struct LogConfig {
     pub dead_letter_exchange: Option<String>,
     /// Directory of daily capture files; none: stdout.
     pub output: Option<PathBuf>,
+    /// Run as a service: alive/status messages and health/stats requests.
+    pub service: bool,
+    /// Alive interval, instance name, and the exchange for alive/status/requests.
+    pub daemon: DaemonConfig,
     /// How to reach the broker.
     pub broker: BrokerConfig,
 }
@@ -121,6 +132,8 @@ impl Default for LogConfig {
             quorum: false,
             dead_letter_exchange: None,
             output: None,
+            service: false,
+            daemon: DaemonConfig::default(),
             broker: BrokerConfig::default(),
         }
     }
@@ -155,12 +168,15 @@ impl LogConfig {
         if args.output.is_some() {
             cfg.output = args.output.clone();
         }
+        cfg.service |= args.service;
+        args.daemon.apply(&mut cfg.daemon);
         cfg.validate()?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.broker.validate()?;
+        self.daemon.validate()?;
         Filter::new(&self.patterns, self.exclude.as_deref()).map_err(|e| ConfigError::Invalid {
             field: "pattern",
             message: e.to_string(),
@@ -241,77 +257,106 @@ pub fn main(args: Args) -> std::process::ExitCode {
     crate::cli::exit_code("dd_log", outcome)
 }
 
+/// dd_log as a [`Service`]: parse, filter, write, then acknowledge.
+struct LogService {
+    format: Format,
+    count: Option<u64>,
+    filter: Filter,
+    sink: Sink,
+    totals: Totals,
+    tally: MalformedTally,
+}
+
+impl Service for LogService {
+    fn tool(&self) -> &'static str {
+        "dd_log"
+    }
+
+    fn handle(
+        &mut self,
+        delivery: &crate::broker::Delivery,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<Handled> {
+        let parsed = match parse(&delivery.routing_key, &delivery.headers, &delivery.body) {
+            Ok(p) => p,
+            Err(m) => {
+                self.totals.malformed += 1;
+                if let Some(unlogged) = self.tally.count(&m, now) {
+                    tracing::warn!(topic = %delivery.routing_key, kind = m.kind(), unlogged, "malformed message rejected: {m}");
+                }
+                return Ok(Handled::reject());
+            }
+        };
+        if parsed == Parsed::NotReport {
+            self.totals.not_reports += 1;
+            return Ok(Handled::ack());
+        }
+        let line = render_line(&delivery.routing_key, &parsed).unwrap_or_default();
+        if !self.filter.accepts(&line) {
+            self.totals.filtered += 1;
+            return Ok(Handled::ack());
+        }
+        let out = match self.format {
+            Format::Line => line,
+            Format::Json => render_json(&delivery.routing_key, &parsed).unwrap_or_default(),
+        };
+        // On failure the delivery is not acknowledged: a durable queue keeps it.
+        self.sink
+            .write_line(&out, now)
+            .context("cannot write output")?;
+        self.totals.printed += 1;
+        Ok(Handled::ack())
+    }
+
+    fn counters(&self) -> serde_json::Value {
+        serde_json::json!({
+            "printed": self.totals.printed,
+            "filtered": self.totals.filtered,
+            "not_reports": self.totals.not_reports,
+            "malformed": self.totals.malformed,
+            "malformed_by_kind": self.tally.by_kind(),
+        })
+    }
+
+    fn finished(&self) -> bool {
+        self.count.is_some_and(|n| self.totals.printed >= n)
+    }
+}
+
 /// Consume, filter and print until `--count` lines were printed, a stop is asked for, or
 /// stdout is closed (an `Err` whose cause is a broken pipe: the caller exits 0 quietly).
 pub async fn run(cfg: &LogConfig, shutdown: Shutdown, clock: &dyn Clock) -> anyhow::Result<Totals> {
-    let filter = Filter::new(&cfg.patterns, cfg.exclude.as_deref())?;
-    let mut sink = match &cfg.output {
+    let sink = match &cfg.output {
         Some(dir) => Sink::Daily(
             DailyFiles::new(dir.clone())
                 .with_context(|| format!("cannot create output directory {}", dir.display()))?,
         ),
         None => Sink::Stdout(std::io::stdout()),
     };
-    let Some(mut consumer) = Consumer::start(&cfg.broker, "dd_log", cfg.subscription(), shutdown)
-        .await
-        .with_context(|| format!("cannot read exchange {:?}", cfg.exchange))?
-    else {
-        return Ok(Totals::default());
+    let mut service = LogService {
+        format: cfg.format,
+        count: cfg.count,
+        filter: Filter::new(&cfg.patterns, cfg.exclude.as_deref())?,
+        sink,
+        totals: Totals::default(),
+        tally: MalformedTally::default(),
     };
-    let mut totals = Totals::default();
-    let mut tally = MalformedTally::default();
-    let outcome = loop {
-        if cfg.count.is_some_and(|n| totals.printed >= n) {
-            break Ok(());
-        }
-        let delivery = match consumer.next().await {
-            Ok(Some(d)) => d,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(anyhow::Error::new(e).context("lost the subscription")),
-        };
-        let parsed = match parse(&delivery.routing_key, &delivery.headers, &delivery.body) {
-            Ok(p) => p,
-            Err(m) => {
-                totals.malformed += 1;
-                if let Some(unlogged) = tally.count(&m, clock.now()) {
-                    tracing::warn!(topic = %delivery.routing_key, kind = m.kind(), unlogged, "malformed message rejected: {m}");
-                }
-                delivery.reject().await;
-                continue;
-            }
-        };
-        if parsed == Parsed::NotReport {
-            totals.not_reports += 1;
-            delivery.ack().await;
-            continue;
-        }
-        let line = render_line(&delivery.routing_key, &parsed).unwrap_or_default();
-        if !filter.accepts(&line) {
-            totals.filtered += 1;
-            delivery.ack().await;
-            continue;
-        }
-        let out = match cfg.format {
-            Format::Line => line,
-            Format::Json => render_json(&delivery.routing_key, &parsed).unwrap_or_default(),
-        };
-        if let Err(e) = sink.write_line(&out, clock.now()) {
-            // Not acknowledged: a durable queue keeps it for the next run.
-            break Err(anyhow::Error::new(e).context("cannot write output"));
-        }
-        totals.printed += 1;
-        delivery.ack().await;
+    let serve_cfg = ServeConfig {
+        broker: &cfg.broker,
+        input: cfg.subscription(),
+        daemon: cfg.service.then_some(&cfg.daemon),
     };
-    consumer.close().await;
+    let outcome = serve(&mut service, serve_cfg, shutdown, clock).await;
+    let t = &service.totals;
     tracing::info!(
-        printed = totals.printed,
-        filtered = totals.filtered,
-        not_reports = totals.not_reports,
-        malformed = totals.malformed,
-        by_kind = ?tally.by_kind(),
+        printed = t.printed,
+        filtered = t.filtered,
+        not_reports = t.not_reports,
+        malformed = t.malformed,
+        by_kind = ?service.tally.by_kind(),
         "dd_log done"
     );
-    outcome.map(|()| totals)
+    outcome.map(|()| service.totals)
 }
 
 #[cfg(test)]

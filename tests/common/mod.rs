@@ -170,6 +170,7 @@ pub async fn publish(exchange: &str, msgs: Vec<(String, Headers, Vec<u8>)>) {
             headers,
             body,
             content_type: None,
+            correlation_id: None,
         })
         .collect();
     p.publish_all(&out).await.expect("publish");

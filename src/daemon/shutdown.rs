@@ -1,4 +1,4 @@
-//! The runtime shared by every long-running tool. For now: shutdown on SIGINT/SIGTERM.
+//! Stopping on SIGINT/SIGTERM.
 //!
 //! The first signal asks the tool to stop: it stops consuming, finishes and acknowledges
 //! what it has in hand, and closes its connection. A second signal exits at once (code 130),

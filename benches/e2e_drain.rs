@@ -1,0 +1,147 @@
+//! End-to-end: how fast `dd_log` drains a queue of records into a pipe, against a minimal lapin
+//! consumer (same prefetch, one ack per message, no parsing, no output) measured in the same
+//! run on the same queue. Prints each run, the medians and the ratio.
+//!
+//! `cargo bench --bench e2e_drain` (or `scripts/bench`); `DRAIN_RECORDS` (default 200000) and
+//! `DRAIN_RUNS` (default 3) tune it. Needs the broker (`scripts/broker-up`).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ddmon::broker::{Outgoing, Publisher};
+use ddmon::config::BrokerConfig;
+use futures_lite::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn fill(cfg: &BrokerConfig, exchange: &str, msgs: &[Outgoing]) {
+    let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
+    let mut p = Publisher::connect(cfg, "bench-fill", shutdown)
+        .await
+        .unwrap();
+    for chunk in msgs.chunks(5000) {
+        p.publish_all(chunk).await.unwrap();
+    }
+    p.close().await;
+    let _ = exchange;
+}
+
+/// The baseline: consume `n` messages, ack each, nothing else.
+async fn baseline(cfg: &BrokerConfig, queue: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    let conn = ddmon::broker::connect(cfg, "bench-baseline").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut got = 0;
+    while got < n {
+        let d = consumer.next().await.unwrap().unwrap();
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+        got += 1;
+    }
+    let took = started.elapsed();
+    conn.close(200, "OK".into()).await.unwrap();
+    took
+}
+
+/// dd_log into a pipe that this process reads and counts.
+fn dd_log(exchange: &str, name: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dd_log"))
+        .args([
+            "--exchange",
+            exchange,
+            "--queue",
+            name,
+            "-n",
+            &n.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines().count();
+    assert!(child.wait().unwrap().success());
+    let took = started.elapsed();
+    assert_eq!(lines, n);
+    took
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` / `cargo test --benches` probe
+    }
+    let n = env_num("DRAIN_RECORDS", 200_000);
+    let runs = env_num("DRAIN_RUNS", 3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = BrokerConfig::default();
+    let exchange = format!("bench.log.{:08x}", ddmon::broker::random_u64() as u32);
+    let name = format!("bench{:08x}", ddmon::broker::random_u64() as u32);
+    let queue = format!("q_guest.dd_log.{name}");
+    // declare the queue and its binding as dd_log does
+    let st = Command::new(env!("CARGO_BIN_EXE_dd_log"))
+        .args(["--exchange", &exchange, "--queue", &name, "-n", "0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let start = chrono::DateTime::from_timestamp(1_763_790_000, 0).unwrap();
+    let mut pump = ddmon::sim::Pump::new(ddmon::sim::PumpModel::default(), start);
+    let msgs: Vec<Outgoing> = (0..n)
+        .map(|_| ddmon::sim::outgoing(&pump.next_record(), ddmon::sim::WireFormat::V02, &exchange))
+        .collect();
+
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for run in 1..=runs {
+        rt.block_on(fill(&cfg, &exchange, &msgs));
+        let b = rt.block_on(baseline(&cfg, &queue, n)).as_secs_f64();
+        rt.block_on(fill(&cfg, &exchange, &msgs));
+        let d = dd_log(&exchange, &name, n).as_secs_f64();
+        println!(
+            "run {run}: baseline {:.0} msg/s ({b:.2}s), dd_log {:.0} msg/s ({d:.2}s)",
+            n as f64 / b,
+            n as f64 / d
+        );
+        base.push(n as f64 / b);
+        ours.push(n as f64 / d);
+    }
+    let (mb, mo) = (median(base), median(ours));
+    println!(
+        "drain {n} records: baseline median {mb:.0} msg/s, dd_log median {mo:.0} msg/s, ratio {:.3} (bar: >= 0.9)",
+        mo / mb
+    );
+    rt.block_on(async {
+        let conn = ddmon::broker::connect(&cfg, "bench-cleanup").await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        ch.exchange_delete(exchange.as_str().into(), Default::default())
+            .await
+            .unwrap();
+        conn.close(200, "OK".into()).await.unwrap();
+    });
+}

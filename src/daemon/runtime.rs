@@ -1,0 +1,367 @@
+//! A daemon's identity and state, and the messages that make it visible: alive, status, and
+//! answers to requests. Pure: the serve loop feeds it the time and publishes what it returns.
+//!
+//! - `v01.alive.<tool>.<instance>` every alive interval, sent by the loop that does the work,
+//!   so a wedged daemon goes silent instead of hiding behind a healthy timer;
+//! - `v01.status.<tool>.<instance>` on each change of state;
+//! - requests on `v01.rpc.<tool>.<instance>.<command>` and `v01.rpc.all.<command>`, answered
+//!   with `health`, `stats` or a command of the daemon's own.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::broker::Outgoing;
+use crate::topic::escape_word;
+
+/// The life of a daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Connecting, declaring, loading state.
+    Starting,
+    /// Doing its work.
+    Running,
+    /// Working, but something is wrong (it says what in its counters).
+    Degraded,
+    /// Draining and closing.
+    Stopping,
+}
+
+impl State {
+    /// The lowercase name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Degraded => "degraded",
+            State::Stopping => "stopping",
+        }
+    }
+}
+
+/// The daemon settings every daemon shares (`[daemon]` in its config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Instance name [default: host name plus a short id, new at each start].
+    pub instance: Option<String>,
+    /// Seconds between alive messages.
+    pub alive_interval: f64,
+    /// Exchange for alive, status and requests.
+    pub exchange: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            instance: None,
+            alive_interval: 30.0,
+            exchange: "log".to_string(),
+        }
+    }
+}
+
+/// The daemon flags (flattened into each daemon's command line).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DaemonOpts {
+    /// Instance name in alive/status topics and requests [default: <host>-<short id>].
+    #[arg(long, env = "DD_INSTANCE", value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Seconds between alive messages [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub alive_interval: Option<f64>,
+}
+
+impl DaemonOpts {
+    /// Lay the flags over the file layer.
+    pub fn apply(&self, cfg: &mut DaemonConfig) {
+        if self.instance.is_some() {
+            cfg.instance = self.instance.clone();
+        }
+        crate::config::overlay(&mut cfg.alive_interval, self.alive_interval);
+    }
+}
+
+impl DaemonConfig {
+    /// Check the values.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        if !(self.alive_interval.is_finite() && self.alive_interval >= 0.1) {
+            return Err(crate::config::ConfigError::Invalid {
+                field: "alive_interval",
+                message: "must be at least 0.1 seconds".to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Who a daemon is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    /// The tool (`dd_speedo`...).
+    pub tool: String,
+    /// The instance name.
+    pub instance: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// ddmon's version.
+    pub version: &'static str,
+    /// When it started.
+    pub started: DateTime<Utc>,
+}
+
+/// This machine's host name (Linux), or `localhost`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// A daemon's visible side.
+#[derive(Debug)]
+pub struct Runtime {
+    id: Identity,
+    state: State,
+    exchange: String,
+    alive_every: chrono::Duration,
+    last_alive: Option<DateTime<Utc>>,
+    announced: bool,
+}
+
+impl Runtime {
+    /// A daemon of `tool` starting now.
+    pub fn new(tool: &str, cfg: &DaemonConfig, now: DateTime<Utc>) -> Runtime {
+        let host = host_name();
+        let short = host.split('.').next().unwrap_or("host").to_string();
+        let instance = cfg
+            .instance
+            .clone()
+            .unwrap_or_else(|| format!("{short}-{:04x}", crate::broker::random_u64() as u16));
+        Runtime {
+            id: Identity {
+                tool: tool.to_string(),
+                instance,
+                host,
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION"),
+                started: now,
+            },
+            state: State::Starting,
+            exchange: cfg.exchange.clone(),
+            alive_every: chrono::Duration::milliseconds((cfg.alive_interval * 1000.0) as i64),
+            last_alive: None,
+            announced: false,
+        }
+    }
+
+    /// Who this daemon is.
+    pub fn identity(&self) -> &Identity {
+        &self.id
+    }
+
+    /// Its current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The exchange it publishes alive/status on and takes requests from.
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// Bindings of its request queue.
+    pub fn request_bindings(&self) -> Vec<String> {
+        vec![
+            format!(
+                "v01.rpc.{}.{}.*",
+                escape_word(&self.id.tool),
+                escape_word(&self.id.instance)
+            ),
+            "v01.rpc.all.*".to_string(),
+        ]
+    }
+
+    fn topic(&self, kind: &str) -> String {
+        crate::topic::build(&format!("v01.{kind}"), &[&self.id.tool, &self.id.instance])
+    }
+
+    /// The body shared by alive, status and `health`.
+    pub fn describe(&self, now: DateTime<Utc>, counters: &Value) -> Value {
+        json!({
+            "tool": self.id.tool,
+            "instance": self.id.instance,
+            "host": self.id.host,
+            "pid": self.id.pid,
+            "version": self.id.version,
+            "started": self.id.started,
+            "uptime_s": (now - self.id.started).num_milliseconds() as f64 / 1000.0,
+            "state": self.state,
+            "last_alive": self.last_alive,
+            "time": now,
+            "counters": counters,
+        })
+    }
+
+    fn message(&self, kind: &str, body: &Value) -> Outgoing {
+        Outgoing {
+            exchange: self.exchange.clone(),
+            routing_key: self.topic(kind),
+            headers: Default::default(),
+            body: body.to_string().into_bytes(),
+            content_type: Some("application/json".to_string()),
+            correlation_id: None,
+        }
+    }
+
+    /// Change state; the status message to publish when it did change.
+    pub fn set_state(
+        &mut self,
+        new: State,
+        now: DateTime<Utc>,
+        counters: &Value,
+    ) -> Option<Outgoing> {
+        if self.announced && new == self.state {
+            return None;
+        }
+        let previous = self.announced.then_some(self.state);
+        self.state = new;
+        self.announced = true;
+        let mut body = self.describe(now, counters);
+        body["previous"] = json!(previous);
+        Some(self.message("status", &body))
+    }
+
+    /// Is an alive message due?
+    pub fn alive_due(&self, now: DateTime<Utc>) -> bool {
+        self.last_alive.is_none_or(|t| now - t >= self.alive_every)
+    }
+
+    /// When the next alive message is due.
+    pub fn next_alive(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        self.last_alive.map_or(now, |t| t + self.alive_every)
+    }
+
+    /// The alive message (and remember it was sent).
+    pub fn alive(&mut self, now: DateTime<Utc>, counters: &Value) -> Outgoing {
+        self.last_alive = Some(now);
+        self.message("alive", &self.describe(now, counters))
+    }
+
+    /// Answer a request that arrived with `routing_key`. `own` answers the daemon's own
+    /// commands (and may override `stats`); `health` is always the runtime's.
+    pub fn answer(
+        &self,
+        routing_key: &str,
+        now: DateTime<Utc>,
+        counters: &Value,
+        own: impl FnOnce(&str) -> Option<Value>,
+    ) -> Value {
+        let command = routing_key.rsplit('.').next().unwrap_or("");
+        let mut reply = json!({
+            "tool": self.id.tool,
+            "instance": self.id.instance,
+            "host": self.id.host,
+            "command": command,
+        });
+        let result = match command {
+            "health" => Some(self.describe(now, counters)),
+            _ => own(command).or_else(|| (command == "stats").then(|| counters.clone())),
+        };
+        match result {
+            Some(r) => {
+                reply["ok"] = json!(true);
+                reply["result"] = r;
+            }
+            None => {
+                reply["ok"] = json!(false);
+                reply["error"] = json!(format!("unknown command {command:?}"));
+            }
+        }
+        reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_763_790_000 + s, 0).unwrap()
+    }
+
+    fn runtime() -> Runtime {
+        let cfg = DaemonConfig {
+            instance: Some("h1.example-a".into()),
+            alive_interval: 30.0,
+            ..DaemonConfig::default()
+        };
+        Runtime::new("dd_log", &cfg, t(0))
+    }
+
+    #[test]
+    fn alive_every_interval_in_virtual_time() {
+        let mut r = runtime();
+        let c = json!({"printed": 3});
+        assert!(r.alive_due(t(0)));
+        let m = r.alive(t(0), &c);
+        assert_eq!(m.routing_key, "v01.alive.dd_log.h1%2Eexample-a");
+        let body: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(body["counters"]["printed"], 3);
+        assert_eq!(body["tool"], "dd_log");
+        assert!(!r.alive_due(t(29)));
+        assert!(r.alive_due(t(30)));
+        assert_eq!(r.next_alive(t(10)), t(30));
+    }
+
+    #[test]
+    fn status_only_on_change() {
+        let mut r = runtime();
+        let c = json!({});
+        let starting = r.set_state(State::Starting, t(0), &c).unwrap();
+        let body: Value = serde_json::from_slice(&starting.body).unwrap();
+        assert_eq!(body["previous"], Value::Null);
+        assert!(r.set_state(State::Starting, t(0), &c).is_none());
+        let first = r.set_state(State::Running, t(1), &c).unwrap();
+        assert_eq!(first.routing_key, "v01.status.dd_log.h1%2Eexample-a");
+        let body: Value = serde_json::from_slice(&first.body).unwrap();
+        assert_eq!(
+            (body["state"].as_str(), body["previous"].as_str()),
+            (Some("running"), Some("starting"))
+        );
+        assert!(r.set_state(State::Running, t(2), &c).is_none());
+        assert!(r.set_state(State::Stopping, t(3), &c).is_some());
+    }
+
+    #[test]
+    fn answers_health_stats_own_and_unknown() {
+        let r = runtime();
+        let c = json!({"printed": 1});
+        let h = r.answer("v01.rpc.all.health", t(5), &c, |_| None);
+        assert_eq!(h["ok"], true);
+        assert_eq!(h["result"]["uptime_s"], 5.0);
+        let s = r.answer("v01.rpc.dd_log.x.stats", t(5), &c, |_| None);
+        assert_eq!(s["result"]["printed"], 1);
+        let own = r.answer("v01.rpc.dd_log.x.inflight", t(5), &c, |cmd| {
+            (cmd == "inflight").then(|| json!([1, 2]))
+        });
+        assert_eq!(own["result"], json!([1, 2]));
+        let bad = r.answer("v01.rpc.dd_log.x.explode", t(5), &c, |_| None);
+        assert_eq!(bad["ok"], false);
+    }
+
+    #[test]
+    fn request_bindings_cover_own_and_broadcast() {
+        let r = runtime();
+        let b = r.request_bindings();
+        assert!(crate::topic::matches(
+            &b[0],
+            "v01.rpc.dd_log.h1%2Eexample-a.health"
+        ));
+        assert!(crate::topic::matches(&b[1], "v01.rpc.all.stats"));
+    }
+}
