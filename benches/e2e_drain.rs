@@ -111,7 +111,8 @@ fn main() {
     let start = chrono::DateTime::from_timestamp(1_763_790_000, 0).unwrap();
     let mut pump = ddmon::sim::Pump::new(ddmon::sim::PumpModel::default(), start);
     let msgs: Vec<Outgoing> = (0..n)
-        .map(|_| ddmon::sim::outgoing(&pump.next_record(), ddmon::sim::WireFormat::V02, &exchange))
+        .map_while(|_| pump.next_record())
+        .map(|r| ddmon::sim::outgoing(&r, ddmon::sim::WireFormat::V02, &exchange))
         .collect();
 
     let (mut base, mut ours) = (Vec::new(), Vec::new());

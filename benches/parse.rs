@@ -12,7 +12,7 @@ type V02Message = (String, Headers, String);
 fn messages() -> (Vec<V02Message>, Vec<(String, String)>) {
     let start = chrono::DateTime::from_timestamp(1_763_790_000, 0).unwrap();
     let mut pump = ddmon::sim::Pump::new(ddmon::sim::PumpModel::default(), start);
-    let records: Vec<_> = (0..1000).map(|_| pump.next_record()).collect();
+    let records: Vec<_> = (0..1000).map_while(|_| pump.next_record()).collect();
     (
         records.iter().map(encode_v02).collect(),
         records.iter().map(encode_v03).collect(),

@@ -91,7 +91,9 @@ pub fn exit_code(tool: &str, outcome: anyhow::Result<()>) -> ExitCode {
 }
 
 /// Run an async command body on a fresh tokio runtime.
-pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyhow::Result<()> {
+pub fn block_on<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    fut: F,
+) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -13,4 +13,5 @@ pub mod daemon;
 pub mod log;
 pub mod record;
 pub mod sim;
+pub mod status;
 pub mod topic;

@@ -6,6 +6,8 @@
 //! of transfers fail with a 4xx/5xx mix. The stream is a pure function of the seed and the
 //! start time, so the same `--seed` and `--start` give the same messages.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, Duration, Utc};
 
 use crate::record::{Encoding, LogRecord};
@@ -75,14 +77,17 @@ const ERRORS: [(u16, &str); 4] = [
     (550, "permission denied"),
 ];
 
-/// A pump that emits records, pair by pair.
+/// A pump that emits records: transfers start at the model's rate and finish after their
+/// duration, so several are in flight at once, interleaved as on a real pump.
 #[derive(Debug, Clone)]
 pub struct Pump {
     model: PumpModel,
     rng: Rng,
     start: DateTime<Utc>,
     started: u64,
-    pending_final: Option<LogRecord>,
+    /// Final records of transfers in flight, by finish time (then start order).
+    in_flight: BTreeMap<(DateTime<Utc>, u64), LogRecord>,
+    dead_nodes: BTreeSet<String>,
 }
 
 impl Pump {
@@ -93,23 +98,58 @@ impl Pump {
             model,
             start,
             started: 0,
-            pending_final: None,
+            in_flight: BTreeMap::new(),
+            dead_nodes: BTreeSet::new(),
         }
     }
 
-    /// The next record: a transfer's `102`, then its final code.
-    pub fn next_record(&mut self) -> LogRecord {
-        if let Some(fin) = self.pending_final.take() {
-            return fin;
+    /// The name of node `i`.
+    pub fn node_name(i: u32) -> String {
+        format!("node{i:02}")
+    }
+
+    /// Seconds of the stream's own time: when the next transfer starts, after the first.
+    pub fn elapsed_secs(&self) -> f64 {
+        self.started as f64 / self.model.transfers_per_second.max(1e-3)
+    }
+
+    /// How many transfers are in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Stop a node as if it died: its transfers in flight never finish, and it takes no new
+    /// ones. Returns how many transfers it had in flight.
+    pub fn kill_node(&mut self, node: &str) -> usize {
+        self.dead_nodes.insert(node.to_string());
+        let before = self.in_flight.len();
+        self.in_flight.retain(|_, r| r.node != node);
+        before - self.in_flight.len()
+    }
+
+    /// The next record: a transfer's `102`, or the final code of one in flight, in time
+    /// order. `None` once every node is dead and nothing is in flight.
+    pub fn next_record(&mut self) -> Option<LogRecord> {
+        let next_start = self.start + Duration::microseconds((self.elapsed_secs() * 1e6) as i64);
+        let alive: Vec<String> = (0..self.model.nodes.max(1))
+            .map(Pump::node_name)
+            .filter(|n| !self.dead_nodes.contains(n))
+            .collect();
+        let first_due = self.in_flight.keys().next().copied();
+        match first_due {
+            Some(key) if key.0 <= next_start || alive.is_empty() => self.in_flight.remove(&key),
+            _ if alive.is_empty() => None,
+            _ => Some(self.start_transfer(next_start, &alive)),
         }
+    }
+
+    fn start_transfer(&mut self, at: DateTime<Utc>, alive: &[String]) -> LogRecord {
         let m = &self.model;
         let n = self.started;
         self.started += 1;
-        let at = self.start
-            + Duration::microseconds((n as f64 * 1e6 / m.transfers_per_second.max(1e-3)) as i64);
         let source = format!("source{:02}", self.rng.below(m.sources));
         let client = format!("client{:02}", self.rng.below(m.clients));
-        let node = format!("node{:02}.pump.example", self.rng.below(m.nodes));
+        let node = alive[self.rng.below(alive.len() as u32) as usize].clone();
         let tree = TREES[self.rng.below(TREES.len() as u32) as usize];
         let relpath = format!(
             "{source}/{tree}/{}/{:02}/product_{n:08}.dat",
@@ -125,7 +165,7 @@ impl Pump {
         } else {
             (201, "Downloaded")
         };
-        let base = LogRecord {
+        let started = LogRecord {
             encoding: Encoding::V02,
             time: at,
             srcpath: format!("https://{source}.data.example/"),
@@ -143,14 +183,16 @@ impl Pump {
             bytes: Some(bytes),
         };
         let millis = (duration * 1000.0).round() as i64;
-        self.pending_final = Some(LogRecord {
-            time: at + Duration::milliseconds(millis),
+        let finish = at + Duration::milliseconds(millis);
+        let fin = LogRecord {
+            time: finish,
             status,
             duration: Some(millis as f64 / 1000.0),
             message: Some(message.to_string()),
-            ..base.clone()
-        });
-        base
+            ..started.clone()
+        };
+        self.in_flight.insert((finish, n), fin);
+        started
     }
 }
 
@@ -162,46 +204,94 @@ mod tests {
         DateTime::from_timestamp(1_763_790_000, 0).unwrap_or_default()
     }
 
-    #[test]
-    fn same_seed_same_stream() {
-        let mut a = Pump::new(PumpModel::default(), start());
-        let mut b = Pump::new(PumpModel::default(), start());
-        for _ in 0..500 {
-            assert_eq!(a.next_record(), b.next_record());
-        }
-        let mut c = Pump::new(
-            PumpModel {
-                seed: 2,
-                ..PumpModel::default()
-            },
-            start(),
-        );
-        let mut a = Pump::new(PumpModel::default(), start());
-        assert!((0..20).any(|_| a.next_record() != c.next_record()));
+    fn take(p: &mut Pump, n: usize) -> Vec<LogRecord> {
+        (0..n).map_while(|_| p.next_record()).collect()
     }
 
     #[test]
-    fn transfers_start_then_finish_with_the_configured_error_share() {
-        let mut p = Pump::new(
-            PumpModel {
-                error_rate: 0.2,
-                ..PumpModel::default()
-            },
-            start(),
+    fn same_seed_same_stream() {
+        let a = take(&mut Pump::new(PumpModel::default(), start()), 500);
+        let b = take(&mut Pump::new(PumpModel::default(), start()), 500);
+        assert_eq!(a, b);
+        let c = take(
+            &mut Pump::new(
+                PumpModel {
+                    seed: 2,
+                    ..PumpModel::default()
+                },
+                start(),
+            ),
+            500,
         );
-        let (mut errors, n) = (0, 5000);
-        for _ in 0..n {
-            let s = p.next_record();
-            let f = p.next_record();
-            assert_eq!(s.status, 102);
-            assert_eq!((&s.node, &s.client, s.url()), (&f.node, &f.client, f.url()));
-            assert!(f.time >= s.time);
-            if f.status >= 400 {
-                errors += 1;
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn every_transfer_starts_then_finishes_in_time_order() {
+        let model = PumpModel {
+            error_rate: 0.2,
+            transfers_per_second: 200.0,
+            ..PumpModel::default()
+        };
+        let mut p = Pump::new(model, start());
+        let records = take(&mut p, 20_000);
+        let mut open = std::collections::HashMap::new();
+        let (mut finals, mut errors, mut max_in_flight) = (0, 0, 0);
+        for w in records.windows(2) {
+            assert!(w[0].time <= w[1].time, "time order");
+        }
+        for r in &records {
+            let key = (r.node.clone(), r.client.clone(), r.url());
+            if r.status == 102 {
+                assert!(open.insert(key, r.time).is_none());
+                max_in_flight = max_in_flight.max(open.len());
+            } else {
+                let started = open
+                    .remove(&key)
+                    .expect("a final closes a started transfer");
+                assert!(r.time >= started);
+                finals += 1;
+                if r.status >= 400 {
+                    errors += 1;
+                }
             }
         }
-        let share = f64::from(errors) / f64::from(n);
+        assert!(max_in_flight > 5, "transfers overlap: {max_in_flight}");
+        let share = f64::from(errors) / f64::from(finals);
         assert!((0.17..0.23).contains(&share), "{share}");
+    }
+
+    #[test]
+    fn a_killed_node_never_finishes_its_transfers() {
+        let model = PumpModel {
+            nodes: 3,
+            transfers_per_second: 500.0,
+            ..PumpModel::default()
+        };
+        let mut p = Pump::new(model, start());
+        let before = take(&mut p, 3000);
+        let open_on_node1: usize = {
+            let mut open = std::collections::HashSet::new();
+            for r in before.iter().filter(|r| r.node == "node01") {
+                let key = (r.client.clone(), r.url());
+                if r.status == 102 {
+                    open.insert(key);
+                } else {
+                    open.remove(&key);
+                }
+            }
+            open.len()
+        };
+        assert_eq!(p.kill_node("node01"), open_on_node1);
+        assert!(open_on_node1 > 0);
+        let after = take(&mut p, 3000);
+        assert!(after.iter().all(|r| r.node != "node01"));
+        assert_eq!(after.len(), 3000);
+        // every node dead: nothing in flight, the stream ends
+        p.kill_node("node00");
+        p.kill_node("node02");
+        assert_eq!(p.in_flight(), 0);
+        assert_eq!(p.next_record(), None);
     }
 }
 
@@ -246,6 +336,13 @@ pub struct Args {
     /// Datestamp of the first transfer (RFC 3339) [default: now].
     #[arg(long, value_name = "TIME")]
     pub start: Option<DateTime<Utc>>,
+    /// Stop this node mid-transfers (its transfers in flight never finish), e.g. node01.
+    #[arg(long, value_name = "NODE", requires = "at")]
+    pub kill_node: Option<String>,
+    /// When to stop --kill-node: seconds of the stream's own time (its datestamps) after the
+    /// first transfer; at --rate R that is also wall-clock seconds.
+    #[arg(long, value_name = "SECONDS", requires = "kill_node")]
+    pub at: Option<f64>,
     /// Flags shared by every command.
     #[command(flatten)]
     pub common: crate::cli::CommonOpts,
@@ -338,8 +435,9 @@ pub async fn run(
     } else {
         500
     };
+    let mut kill = args.kill_node.clone().zip(args.at);
     let mut sent: u64 = 0;
-    loop {
+    'stream: loop {
         let elapsed = began.elapsed().as_secs_f64();
         if shutdown.is_requested() || args.duration.is_some_and(|d| elapsed >= d) {
             break;
@@ -350,11 +448,26 @@ pub async fn run(
         if left == 0 {
             break;
         }
-        let msgs: Vec<_> = (0..left)
-            .map(|_| outgoing(&pump.next_record(), args.format, &args.exchange))
-            .collect();
+        let mut msgs = Vec::with_capacity(left as usize);
+        for _ in 0..left {
+            // The node dies when the stream's own time (its datestamps) reaches --at.
+            if let Some((node, at)) = &kill {
+                if pump.elapsed_secs() >= *at {
+                    let lost = pump.kill_node(node);
+                    tracing::info!(node = %node, in_flight = lost, "killed node: its transfers never finish");
+                    kill = None;
+                }
+            }
+            match pump.next_record() {
+                Some(r) => msgs.push(outgoing(&r, args.format, &args.exchange)),
+                None => break,
+            }
+        }
+        if msgs.is_empty() {
+            break 'stream;
+        }
         publisher.publish_all(&msgs).await?;
-        sent += left;
+        sent += msgs.len() as u64;
         if args.rate > 0.0 {
             let due = sent as f64 / args.rate;
             let ahead = due - began.elapsed().as_secs_f64();

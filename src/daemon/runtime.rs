@@ -71,6 +71,9 @@ pub struct DaemonOpts {
     /// Seconds between alive messages [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub alive_interval: Option<f64>,
+    /// Exchange for alive, status and requests [default: log].
+    #[arg(long, env = "DD_DAEMON_EXCHANGE", value_name = "NAME")]
+    pub daemon_exchange: Option<String>,
 }
 
 impl DaemonOpts {
@@ -80,6 +83,7 @@ impl DaemonOpts {
             cfg.instance = self.instance.clone();
         }
         crate::config::overlay(&mut cfg.alive_interval, self.alive_interval);
+        crate::config::overlay(&mut cfg.exchange, self.daemon_exchange.clone());
     }
 }
 

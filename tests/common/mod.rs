@@ -187,7 +187,7 @@ pub fn sim_records(n: usize, seed: u64) -> Vec<ddmon::record::LogRecord> {
         },
         start,
     );
-    (0..n).map(|_| pump.next_record()).collect()
+    (0..n).map_while(|_| pump.next_record()).collect()
 }
 
 pub fn v02_messages(records: &[ddmon::record::LogRecord]) -> Vec<(String, Headers, Vec<u8>)> {
