@@ -286,6 +286,11 @@ fn parse_stamp(
         Some((m, f)) => (m, Some(f)),
         None => (value, None),
     };
+    // Only ASCII can be sliced by byte offsets below (found by fuzzing: a multi-byte
+    // character in a 14-byte stamp).
+    if !main.is_ascii() {
+        return Err(bad());
+    }
     let b = main.as_bytes();
     let (date, time) = if t_separator {
         if b.len() != 15 || b[8] != b'T' {

@@ -66,6 +66,9 @@ fn datestamps_accept_any_fraction() {
     assert!(t("20150601135800.").is_err());
     assert!(t("2015060113580x").is_err());
     assert!(parse_stamp("d", "20261122T051341.762833118", true).is_ok());
+    // fuzz regression: 14 bytes, not 14 characters
+    assert!(parse_stamp("d", "200R\u{11}\u{0}\u{0}\u{b73}R0da", false).is_err());
+    assert!(parse_stamp("d", "2026112\u{b73}051341.1", true).is_err());
     assert!(parse_stamp("d", "20261122051341.762833118", true).is_err());
 }
 
