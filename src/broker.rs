@@ -577,6 +577,49 @@ pub struct Outgoing {
     pub content_type: Option<String>,
     /// Correlation id (a reply carries its request's).
     pub correlation_id: Option<String>,
+    /// Ask the broker to return the message when no queue receives it.
+    pub mandatory: bool,
+    /// A copy keeps every property of the original (then `headers`, `content_type` and
+    /// `correlation_id` are not used). Set by [`Outgoing::copy_of`].
+    pub properties: Option<BasicProperties>,
+}
+
+impl Outgoing {
+    /// The same message (body, headers, routing key, every property) for another exchange.
+    pub fn copy_of(d: &Delivery, exchange: &str) -> Outgoing {
+        Outgoing {
+            exchange: exchange.to_string(),
+            routing_key: d.routing_key.clone(),
+            headers: d.headers.clone(),
+            body: d.body.clone(),
+            properties: Some(d.inner.properties.clone()),
+            ..Outgoing::default()
+        }
+    }
+}
+
+/// What the broker confirmed for a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confirmed {
+    /// Indices (in the batch) of `mandatory` messages the broker returned as unroutable: no
+    /// queue was bound to receive them.
+    pub returned: Vec<usize>,
+}
+
+/// The broker's confirms of a batch sent with [`Publisher::send`], still to come.
+#[derive(Debug)]
+pub struct Confirms(tokio::sync::oneshot::Receiver<Result<Confirmed, BrokerError>>);
+
+impl Confirms {
+    /// Wait for them (cancel-safe: may be awaited again after losing a `select!`).
+    pub async fn wait(&mut self) -> Result<Confirmed, BrokerError> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            Err(_) => Err(BrokerError::Unreachable(
+                "confirms lost with the connection".into(),
+            )),
+        }
+    }
 }
 
 /// A publisher with confirms: a message counts as published only when the broker confirmed
@@ -640,70 +683,95 @@ impl Publisher {
         Ok(())
     }
 
-    /// Publish a batch, pipelined, and wait until the broker confirmed every message. What
-    /// was not confirmed when the connection broke is published again after reconnecting.
-    pub async fn publish_all(&mut self, msgs: &[Outgoing]) -> Result<(), BrokerError> {
-        let mut pending: &[Outgoing] = msgs;
-        while !pending.is_empty() {
-            match self.try_publish(pending).await {
-                Ok(()) => return Ok(()),
-                Err((confirmed, e)) if e.is_transient() => {
+    /// Publish a batch, pipelined, and wait until the broker confirmed every message. When the
+    /// connection breaks before every confirm arrived, the whole batch is published again after
+    /// reconnecting (at-least-once: the broker may see some twice).
+    pub async fn publish_all(&mut self, msgs: &[Outgoing]) -> Result<Confirmed, BrokerError> {
+        loop {
+            let outcome = match self.send(msgs).await {
+                Ok(mut confirms) => confirms.wait().await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Err(e) if e.is_transient() && !self.shutdown.is_requested() => {
                     tracing::warn!(error = %e, "publish interrupted, reconnecting");
-                    pending = &pending[confirmed..];
-                    if let Some((conn, _)) = self.live.take() {
-                        let _ = conn.close(200, "reconnecting".into()).await;
-                    }
-                    if self.shutdown.is_requested() {
-                        return Err(e);
-                    }
+                    self.reset().await;
                 }
-                Err((_, e)) => return Err(e),
+                other => return other,
             }
         }
-        Ok(())
     }
 
-    /// Publish `msgs`; on failure, how many from the start were confirmed, and the error.
-    async fn try_publish(&mut self, msgs: &[Outgoing]) -> Result<(), (usize, BrokerError)> {
-        let ch = self.ensure().await.map_err(|e| (0, e))?.clone();
+    /// Publish a batch without waiting for the broker: the returned [`Confirms`] resolves once
+    /// every message was confirmed. After an error (here or from the confirms), call
+    /// [`Publisher::reset`] and send again.
+    pub async fn send(&mut self, msgs: &[Outgoing]) -> Result<Confirms, BrokerError> {
+        let ch = self.ensure().await?.clone();
         let mut confirms = Vec::with_capacity(msgs.len());
         for m in msgs {
-            let mut props = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_headers(table_from_headers(&m.headers));
-            if let Some(ct) = &m.content_type {
-                props = props.with_content_type(ct.as_str().into());
-            }
-            if let Some(id) = &m.correlation_id {
-                props = props.with_correlation_id(id.as_str().into());
-            }
+            let props = match &m.properties {
+                Some(p) => p.clone(),
+                None => {
+                    let mut props = BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(table_from_headers(&m.headers));
+                    if let Some(ct) = &m.content_type {
+                        props = props.with_content_type(ct.as_str().into());
+                    }
+                    if let Some(id) = &m.correlation_id {
+                        props = props.with_correlation_id(id.as_str().into());
+                    }
+                    props
+                }
+            };
+            let opts = BasicPublishOptions {
+                mandatory: m.mandatory,
+                ..BasicPublishOptions::default()
+            };
             let c = ch
                 .basic_publish(
                     m.exchange.as_str().into(),
                     m.routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
+                    opts,
                     &m.body,
                     props,
                 )
-                .await;
-            match c {
-                Ok(c) => confirms.push(c),
-                Err(e) => return Err((0, classify(e))),
-            }
+                .await
+                .map_err(classify)?;
+            confirms.push(c);
         }
-        for (i, c) in confirms.into_iter().enumerate() {
-            match c.await {
-                Ok(conf) if conf.is_ack() => {}
-                Ok(_) => {
-                    return Err((
-                        i,
-                        BrokerError::Unreachable("broker refused (nack) a message".into()),
-                    ));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut returned = Vec::new();
+            for (i, c) in confirms.into_iter().enumerate() {
+                match c.await {
+                    Ok(conf) if conf.is_ack() => {
+                        if conf.take_message().is_some() {
+                            returned.push(i);
+                        }
+                    }
+                    Ok(_) => {
+                        let nack =
+                            BrokerError::Unreachable("the broker refused (nack) a message".into());
+                        let _ = tx.send(Err(nack));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(classify(e)));
+                        return;
+                    }
                 }
-                Err(e) => return Err((i, classify(e))),
             }
+            let _ = tx.send(Ok(Confirmed { returned }));
+        });
+        Ok(Confirms(rx))
+    }
+
+    /// Drop the connection after an error, so that the next send reconnects.
+    pub async fn reset(&mut self) {
+        if let Some((conn, _)) = self.live.take() {
+            let _ = conn.close(200, "reconnecting".into()).await;
         }
-        Ok(())
     }
 
     /// Close the channel and connection.

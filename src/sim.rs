@@ -368,7 +368,7 @@ pub fn outgoing(r: &LogRecord, format: WireFormat, exchange: &str) -> crate::bro
                 headers,
                 body: body.into_bytes(),
                 content_type: Some("text/plain".to_string()),
-                correlation_id: None,
+                ..Default::default()
             }
         }
         WireFormat::V03 => {
@@ -379,7 +379,7 @@ pub fn outgoing(r: &LogRecord, format: WireFormat, exchange: &str) -> crate::bro
                 headers: Default::default(),
                 body: body.into_bytes(),
                 content_type: Some("application/json".to_string()),
-                correlation_id: None,
+                ..Default::default()
             }
         }
     }

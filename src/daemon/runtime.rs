@@ -219,6 +219,7 @@ impl Runtime {
             body: body.to_string().into_bytes(),
             content_type: Some("application/json".to_string()),
             correlation_id: None,
+            ..Outgoing::default()
         }
     }
 

@@ -10,7 +10,11 @@ use serde_json::Value;
 
 use super::runtime::{DaemonConfig, Runtime, State};
 use super::shutdown::Shutdown;
-use crate::broker::{Consumer, Delivery, Outgoing, Publisher, QueueSpec, Subscription};
+use std::collections::VecDeque;
+
+use crate::broker::{
+    Confirmed, Confirms, Consumer, Delivery, Outgoing, Publisher, QueueSpec, Subscription,
+};
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
 
@@ -63,6 +67,9 @@ pub trait Service {
     fn request(&mut self, _command: &str, _now: DateTime<Utc>) -> Option<Value> {
         None
     }
+    /// The broker confirmed what `handle` asked to publish; `returned` are the indices of
+    /// `mandatory` messages no queue received.
+    fn confirmed(&mut self, _published: &[Outgoing], _returned: &[usize]) {}
     /// Is the tool done (e.g. `dd_log -n` reached)?
     fn finished(&self) -> bool {
         false
@@ -81,6 +88,9 @@ pub struct ServeConfig<'a> {
     pub input: Subscription,
     /// Alive, status and requests; `None` for a plain command (dd_log at a terminal).
     pub daemon: Option<&'a DaemonConfig>,
+    /// Does the service publish what it handles (then a publisher is opened even without
+    /// the daemon side)?
+    pub publishes: bool,
 }
 
 /// Run `service` until it is finished, a stop is asked for, or it fails. Returns once the
@@ -94,13 +104,14 @@ pub async fn serve<S: Service>(
     let tool = service.tool();
     let mut runtime = cfg.daemon.map(|d| Runtime::new(tool, d, clock.now()));
     let mut publisher: Option<Publisher> = None;
-    if let Some(rt) = runtime.as_mut() {
-        let mut p = Publisher::connect(cfg.broker, tool, shutdown.clone()).await?;
+    if runtime.is_some() || cfg.publishes {
+        publisher = Some(Publisher::connect(cfg.broker, tool, shutdown.clone()).await?);
+    }
+    if let (Some(rt), Some(p)) = (runtime.as_mut(), publisher.as_mut()) {
         p.declare_exchange(rt.exchange()).await?;
         if let Some(m) = rt.set_state(State::Starting, clock.now(), &service.counters()) {
             p.publish_all(&[m]).await?;
         }
-        publisher = Some(p);
     }
     let Some(mut input) = Consumer::start(cfg.broker, tool, cfg.input.clone(), shutdown.clone())
         .await
@@ -134,6 +145,8 @@ pub async fn serve<S: Service>(
         runtime: &mut runtime,
         publisher: &mut publisher,
         clock,
+        pending: VecDeque::new(),
+        in_flight_limit: cfg.broker.prefetch,
     };
     loop_.set_state(State::Running).await?;
     loop_.alive_if_due().await?;
@@ -156,6 +169,10 @@ struct Loop<'a, S: Service> {
     runtime: &'a mut Option<Runtime>,
     publisher: &'a mut Option<Publisher>,
     clock: &'a dyn Clock,
+    /// Deliveries whose copies await the broker's confirms, oldest first.
+    pending: VecDeque<Pending>,
+    /// At most this many pending (the prefetch: more could not arrive anyway).
+    in_flight_limit: u16,
 }
 
 impl<S: Service> Loop<'_, S> {
@@ -164,7 +181,7 @@ impl<S: Service> Loop<'_, S> {
             return Ok(());
         }
         match self.publisher.as_mut() {
-            Some(p) => Ok(p.publish_all(msgs).await?),
+            Some(p) => p.publish_all(msgs).await.map(|_| ()).map_err(Into::into),
             None => anyhow::bail!("{} has nothing to publish with", self.service.tool()),
         }
     }
@@ -208,12 +225,86 @@ impl<S: Service> Loop<'_, S> {
         self.alive_if_due().await
     }
 
+    /// Handle a delivery. What it publishes is sent without waiting: the delivery waits in
+    /// `pending` (in order) until the broker confirmed its copies, then it is acknowledged.
     async fn on_delivery(&mut self, d: Delivery) -> anyhow::Result<()> {
         let handled = self.service.handle(&d, self.clock.now())?;
-        self.publish(&handled.publish).await?;
-        match handled.verdict.unwrap_or(Verdict::Ack) {
-            Verdict::Ack => d.ack().await,
-            Verdict::Reject => d.reject().await,
+        let verdict = handled.verdict.unwrap_or(Verdict::Ack);
+        if handled.publish.is_empty() {
+            settle(&d, verdict).await;
+            return Ok(());
+        }
+        let confirms = match self.publisher.as_mut() {
+            Some(p) => match p.send(&handled.publish).await {
+                Ok(c) => Some(c),
+                Err(e) if e.is_transient() => None, // resent by on_confirms' recovery
+                Err(e) => return Err(e.into()),
+            },
+            None => anyhow::bail!("{} has nothing to publish with", self.service.tool()),
+        };
+        let failed = confirms.is_none();
+        self.pending.push_back(Pending {
+            delivery: d,
+            publish: handled.publish,
+            verdict,
+            confirms,
+        });
+        if failed {
+            self.resend_pending().await?;
+        }
+        Ok(())
+    }
+
+    /// The head of `pending` was confirmed (or its connection broke).
+    async fn on_confirms(
+        &mut self,
+        outcome: Result<Confirmed, crate::broker::BrokerError>,
+    ) -> anyhow::Result<()> {
+        match outcome {
+            Ok(confirmed) => {
+                if let Some(done) = self.pending.pop_front() {
+                    self.service.confirmed(&done.publish, &confirmed.returned);
+                    settle(&done.delivery, done.verdict).await;
+                }
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, pending = self.pending.len(), "publishing interrupted, sending again");
+                self.resend_pending().await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reconnect and send every pending delivery's messages again, in order (at-least-once).
+    async fn resend_pending(&mut self) -> anyhow::Result<()> {
+        let Some(p) = self.publisher.as_mut() else {
+            return Ok(());
+        };
+        let mut wait = Duration::from_millis(100);
+        'again: loop {
+            p.reset().await;
+            for entry in self.pending.iter_mut() {
+                match p.send(&entry.publish).await {
+                    Ok(c) => entry.confirms = Some(c),
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(error = %e, "cannot publish yet, retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(10));
+                        continue 'again;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// Wait for every pending delivery to be confirmed and settled (on the way out).
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        while !self.pending.is_empty() {
+            let outcome = wait_head(&mut self.pending).await;
+            self.on_confirms(outcome).await?;
         }
         Ok(())
     }
@@ -248,12 +339,13 @@ impl<S: Service> Loop<'_, S> {
         input: &mut Consumer,
         requests: &mut Option<Consumer>,
     ) -> anyhow::Result<()> {
+        let limit = usize::from(self.in_flight_limit.max(1));
         let mut ticker = tokio::time::interval(Duration::from_millis(200));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_tick = self.clock.now();
         loop {
             if self.service.finished() {
-                return Ok(());
+                return self.drain().await;
             }
             // The tick runs between deliveries too, so a busy stream does not starve it.
             let now = self.clock.now();
@@ -263,10 +355,13 @@ impl<S: Service> Loop<'_, S> {
             }
             // Not biased: a busy input must not starve the requests.
             tokio::select! {
-                d = input.next() => match d? {
+                d = input.next(), if self.pending.len() < limit => match d? {
                     Some(d) => self.on_delivery(d).await?,
-                    None => return Ok(()),
+                    None => return self.drain().await,
                 },
+                c = wait_head(&mut self.pending), if !self.pending.is_empty() => {
+                    self.on_confirms(c).await?;
+                }
                 r = next_request(requests) => match r? {
                     Some(r) => self.on_request(r).await?,
                     None => return Ok(()),
@@ -275,6 +370,33 @@ impl<S: Service> Loop<'_, S> {
             }
         }
     }
+}
+
+/// The broker's answer for the oldest pending delivery.
+async fn wait_head(
+    pending: &mut VecDeque<Pending>,
+) -> Result<Confirmed, crate::broker::BrokerError> {
+    match pending.front_mut().and_then(|p| p.confirms.as_mut()) {
+        Some(c) => c.wait().await,
+        None => Err(crate::broker::BrokerError::Unreachable(
+            "not sent yet".into(),
+        )),
+    }
+}
+
+async fn settle(d: &Delivery, verdict: Verdict) {
+    match verdict {
+        Verdict::Ack => d.ack().await,
+        Verdict::Reject => d.reject().await,
+    }
+}
+
+/// A delivery whose copies are published but not yet confirmed.
+struct Pending {
+    delivery: Delivery,
+    publish: Vec<Outgoing>,
+    verdict: Verdict,
+    confirms: Option<Confirms>,
 }
 
 async fn next_request(

@@ -345,6 +345,7 @@ pub async fn run(cfg: &LogConfig, shutdown: Shutdown, clock: &dyn Clock) -> anyh
         broker: &cfg.broker,
         input: cfg.subscription(),
         daemon: cfg.service.then_some(&cfg.daemon),
+        publishes: false,
     };
     let outcome = serve(&mut service, serve_cfg, shutdown, clock).await;
     let t = &service.totals;

@@ -171,6 +171,7 @@ pub async fn publish(exchange: &str, msgs: Vec<(String, Headers, Vec<u8>)>) {
             body,
             content_type: None,
             correlation_id: None,
+            ..Outgoing::default()
         })
         .collect();
     p.publish_all(&out).await.expect("publish");
