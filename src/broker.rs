@@ -675,8 +675,12 @@ impl Publisher {
         }
     }
 
-    /// Declare a durable topic exchange now and again after every reconnection.
+    /// Declare a durable topic exchange now and again after every reconnection (once: an
+    /// exchange already declared by this publisher is not declared again).
     pub async fn declare_exchange(&mut self, name: &str) -> Result<(), BrokerError> {
+        if self.declared.contains(name) && self.live.is_some() {
+            return Ok(());
+        }
         let ch = self.ensure().await?;
         declare_topic_exchange(ch, name).await?;
         self.declared.insert(name.to_string());

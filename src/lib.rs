@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod log;
 pub mod record;
+pub mod route;
 pub mod sim;
 pub mod status;
 pub mod topic;

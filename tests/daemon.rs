@@ -10,63 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_lite::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::Value;
-
-/// A private queue on `exchange` bound to `keys`, consumed by the test.
-async fn listen(conn: &lapin::Connection, exchange: &str, keys: &[&str]) -> lapin::Consumer {
-    let ch = conn.create_channel().await.unwrap();
-    ddmon::broker::declare_topic_exchange(&ch, exchange)
-        .await
-        .unwrap();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    for k in keys {
-        ch.queue_bind(
-            q.name().clone(),
-            exchange.into(),
-            (*k).into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    }
-    ch.basic_consume(
-        q.name().clone(),
-        "".into(),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap()
-}
-
-/// The next message on a test listener as (routing key, JSON body), or panic after `secs`.
-async fn next_json(c: &mut lapin::Consumer, secs: u64) -> (String, Value) {
-    let d = tokio::time::timeout(Duration::from_secs(secs), c.next())
-        .await
-        .expect("a message in time")
-        .unwrap()
-        .unwrap();
-    d.acker.ack(BasicAckOptions::default()).await.unwrap();
-    (
-        d.routing_key.to_string(),
-        serde_json::from_slice(&d.data).unwrap(),
-    )
-}
 
 /// A capture daemon reading only records (not the daemons' own v01 messages).
 fn service(s: &Scratch, queue: &str, instance: &str) -> Running {

@@ -34,6 +34,8 @@ pub struct Handled {
     pub publish: Vec<Outgoing>,
     /// `None` is `Ack`.
     pub verdict: Option<Verdict>,
+    /// Durable topic exchanges to declare (once) before publishing.
+    pub declare: Vec<String>,
 }
 
 impl Handled {
@@ -45,8 +47,8 @@ impl Handled {
     /// Reject, nothing to publish.
     pub fn reject() -> Handled {
         Handled {
-            publish: Vec::new(),
             verdict: Some(Verdict::Reject),
+            ..Handled::default()
         }
     }
 }
@@ -235,7 +237,7 @@ impl<S: Service> Loop<'_, S> {
             return Ok(());
         }
         let confirms = match self.publisher.as_mut() {
-            Some(p) => match p.send(&handled.publish).await {
+            Some(p) => match declare_then_send(p, &handled.declare, &handled.publish).await {
                 Ok(c) => Some(c),
                 Err(e) if e.is_transient() => None, // resent by on_confirms' recovery
                 Err(e) => return Err(e.into()),
@@ -370,6 +372,17 @@ impl<S: Service> Loop<'_, S> {
             }
         }
     }
+}
+
+async fn declare_then_send(
+    p: &mut Publisher,
+    declare: &[String],
+    publish: &[Outgoing],
+) -> Result<Confirms, crate::broker::BrokerError> {
+    for x in declare {
+        p.declare_exchange(x).await?;
+    }
+    p.send(publish).await
 }
 
 /// The broker's answer for the oldest pending delivery.

@@ -14,8 +14,13 @@ use std::time::{Duration, Instant};
 use ddmon::broker::{Outgoing, Publisher};
 use ddmon::config::BrokerConfig;
 use ddmon::record::Headers;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
+use serde_json::Value;
 
 /// The broker the tests use.
 pub fn broker_url() -> String {
@@ -305,4 +310,75 @@ impl Running {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
     }
+}
+
+/// A private queue on `exchange` bound to `keys`, consumed by the test.
+pub async fn listen(conn: &lapin::Connection, exchange: &str, keys: &[&str]) -> lapin::Consumer {
+    let ch = conn.create_channel().await.unwrap();
+    ddmon::broker::declare_topic_exchange(&ch, exchange)
+        .await
+        .unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for k in keys {
+        ch.queue_bind(
+            q.name().clone(),
+            exchange.into(),
+            (*k).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.basic_consume(
+        q.name().clone(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The next message on a test listener as (routing key, JSON body), or panic after `secs`.
+pub async fn next_json(c: &mut lapin::Consumer, secs: u64) -> (String, Value) {
+    let d = tokio::time::timeout(Duration::from_secs(secs), c.next())
+        .await
+        .expect("a message in time")
+        .unwrap()
+        .unwrap();
+    d.acker.ack(BasicAckOptions::default()).await.unwrap();
+    (
+        d.routing_key.to_string(),
+        serde_json::from_slice(&d.data).unwrap(),
+    )
+}
+
+/// Collect every message a test listener receives until it has been quiet for `quiet_ms`.
+pub async fn drain(c: &mut lapin::Consumer, quiet_ms: u64) -> Vec<lapin::message::Delivery> {
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(d))) =
+        tokio::time::timeout(Duration::from_millis(quiet_ms), c.next()).await
+    {
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+        out.push(d);
+    }
+    out
+}
+
+pub fn dd_log2source() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dd_log2source"));
+    c.env("DD_BROKER", broker_url()).env_remove("RUST_LOG");
+    c
 }

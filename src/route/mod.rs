@@ -1,0 +1,397 @@
+//! `dd_log2source`: route the common `log` exchange into per-source `log_<source>` exchanges
+//! that only that source (and admins) can read.
+//!
+//! Copy mode: every record is republished unchanged (body, headers, routing key, properties)
+//! to its source's exchange, declared the first time it is needed; the input is acknowledged
+//! only after the broker confirmed the copy. A record with no source, an unknown source (when
+//! the known ones are listed) or a malformed body goes to `log_unknown` (or is rejected to the
+//! queue's dead-letter exchange when one is configured): never dropped silently, counted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{Delivery, Outgoing, QueueSpec, Subscription};
+use crate::cli::CommonOpts;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
+use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shutdown, serve};
+use crate::record::{MalformedTally, Parsed, parse};
+
+/// How records reach the source exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every record is copied through dd_log2source.
+    #[default]
+    Copy,
+}
+
+/// dd_log2source's command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dd_log2source",
+    version,
+    about = "Route the common log exchange into per-source log_<source> exchanges",
+    after_help = "Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
+)]
+pub struct Args {
+    /// Exchange to read [default: log].
+    #[arg(long, env = "DD_EXCHANGE", value_name = "NAME")]
+    pub exchange: Option<String>,
+    /// Name of each source's exchange; `{source}` is replaced [default: log_{source}].
+    #[arg(long, value_name = "TEMPLATE")]
+    pub source_exchange_template: Option<String>,
+    /// Known sources (comma-separated): records of any other source go to the unknown
+    /// exchange [default: every source is known].
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub sources: Vec<String>,
+    /// Where records with no source, an unknown source or a malformed body go
+    /// [default: log_unknown].
+    #[arg(long, value_name = "NAME")]
+    pub unknown_exchange: Option<String>,
+    /// Reject malformed records to this dead-letter exchange instead of copying them to the
+    /// unknown exchange (set on the input queue).
+    #[arg(long, value_name = "NAME")]
+    pub dead_letter_exchange: Option<String>,
+    /// The durable input queue is q_<user>.dd_log2source.<NAME> [default: route]; several
+    /// instances may share it.
+    #[arg(long, value_name = "NAME")]
+    pub queue: Option<String>,
+    /// Declare the input queue as a quorum queue.
+    #[arg(long)]
+    pub quorum: bool,
+    /// Topic bindings on the input exchange (repeatable) [default: v02.# and v03.#].
+    #[arg(long = "topic", value_name = "BINDING")]
+    pub topics: Vec<String>,
+    /// Routing mode.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Daemon flags.
+    #[command(flatten)]
+    pub daemon: DaemonOpts,
+    /// Flags shared by every command.
+    #[command(flatten)]
+    pub common: CommonOpts,
+}
+
+/// dd_log2source's effective configuration (the `--config` file has the same keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// Exchange to read.
+    pub exchange: String,
+    /// Name of each source's exchange; `{source}` is replaced by the source.
+    pub source_exchange_template: String,
+    /// Known sources; empty: every source is known.
+    pub sources: Vec<String>,
+    /// Where records with no source, an unknown source or a malformed body go.
+    pub unknown_exchange: String,
+    /// Reject malformed records to this dead-letter exchange instead (set on the queue).
+    pub dead_letter_exchange: Option<String>,
+    /// The NAME of the durable input queue q_<user>.dd_log2source.NAME.
+    pub queue: String,
+    /// Declare the input queue as a quorum queue.
+    pub quorum: bool,
+    /// Topic bindings on the input exchange (ddmon's own v01 messages are not routed:
+    /// dd_speedo publishes per-source speedos itself).
+    pub topics: Vec<String>,
+    /// Routing mode.
+    pub mode: Mode,
+    /// Alive interval, instance name, exchange for alive/status/requests.
+    pub daemon: DaemonConfig,
+    /// How to reach the broker.
+    pub broker: BrokerConfig,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            exchange: "log".to_string(),
+            source_exchange_template: "log_{source}".to_string(),
+            sources: Vec::new(),
+            unknown_exchange: "log_unknown".to_string(),
+            dead_letter_exchange: None,
+            queue: "route".to_string(),
+            quorum: false,
+            topics: vec!["v02.#".to_string(), "v03.#".to_string()],
+            mode: Mode::Copy,
+            daemon: DaemonConfig::default(),
+            broker: BrokerConfig::default(),
+        }
+    }
+}
+
+impl RouteConfig {
+    /// Merge the layers: defaults < file < environment < flags.
+    pub fn from_args(args: &Args) -> Result<RouteConfig, ConfigError> {
+        let mut cfg: RouteConfig = load_file(args.common.config.as_deref())?;
+        args.common.apply_broker(&mut cfg.broker);
+        args.daemon.apply(&mut cfg.daemon);
+        overlay(&mut cfg.exchange, args.exchange.clone());
+        overlay(
+            &mut cfg.source_exchange_template,
+            args.source_exchange_template.clone(),
+        );
+        if !args.sources.is_empty() {
+            cfg.sources = args.sources.clone();
+        }
+        overlay(&mut cfg.unknown_exchange, args.unknown_exchange.clone());
+        if args.dead_letter_exchange.is_some() {
+            cfg.dead_letter_exchange = args.dead_letter_exchange.clone();
+        }
+        overlay(&mut cfg.queue, args.queue.clone());
+        cfg.quorum |= args.quorum;
+        if !args.topics.is_empty() {
+            cfg.topics = args.topics.clone();
+        }
+        overlay(&mut cfg.mode, args.mode);
+        cfg.broker.validate()?;
+        cfg.daemon.validate()?;
+        if !cfg.source_exchange_template.contains("{source}") {
+            return Err(ConfigError::Invalid {
+                field: "source_exchange_template",
+                message: "must contain {source}".to_string(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// The exchange of a source.
+    pub fn source_exchange(&self, source: &str) -> String {
+        crate::topic::cut(&self.source_exchange_template.replace("{source}", source)).to_string()
+    }
+
+    fn subscription(&self) -> Subscription {
+        Subscription {
+            exchange: self.exchange.clone(),
+            bindings: self.topics.clone(),
+            queue: QueueSpec {
+                name: QueueSpec::name_for(&self.broker.user(), "dd_log2source", &self.queue),
+                durable: true,
+                exclusive: false,
+                quorum: self.quorum,
+                dead_letter_exchange: self.dead_letter_exchange.clone(),
+            },
+        }
+    }
+}
+
+/// Per-source figures.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SourceCounts {
+    /// Records copied to the source's exchange and confirmed.
+    pub routed: u64,
+    /// Of those, how many no queue received (nothing bound to the source's exchange).
+    pub unheard: u64,
+}
+
+/// What dd_log2source did, for `stats`, alive and the tests.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RouteCounts {
+    /// Per source.
+    pub sources: BTreeMap<String, SourceCounts>,
+    /// Records sent to the unknown exchange because they had no source.
+    pub no_source: u64,
+    /// Records sent to the unknown exchange because their source is not a known one.
+    pub unknown_source: u64,
+    /// Malformed records (copied to the unknown exchange, or rejected to the DLX).
+    pub malformed: u64,
+    /// Ordinary posts and ddmon's own messages: not log records, acknowledged and skipped.
+    pub skipped: u64,
+}
+
+/// Why a record goes to the unknown exchange; the header `ddmon_unrouted` says it.
+const UNROUTED_HEADER: &str = "ddmon_unrouted";
+
+struct RouteService {
+    cfg: RouteConfig,
+    known: BTreeSet<String>,
+    counts: RouteCounts,
+    tally: MalformedTally,
+}
+
+impl RouteService {
+    fn to_unknown(&self, d: &Delivery, why: &str) -> Handled {
+        let mut copy = Outgoing::copy_of(d, &self.cfg.unknown_exchange);
+        if let Some(props) = copy.properties.take() {
+            let mut headers = props.headers().clone().unwrap_or_default();
+            headers.insert(
+                UNROUTED_HEADER.into(),
+                lapin::types::AMQPValue::LongString(why.into()),
+            );
+            copy.properties = Some(props.with_headers(headers));
+        }
+        Handled {
+            publish: vec![copy],
+            declare: vec![self.cfg.unknown_exchange.clone()],
+            ..Handled::default()
+        }
+    }
+}
+
+impl Service for RouteService {
+    fn tool(&self) -> &'static str {
+        "dd_log2source"
+    }
+
+    fn handle(&mut self, d: &Delivery, now: DateTime<Utc>) -> anyhow::Result<Handled> {
+        let record = match parse(&d.routing_key, &d.headers, &d.body) {
+            Ok(Parsed::Log(r)) => r,
+            Ok(Parsed::NotReport | Parsed::Event(_)) => {
+                self.counts.skipped += 1;
+                return Ok(Handled::ack());
+            }
+            Err(m) => {
+                self.counts.malformed += 1;
+                if let Some(unlogged) = self.tally.count(&m, now) {
+                    tracing::warn!(topic = %d.routing_key, kind = m.kind(), unlogged, "malformed record: {m}");
+                }
+                return Ok(if self.cfg.dead_letter_exchange.is_some() {
+                    Handled::reject()
+                } else {
+                    self.to_unknown(d, &format!("malformed: {}", m.kind()))
+                });
+            }
+        };
+        let Some(source) = record.source.filter(|s| !s.is_empty()) else {
+            self.counts.no_source += 1;
+            return Ok(self.to_unknown(d, "no source"));
+        };
+        if !self.known.is_empty() && !self.known.contains(&source) {
+            self.counts.unknown_source += 1;
+            return Ok(self.to_unknown(d, "unknown source"));
+        }
+        let exchange = self.cfg.source_exchange(&source);
+        let mut copy = Outgoing::copy_of(d, &exchange);
+        copy.mandatory = true;
+        Ok(Handled {
+            publish: vec![copy],
+            declare: vec![exchange],
+            ..Handled::default()
+        })
+    }
+
+    fn confirmed(&mut self, published: &[Outgoing], returned: &[usize]) {
+        let template_start = self
+            .cfg
+            .source_exchange_template
+            .split("{source}")
+            .next()
+            .unwrap_or("");
+        let template_end = self
+            .cfg
+            .source_exchange_template
+            .rsplit("{source}")
+            .next()
+            .unwrap_or("");
+        for (i, m) in published.iter().enumerate() {
+            if m.exchange == self.cfg.unknown_exchange {
+                continue;
+            }
+            let source = m
+                .exchange
+                .strip_prefix(template_start)
+                .and_then(|s| s.strip_suffix(template_end))
+                .unwrap_or(&m.exchange)
+                .to_string();
+            let c = self.counts.sources.entry(source).or_default();
+            c.routed += 1;
+            if returned.contains(&i) {
+                c.unheard += 1;
+            }
+        }
+    }
+
+    fn counters(&self) -> serde_json::Value {
+        let routed: u64 = self.counts.sources.values().map(|c| c.routed).sum();
+        serde_json::json!({
+            "routed": routed,
+            "sources": self.counts.sources.len(),
+            "no_source": self.counts.no_source,
+            "unknown_source": self.counts.unknown_source,
+            "malformed": self.counts.malformed,
+            "skipped": self.counts.skipped,
+        })
+    }
+
+    fn request(&mut self, command: &str, _now: DateTime<Utc>) -> Option<serde_json::Value> {
+        (command == "stats").then(|| {
+            let mut v = serde_json::to_value(&self.counts).unwrap_or_default();
+            v["malformed_by_kind"] = serde_json::json!(self.tally.by_kind());
+            v["mode"] = serde_json::json!(self.cfg.mode);
+            v
+        })
+    }
+}
+
+/// Entry point of the `dd_log2source` binary.
+pub fn main(args: Args) -> std::process::ExitCode {
+    crate::cli::init_tracing(&args.common, 3);
+    let outcome = (|| {
+        let cfg = RouteConfig::from_args(&args)?;
+        if args.common.print_config {
+            print!("{}", crate::config::to_toml(&cfg));
+            return Ok(());
+        }
+        crate::cli::block_on(async move {
+            let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+            run(&cfg, shutdown, &SystemClock).await.map(|_| ())
+        })
+    })();
+    crate::cli::exit_code("dd_log2source", outcome)
+}
+
+/// Route until a stop is asked for; returns the counts.
+pub async fn run(
+    cfg: &RouteConfig,
+    shutdown: Shutdown,
+    clock: &dyn Clock,
+) -> anyhow::Result<RouteCounts> {
+    let mut service = RouteService {
+        known: cfg.sources.iter().cloned().collect(),
+        cfg: cfg.clone(),
+        counts: RouteCounts::default(),
+        tally: MalformedTally::default(),
+    };
+    let serve_cfg = ServeConfig {
+        broker: &cfg.broker,
+        input: cfg.subscription(),
+        daemon: Some(&cfg.daemon),
+        publishes: true,
+    };
+    serve(&mut service, serve_cfg, shutdown, clock).await?;
+    Ok(service.counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn source_exchange_names() {
+        let cfg = RouteConfig::default();
+        assert_eq!(cfg.source_exchange("ec_cmc"), "log_ec_cmc");
+        let sarra = RouteConfig {
+            source_exchange_template: "xr_{source}".into(),
+            ..RouteConfig::default()
+        };
+        assert_eq!(sarra.source_exchange("guest"), "xr_guest");
+    }
+
+    #[test]
+    fn template_needs_the_placeholder() {
+        let args =
+            Args::try_parse_from(["dd_log2source", "--source-exchange-template", "log_x"]).unwrap();
+        assert!(RouteConfig::from_args(&args).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! dd_log2source against the real broker: every record lands, unchanged, on its source's
+//! exchange; what has no (known) source or is malformed lands on the unknown exchange; the
+//! input is acknowledged only once copied; the counts are in `stats`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use ddmon::record::{HeaderValue, Headers};
+use serde_json::Value;
+
+struct Router {
+    run: Running,
+    input_queue: String,
+    instance: String,
+}
+
+impl Router {
+    /// Its `stats` answer.
+    async fn stats(&self, conn: &lapin::Connection, exchange: &str) -> Value {
+        let key = format!("v01.rpc.dd_log2source.{}.stats", self.instance);
+        let replies =
+            ddmon::broker::request(conn, exchange, &key, b"{}", Duration::from_secs(2), Some(1))
+                .await
+                .unwrap();
+        assert_eq!(replies.len(), 1, "no stats answer on {key}");
+        serde_json::from_slice(&replies[0].body).unwrap()
+    }
+}
+
+/// Start dd_log2source on the scratch exchange; source exchanges are `<scratch>.src_<source>`.
+async fn start(conn: &lapin::Connection, s: &Scratch, extra: &[&str]) -> Router {
+    let queue = unique("r");
+    let instance = queue.replace('.', "-");
+    let full = format!("q_guest.dd_log2source.{queue}");
+    s.track_queue(&full);
+    let mut c = dd_log2source();
+    c.args(["--exchange", &s.exchange, "--queue", &queue])
+        .args([
+            "--source-exchange-template",
+            &format!("{}.src_{{source}}", s.exchange),
+        ])
+        .args(["--unknown-exchange", &format!("{}.unknown", s.exchange)])
+        .args(["--daemon-exchange", &s.exchange, "--instance", &instance])
+        .args(extra);
+    let run = Running::spawn(c);
+    wait_for_consumers(conn, &full, 1).await;
+    Router {
+        run,
+        input_queue: full,
+        instance,
+    }
+}
+
+#[tokio::test]
+async fn copy_mode_routes_every_record_unchanged() {
+    let conn = connect().await;
+    let s = Scratch::new();
+    for x in ["src_source00", "src_source01", "src_source02", "unknown"] {
+        s.track_exchange(&format!("{}.{x}", s.exchange));
+    }
+    // listeners on each source's exchange and on the unknown exchange
+    let mut per_source = BTreeMap::new();
+    for src in ["source00", "source01", "source02"] {
+        let x = format!("{}.src_{src}", s.exchange);
+        per_source.insert(src.to_string(), listen(&conn, &x, &["#"]).await);
+    }
+    let mut unknown = listen(&conn, &format!("{}.unknown", s.exchange), &["#"]).await;
+    let router = start(&conn, &s, &["--sources", "source00,source01,source02"]).await;
+
+    let records = sim_records(600, 17);
+    let mut msgs = v02_messages(&records);
+    // no source: a v03 report without one; an unknown source; a malformed body; an ordinary post
+    let mut r = records[0].clone();
+    r.source = None;
+    let (k, body) = ddmon::record::encode_v03(&r);
+    msgs.push((k, Headers::new(), body.into_bytes()));
+    let mut stranger = msgs[1].clone();
+    stranger
+        .1
+        .insert("source".into(), HeaderValue::Str("stranger".into()));
+    msgs.push(stranger);
+    msgs.push((
+        "v02.log.x".into(),
+        msgs[2].1.clone(),
+        b"not a log line".to_vec(),
+    ));
+    msgs.push((
+        "v02.post.x".into(),
+        Headers::new(),
+        b"20261122051509.7 file:/d a".to_vec(),
+    ));
+    publish(&s.exchange, msgs.clone()).await;
+
+    let mut want: BTreeMap<String, Vec<&(String, Headers, Vec<u8>)>> = BTreeMap::new();
+    for (m, r) in msgs.iter().zip(&records) {
+        want.entry(r.source.clone().unwrap()).or_default().push(m);
+    }
+    for (src, listener) in per_source.iter_mut() {
+        let got = drain(listener, 1500).await;
+        let expected = &want[src];
+        assert_eq!(got.len(), expected.len(), "{src}");
+        for (d, (key, headers, body)) in got.iter().zip(expected) {
+            // unchanged: routing key, body, headers, properties
+            assert_eq!(d.routing_key.as_str(), key);
+            assert_eq!(&d.data, body);
+            let h = ddmon::broker::headers_from_table(d.properties.headers().as_ref().unwrap());
+            assert_eq!(&h, headers);
+            assert_eq!(d.properties.delivery_mode(), &Some(2));
+        }
+    }
+    let odd = drain(&mut unknown, 1000).await;
+    let why: Vec<String> = odd
+        .iter()
+        .map(|d| {
+            let h = ddmon::broker::headers_from_table(d.properties.headers().as_ref().unwrap());
+            h["ddmon_unrouted"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        why,
+        ["no source", "unknown source", "malformed: field_count"]
+    );
+
+    // everything was acknowledged once copied
+    assert_eq!(queue_counts(&conn, &router.input_queue).await, Some((0, 1)));
+    let v = router.stats(&conn, &s.exchange).await;
+    let result = &v["result"];
+    for (src, list) in &want {
+        assert_eq!(result["sources"][src]["routed"], list.len(), "{v}");
+        assert_eq!(result["sources"][src]["unheard"], 0, "{v}");
+    }
+    assert_eq!(
+        (
+            &result["no_source"],
+            &result["unknown_source"],
+            &result["malformed"],
+            &result["skipped"]
+        ),
+        (
+            &Value::from(1),
+            &Value::from(1),
+            &Value::from(1),
+            &Value::from(1)
+        )
+    );
+    router.run.terminate();
+    let (code, _, err) = router.run.finish(10);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test]
+async fn a_source_nobody_listens_to_is_counted_as_unheard() {
+    let conn = connect().await;
+    let s = Scratch::new();
+    s.track_exchange(&format!("{}.src_source00", s.exchange));
+    s.track_exchange(&format!("{}.unknown", s.exchange));
+    let router = start(&conn, &s, &[]).await;
+    let records: Vec<_> = sim_records(200, 3)
+        .into_iter()
+        .filter(|r| r.source.as_deref() == Some("source00"))
+        .collect();
+    publish(&s.exchange, v02_messages(&records)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = router.stats(&conn, &s.exchange).await;
+        let c = &v["result"]["sources"]["source00"];
+        if c["routed"] == records.len() {
+            assert_eq!(c["unheard"], records.len());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    router.run.terminate();
+    assert_eq!(router.run.finish(10).0, 0);
+}
