@@ -96,7 +96,7 @@ async fn copy_mode_routes_every_record_unchanged() {
     ));
     publish(&s.exchange, msgs.clone()).await;
 
-    let mut want: BTreeMap<String, Vec<&(String, Headers, Vec<u8>)>> = BTreeMap::new();
+    let mut want: BTreeMap<String, Vec<&RawMessage>> = BTreeMap::new();
     for (m, r) in msgs.iter().zip(&records) {
         want.entry(r.source.clone().unwrap()).or_default().push(m);
     }

@@ -161,6 +161,9 @@ pub async fn wait_for_consumers(conn: &lapin::Connection, queue: &str, consumers
     }
 }
 
+/// A raw message: routing key, headers, body.
+pub type RawMessage = (String, Headers, Vec<u8>);
+
 /// Publish raw messages with confirms.
 pub async fn publish(exchange: &str, msgs: Vec<(String, Headers, Vec<u8>)>) {
     let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
