@@ -7,7 +7,10 @@
 //! the known ones are listed) or a malformed body goes to `log_unknown` (or is rejected to the
 //! queue's dead-letter exchange when one is configured): never dropped silently, counted.
 
+pub mod permissions;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -70,6 +73,21 @@ pub struct Args {
     /// Routing mode.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// Declare a source and exit: its exchange, and permissions for the user NAME to read it
+    /// and use its own q_NAME.* queues only (through the management API).
+    #[arg(long, value_name = "NAME")]
+    pub declare_source: Option<String>,
+    /// With --declare-source: create the user NAME with the password in this file (first
+    /// line; keep it mode 600).
+    #[arg(long, value_name = "FILE", requires = "declare_source")]
+    pub password_file: Option<PathBuf>,
+    /// RabbitMQ management API.
+    #[arg(
+        long,
+        env = "DD_MANAGEMENT_URL",
+        default_value = "http://127.0.0.1:15672/api"
+    )]
+    pub management_url: String,
     /// Daemon flags.
     #[command(flatten)]
     pub daemon: DaemonOpts,
@@ -336,6 +354,23 @@ pub fn main(args: Args) -> std::process::ExitCode {
         if args.common.print_config {
             print!("{}", crate::config::to_toml(&cfg));
             return Ok(());
+        }
+        if let Some(source) = &args.declare_source {
+            let password = args
+                .password_file
+                .as_deref()
+                .map(permissions::read_password_file)
+                .transpose()?;
+            let api = permissions::client(&args.management_url, &cfg.broker)?;
+            let vhost = permissions::vhost(&cfg.broker);
+            let exchange = cfg.source_exchange(source);
+            return crate::cli::block_on(permissions::declare_source(
+                &api,
+                &vhost,
+                source,
+                &exchange,
+                password.as_deref(),
+            ));
         }
         crate::cli::block_on(async move {
             let shutdown = Shutdown::install().context("cannot install signal handlers")?;

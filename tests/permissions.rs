@@ -1,0 +1,168 @@
+//! `dd_log2source --declare-source` with real users in a throw-away vhost: a source reads its
+//! own `log_<source>` with dd_log; binding to another source's exchange or to `log` is refused
+//! by the broker, and dd_log says so in one line and exits non-zero.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use rabbitmq_http_client::api::Client;
+use rabbitmq_http_client::requests::{Permissions, VirtualHostParams};
+
+const API: &str = "http://127.0.0.1:15672/api";
+
+/// A vhost and users removed at the end, even when the test fails.
+struct Sandbox {
+    vhost: String,
+    users: Vec<String>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let (vhost, users) = (self.vhost.clone(), self.users.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let api = Client::new(API, "guest", "guest");
+                let _ = api.delete_vhost(&vhost, true).await;
+                for u in users {
+                    let _ = api.delete_user(&u, true).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn url(user: &str, password: &str, vhost: &str) -> String {
+    format!("amqp://{user}:{password}@127.0.0.1:5672/{vhost}")
+}
+
+#[tokio::test]
+async fn a_source_reads_only_its_own_exchange() {
+    let _ = connect().await;
+    let api = Client::new(API, "guest", "guest");
+    let id = unique("perm").replace('.', "-");
+    let sandbox = Sandbox {
+        vhost: id.clone(),
+        users: vec![format!("{id}-a"), format!("{id}-b")],
+    };
+    if let Err(e) = api
+        .create_vhost(&VirtualHostParams::named(&sandbox.vhost))
+        .await
+    {
+        panic!("NO MANAGEMENT API at {API} ({e}); run scripts/test, which enables it");
+    }
+    api.declare_permissions(&Permissions::full_access("guest", &sandbox.vhost))
+        .await
+        .unwrap();
+    let admin = url("guest", "guest", &sandbox.vhost);
+    let dir = tempfile::tempdir().unwrap();
+    for (user, pw) in [(&sandbox.users[0], "pw-A-1"), (&sandbox.users[1], "pw-B-2")] {
+        let file = dir.path().join(user);
+        std::fs::write(&file, format!("{pw}\n")).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let out = dd_log2source()
+            .env("DD_BROKER", &admin)
+            .args(["--declare-source", user, "--password-file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let (a, b) = (&sandbox.users[0], &sandbox.users[1]);
+    let a_url = url(a, "pw-A-1", &sandbox.vhost);
+
+    // A reads its own exchange: start a durable capture queue, then the admin publishes
+    let queue = "own";
+    let out = dd_log()
+        .env("DD_BROKER", &a_url)
+        .args([
+            "--exchange",
+            &format!("log_{a}"),
+            "--queue",
+            queue,
+            "-n",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (key, headers, body) = v02_messages(&sim_records(1, 1)).remove(0);
+    {
+        let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
+        let cfg = ddmon::config::BrokerConfig {
+            url: admin.clone(),
+            ..Default::default()
+        };
+        let mut p = ddmon::broker::Publisher::connect(&cfg, "test", shutdown)
+            .await
+            .unwrap();
+        let msg = ddmon::broker::Outgoing {
+            exchange: format!("log_{a}"),
+            routing_key: key.clone(),
+            headers: headers.clone(),
+            body: body.clone(),
+            ..Default::default()
+        };
+        p.publish_all(&[msg]).await.unwrap();
+        p.close().await;
+    }
+    let out = dd_log()
+        .env("DD_BROKER", &a_url)
+        .args([
+            "--exchange",
+            &format!("log_{a}"),
+            "--queue",
+            queue,
+            "-n",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        expected_line(&key, &headers, &body) + "\n"
+    );
+
+    // A may not read B's exchange, nor the common log
+    for forbidden in [format!("log_{b}"), "log".to_string()] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dd_log"))
+            .env("DD_BROKER", &a_url)
+            .args(["--exchange", &forbidden, "-n", "1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "reading {forbidden}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("ACCESS_REFUSED") && err.contains(&forbidden),
+            "{err}"
+        );
+        assert!(!err.contains("pw-A-1"), "{err}");
+    }
+}
