@@ -203,6 +203,68 @@ pub struct Subscription {
     pub queue: QueueSpec,
 }
 
+/// A binding from a headers exchange to an exchange, matching one header's value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeadersBinding {
+    /// The exchange that receives what matches.
+    pub destination: String,
+    /// The headers exchange.
+    pub headers_exchange: String,
+    /// The header to match.
+    pub header: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// Declare a durable exchange of any kind with arguments (idempotent).
+pub async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+    args: &Headers,
+) -> Result<(), BrokerError> {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            table_from_headers(args),
+        )
+        .await
+        .map_err(classify)
+}
+
+/// Bind exchange `destination` to exchange `source` (an exchange-to-exchange binding).
+pub async fn bind_exchange(
+    channel: &Channel,
+    destination: &str,
+    source: &str,
+    routing_key: &str,
+    args: &Headers,
+) -> Result<(), BrokerError> {
+    channel
+        .exchange_bind(
+            destination.into(),
+            source.into(),
+            routing_key.into(),
+            lapin::options::ExchangeBindOptions::default(),
+            table_from_headers(args),
+        )
+        .await
+        .map_err(classify)
+}
+
+/// Bind `b.destination` to its headers exchange on `x-match: all, <header>: <value>`.
+pub async fn bind_headers(channel: &Channel, b: &HeadersBinding) -> Result<(), BrokerError> {
+    let mut args = Headers::new();
+    args.insert("x-match".into(), HeaderValue::Str("all".into()));
+    args.insert(b.header.clone(), HeaderValue::Str(b.value.clone()));
+    bind_exchange(channel, &b.destination, &b.headers_exchange, "", &args).await
+}
+
 /// Declare a durable topic exchange (idempotent).
 pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> Result<(), BrokerError> {
     channel
@@ -632,6 +694,7 @@ pub struct Publisher {
     backoff: Backoff,
     live: Option<(Connection, Channel)>,
     declared: std::collections::BTreeSet<String>,
+    bound: std::collections::BTreeSet<HeadersBinding>,
 }
 
 impl Publisher {
@@ -648,6 +711,7 @@ impl Publisher {
             backoff: Backoff::new(cfg),
             live: None,
             declared: Default::default(),
+            bound: Default::default(),
         };
         p.ensure().await?;
         Ok(p)
@@ -684,6 +748,17 @@ impl Publisher {
         let ch = self.ensure().await?;
         declare_topic_exchange(ch, name).await?;
         self.declared.insert(name.to_string());
+        Ok(())
+    }
+
+    /// Bind with a headers binding (once per publisher; bindings are durable in the broker).
+    pub async fn bind_headers(&mut self, b: &HeadersBinding) -> Result<(), BrokerError> {
+        if self.bound.contains(b) {
+            return Ok(());
+        }
+        let ch = self.ensure().await?;
+        bind_headers(ch, b).await?;
+        self.bound.insert(b.clone());
         Ok(())
     }
 

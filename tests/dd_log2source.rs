@@ -179,3 +179,86 @@ async fn a_source_nobody_listens_to_is_counted_as_unheard() {
     router.run.terminate();
     assert_eq!(router.run.finish(10).0, 0);
 }
+
+#[tokio::test]
+async fn bind_mode_learns_sources_and_lets_the_broker_route() {
+    let conn = connect().await;
+    let s = Scratch::new();
+    for x in [
+        "src_source00",
+        "src_source01",
+        "src_source02",
+        "unknown",
+        "by_source",
+        "unrouted",
+    ] {
+        s.track_exchange(&format!("{}.{x}", s.exchange));
+    }
+    let router = start(&conn, &s, &["--mode", "bind"]).await;
+    let mut per_source = BTreeMap::new();
+    for src in ["source00", "source01", "source02"] {
+        let x = format!("{}.src_{src}", s.exchange);
+        per_source.insert(src.to_string(), listen(&conn, &x, &["#"]).await);
+    }
+    let records = sim_records(1200, 23);
+    let msgs = v02_messages(&records);
+    // first half: sources are learned from what falls to the alternate exchange
+    publish(&s.exchange, msgs[..600].to_vec()).await;
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    for (src, l) in per_source.iter_mut() {
+        got.insert(src.clone(), drain(l, 1500).await.len());
+    }
+    let want = |range: std::ops::Range<usize>| {
+        let mut w: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &records[range] {
+            *w.entry(r.source.clone().unwrap()).or_default() += 1;
+        }
+        w
+    };
+    assert_eq!(got, want(0..600));
+    let first = router.stats(&conn, &s.exchange).await;
+    assert_eq!(
+        first["result"]["bound"],
+        serde_json::json!(["source00", "source01", "source02"])
+    );
+    let routed = |v: &Value| -> u64 {
+        v["result"]["sources"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|c| c["routed"].as_u64().unwrap())
+            .sum()
+    };
+    let copied_first = routed(&first);
+    assert!(copied_first >= 3 && copied_first <= 600, "{first}");
+
+    // second half: the broker routes it all; dd_log2source copies nothing more
+    publish(&s.exchange, msgs[600..].to_vec()).await;
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    for (src, l) in per_source.iter_mut() {
+        let ds = drain(l, 1500).await;
+        for d in &ds {
+            assert!(d.routing_key.as_str().starts_with("v02.log.source"));
+        }
+        got.insert(src.clone(), ds.len());
+    }
+    assert_eq!(got, want(600..1200));
+    assert_eq!(
+        routed(&router.stats(&conn, &s.exchange).await),
+        copied_first
+    );
+
+    // v03 records carry their source in the body: still copied by the process
+    let (k, body) = ddmon::record::encode_v03(&records[0]);
+    publish(&s.exchange, vec![(k, Headers::new(), body.into_bytes())]).await;
+    let src = records[0].source.clone().unwrap();
+    let l = per_source.get_mut(&src).unwrap();
+    assert_eq!(drain(l, 1500).await.len(), 1);
+    assert_eq!(
+        routed(&router.stats(&conn, &s.exchange).await),
+        copied_first + 1
+    );
+    router.run.terminate();
+    let (code, _, err) = router.run.finish(10);
+    assert_eq!(code, 0, "{err}");
+}

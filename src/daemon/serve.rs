@@ -13,7 +13,8 @@ use super::shutdown::Shutdown;
 use std::collections::VecDeque;
 
 use crate::broker::{
-    Confirmed, Confirms, Consumer, Delivery, Outgoing, Publisher, QueueSpec, Subscription,
+    Confirmed, Confirms, Consumer, Delivery, HeadersBinding, Outgoing, Publisher, QueueSpec,
+    Subscription,
 };
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
@@ -36,6 +37,8 @@ pub struct Handled {
     pub verdict: Option<Verdict>,
     /// Durable topic exchanges to declare (once) before publishing.
     pub declare: Vec<String>,
+    /// Headers bindings to make (once) before publishing.
+    pub bind: Vec<HeadersBinding>,
 }
 
 impl Handled {
@@ -237,7 +240,7 @@ impl<S: Service> Loop<'_, S> {
             return Ok(());
         }
         let confirms = match self.publisher.as_mut() {
-            Some(p) => match declare_then_send(p, &handled.declare, &handled.publish).await {
+            Some(p) => match declare_then_send(p, &handled, &handled.publish).await {
                 Ok(c) => Some(c),
                 Err(e) if e.is_transient() => None, // resent by on_confirms' recovery
                 Err(e) => return Err(e.into()),
@@ -376,11 +379,14 @@ impl<S: Service> Loop<'_, S> {
 
 async fn declare_then_send(
     p: &mut Publisher,
-    declare: &[String],
+    topology: &Handled,
     publish: &[Outgoing],
 ) -> Result<Confirms, crate::broker::BrokerError> {
-    for x in declare {
+    for x in &topology.declare {
         p.declare_exchange(x).await?;
+    }
+    for b in &topology.bind {
+        p.bind_headers(b).await?;
     }
     p.send(publish).await
 }

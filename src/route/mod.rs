@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Delivery, Outgoing, QueueSpec, Subscription};
+use crate::broker::{Delivery, HeadersBinding, Outgoing, QueueSpec, Subscription};
 use crate::cli::CommonOpts;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
@@ -31,6 +31,11 @@ pub enum Mode {
     /// Every record is copied through dd_log2source.
     #[default]
     Copy,
+    /// RabbitMQ routes by the `source` header (an exchange-to-exchange binding from the input
+    /// into a headers exchange bound to each source's exchange); dd_log2source only copies
+    /// what falls to the alternate exchange (new sources, which it then binds; v03 records,
+    /// whose source is in the body; records with no or an unknown source; malformed ones).
+    Bind,
 }
 
 /// dd_log2source's command line.
@@ -119,6 +124,11 @@ pub struct RouteConfig {
     pub topics: Vec<String>,
     /// Routing mode.
     pub mode: Mode,
+    /// Bind mode: the headers exchange [default: <exchange>.by_source].
+    pub headers_exchange: Option<String>,
+    /// Bind mode: the headers exchange's alternate exchange, read by dd_log2source
+    /// [default: <exchange>.unrouted].
+    pub alternate_exchange: Option<String>,
     /// Alive interval, instance name, exchange for alive/status/requests.
     pub daemon: DaemonConfig,
     /// How to reach the broker.
@@ -137,6 +147,8 @@ impl Default for RouteConfig {
             quorum: false,
             topics: vec!["v02.#".to_string(), "v03.#".to_string()],
             mode: Mode::Copy,
+            headers_exchange: None,
+            alternate_exchange: None,
             daemon: DaemonConfig::default(),
             broker: BrokerConfig::default(),
         }
@@ -183,10 +195,38 @@ impl RouteConfig {
         crate::topic::cut(&self.source_exchange_template.replace("{source}", source)).to_string()
     }
 
+    /// Bind mode's headers exchange.
+    pub fn headers_exchange(&self) -> String {
+        self.headers_exchange
+            .clone()
+            .unwrap_or_else(|| format!("{}.by_source", self.exchange))
+    }
+
+    /// Bind mode's alternate exchange.
+    pub fn alternate_exchange(&self) -> String {
+        self.alternate_exchange
+            .clone()
+            .unwrap_or_else(|| format!("{}.unrouted", self.exchange))
+    }
+
+    fn source_binding(&self, source: &str) -> HeadersBinding {
+        HeadersBinding {
+            destination: self.source_exchange(source),
+            headers_exchange: self.headers_exchange(),
+            header: "source".to_string(),
+            value: source.to_string(),
+        }
+    }
+
     fn subscription(&self) -> Subscription {
+        let (exchange, bindings) = match self.mode {
+            Mode::Copy => (self.exchange.clone(), self.topics.clone()),
+            // the alternate exchange is a fanout: the key does not matter
+            Mode::Bind => (self.alternate_exchange(), vec!["#".to_string()]),
+        };
         Subscription {
-            exchange: self.exchange.clone(),
-            bindings: self.topics.clone(),
+            exchange,
+            bindings,
             queue: QueueSpec {
                 name: QueueSpec::name_for(&self.broker.user(), "dd_log2source", &self.queue),
                 durable: true,
@@ -196,6 +236,36 @@ impl RouteConfig {
             },
         }
     }
+}
+
+/// Bind mode's broker side: the alternate exchange (fanout), the headers exchange that falls
+/// back to it, the binding from the input exchange into it for each topic, and one headers
+/// binding per known source. All durable, so they outlive dd_log2source.
+async fn set_up_bind_mode(cfg: &RouteConfig) -> anyhow::Result<()> {
+    use lapin::ExchangeKind;
+    let conn = crate::broker::connect(&cfg.broker, "dd_log2source setup").await?;
+    let ch = conn.create_channel().await?;
+    let none = crate::record::Headers::new();
+    let ae = cfg.alternate_exchange();
+    let hx = cfg.headers_exchange();
+    crate::broker::declare_exchange(&ch, &ae, ExchangeKind::Fanout, &none).await?;
+    let mut args = crate::record::Headers::new();
+    args.insert(
+        "alternate-exchange".into(),
+        crate::record::HeaderValue::Str(ae.clone()),
+    );
+    crate::broker::declare_exchange(&ch, &hx, ExchangeKind::Headers, &args).await?;
+    crate::broker::declare_topic_exchange(&ch, &cfg.exchange).await?;
+    for topic in &cfg.topics {
+        crate::broker::bind_exchange(&ch, &hx, &cfg.exchange, topic, &none).await?;
+    }
+    for source in &cfg.sources {
+        crate::broker::declare_topic_exchange(&ch, &cfg.source_exchange(source)).await?;
+        crate::broker::bind_headers(&ch, &cfg.source_binding(source)).await?;
+    }
+    let _ = conn.close(200, "OK".into()).await;
+    tracing::info!(headers_exchange = %hx, alternate_exchange = %ae, "bind mode set up");
+    Ok(())
 }
 
 /// Per-source figures.
@@ -220,6 +290,9 @@ pub struct RouteCounts {
     pub malformed: u64,
     /// Ordinary posts and ddmon's own messages: not log records, acknowledged and skipped.
     pub skipped: u64,
+    /// Bind mode: sources bound in the broker by this instance (learned from the alternate
+    /// exchange or configured).
+    pub bound: BTreeSet<String>,
 }
 
 /// Why a record goes to the unknown exchange; the header `ddmon_unrouted` says it.
@@ -286,9 +359,19 @@ impl Service for RouteService {
         let exchange = self.cfg.source_exchange(&source);
         let mut copy = Outgoing::copy_of(d, &exchange);
         copy.mandatory = true;
+        // Bind mode: a source named in a header is bound now, so the broker routes its next
+        // records itself (v03 carries the source in the body: the broker cannot match it).
+        let mut bind = Vec::new();
+        if self.cfg.mode == Mode::Bind && d.headers.contains_key("source") {
+            bind.push(self.cfg.source_binding(&source));
+            if self.counts.bound.insert(source.clone()) {
+                tracing::info!(source = %source, "new source: bound in the broker");
+            }
+        }
         Ok(Handled {
             publish: vec![copy],
             declare: vec![exchange],
+            bind,
             ..Handled::default()
         })
     }
@@ -333,6 +416,7 @@ impl Service for RouteService {
             "unknown_source": self.counts.unknown_source,
             "malformed": self.counts.malformed,
             "skipped": self.counts.skipped,
+            "bound": self.counts.bound.len(),
         })
     }
 
@@ -386,6 +470,11 @@ pub async fn run(
     shutdown: Shutdown,
     clock: &dyn Clock,
 ) -> anyhow::Result<RouteCounts> {
+    if cfg.mode == Mode::Bind {
+        set_up_bind_mode(cfg)
+            .await
+            .context("cannot set up bind mode")?;
+    }
     let mut service = RouteService {
         known: cfg.sources.iter().cloned().collect(),
         cfg: cfg.clone(),
