@@ -536,7 +536,9 @@ impl Consumer {
     }
 }
 
-fn convert(d: lapin::message::Delivery) -> Delivery {
+fn convert(mut d: lapin::message::Delivery) -> Delivery {
+    // The body moves out of lapin's delivery: no copy on the hot path.
+    let body = std::mem::take(&mut d.data);
     let headers = d
         .properties
         .headers()
@@ -547,7 +549,7 @@ fn convert(d: lapin::message::Delivery) -> Delivery {
         routing_key: d.routing_key.to_string(),
         exchange: d.exchange.to_string(),
         headers,
-        body: d.data.clone(),
+        body,
         redelivered: d.redelivered,
         reply_to: d.properties.reply_to().as_ref().map(|s| s.to_string()),
         correlation_id: d

@@ -94,8 +94,7 @@ pub fn exit_code(tool: &str, outcome: anyhow::Result<()>) -> ExitCode {
 pub fn block_on<T, F: std::future::Future<Output = anyhow::Result<T>>>(
     fut: F,
 ) -> anyhow::Result<T> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(fut)

@@ -214,7 +214,7 @@ async fn closed_pipe_exits_zero_quietly_and_loses_nothing() {
     let conn = connect().await;
     let s = Scratch::new();
     let (name, full) = prepare_queue(&s, &[]);
-    publish(&s.exchange, v02_messages(&sim_records(50, 5))).await;
+    publish(&s.exchange, v02_messages(&sim_records(3000, 5))).await;
     let script = format!(
         "set -o pipefail; {} --exchange {} --queue {} | head -1",
         env!("CARGO_BIN_EXE_dd_log"),
@@ -234,10 +234,10 @@ async fn closed_pipe_exits_zero_quietly_and_loses_nothing() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
     assert_eq!(String::from_utf8(out.stderr).unwrap(), "");
-    // Only what reached the pipe before it closed was acknowledged: the line head printed,
-    // and possibly the one written into the pipe's buffer before head exited.
+    // Acknowledged: only what the pipe accepted before head closed it (at most its 64 KiB
+    // buffer, about 300 lines, and a last batch); everything else is still in the queue.
     let (left, _) = queue_counts(&conn, &full).await.unwrap();
-    assert!((48..=49).contains(&left), "{left} left in the queue");
+    assert!((2600..3000).contains(&left), "{left} left in the queue");
 }
 
 #[tokio::test]

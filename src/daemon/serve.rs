@@ -75,6 +75,11 @@ pub trait Service {
     /// The broker confirmed what `handle` asked to publish; `returned` are the indices of
     /// `mandatory` messages no queue received.
     fn confirmed(&mut self, _published: &[Outgoing], _returned: &[usize]) {}
+    /// Make the effects of the deliveries handled so far durable (write buffered output); the
+    /// loop calls it before acknowledging them.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Is the tool done (e.g. `dd_log -n` reached)?
     fn finished(&self) -> bool {
         false
@@ -152,6 +157,7 @@ pub async fn serve<S: Service>(
         clock,
         pending: VecDeque::new(),
         in_flight_limit: cfg.broker.prefetch,
+        unsettled: Vec::new(),
     };
     loop_.set_state(State::Running).await?;
     loop_.alive_if_due().await?;
@@ -178,6 +184,8 @@ struct Loop<'a, S: Service> {
     pending: VecDeque<Pending>,
     /// At most this many pending (the prefetch: more could not arrive anyway).
     in_flight_limit: u16,
+    /// Deliveries handled whose effect waits for the service's flush.
+    unsettled: Vec<(Delivery, Verdict)>,
 }
 
 impl<S: Service> Loop<'_, S> {
@@ -236,7 +244,8 @@ impl<S: Service> Loop<'_, S> {
         let handled = self.service.handle(&d, self.clock.now())?;
         let verdict = handled.verdict.unwrap_or(Verdict::Ack);
         if handled.publish.is_empty() {
-            settle(&d, verdict).await;
+            // settled after the service's flush, with the rest of the batch
+            self.unsettled.push((d, verdict));
             return Ok(());
         }
         let confirms = match self.publisher.as_mut() {
@@ -305,6 +314,36 @@ impl<S: Service> Loop<'_, S> {
         }
     }
 
+    /// Handle the deliveries that are already here (up to a batch), without waiting for more:
+    /// their output is then flushed once.
+    async fn take_ready(&mut self, input: &mut Consumer, limit: usize) -> anyhow::Result<()> {
+        // Small enough that a burst's first line is not held back noticeably.
+        const BATCH: usize = 64;
+        for _ in 1..BATCH {
+            if self.service.finished() || self.pending.len() >= limit {
+                break;
+            }
+            match futures_lite::future::poll_once(input.next()).await {
+                Some(Ok(Some(d))) => self.on_delivery(d).await?,
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(None)) | None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush the service's output, then acknowledge (or reject) what it covers.
+    async fn settle_batch(&mut self) -> anyhow::Result<()> {
+        if self.unsettled.is_empty() {
+            return Ok(());
+        }
+        self.service.flush()?;
+        for (d, verdict) in self.unsettled.drain(..) {
+            settle(&d, verdict).await;
+        }
+        Ok(())
+    }
+
     /// Wait for every pending delivery to be confirmed and settled (on the way out).
     async fn drain(&mut self) -> anyhow::Result<()> {
         while !self.pending.is_empty() {
@@ -361,7 +400,11 @@ impl<S: Service> Loop<'_, S> {
             // Not biased: a busy input must not starve the requests.
             tokio::select! {
                 d = input.next(), if self.pending.len() < limit => match d? {
-                    Some(d) => self.on_delivery(d).await?,
+                    Some(d) => {
+                        self.on_delivery(d).await?;
+                        self.take_ready(input, limit).await?;
+                        self.settle_batch().await?;
+                    }
                     None => return self.drain().await,
                 },
                 c = wait_head(&mut self.pending), if !self.pending.is_empty() => {

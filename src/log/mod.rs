@@ -300,9 +300,10 @@ impl Service for LogService {
             Format::Line => line,
             Format::Json => render_json(&delivery.routing_key, &parsed).unwrap_or_default(),
         };
-        // On failure the delivery is not acknowledged: a durable queue keeps it.
+        // Written by `flush`, before the delivery is acknowledged; on failure it is not
+        // acknowledged, and a durable queue keeps it.
         self.sink
-            .write_line(&out, now)
+            .push_line(&out, now)
             .context("cannot write output")?;
         self.totals.printed += 1;
         Ok(Handled::ack())
@@ -318,6 +319,10 @@ impl Service for LogService {
         })
     }
 
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.sink.flush().context("cannot write output")
+    }
+
     fn finished(&self) -> bool {
         self.count.is_some_and(|n| self.totals.printed >= n)
     }
@@ -327,11 +332,11 @@ impl Service for LogService {
 /// stdout is closed (an `Err` whose cause is a broken pipe: the caller exits 0 quietly).
 pub async fn run(cfg: &LogConfig, shutdown: Shutdown, clock: &dyn Clock) -> anyhow::Result<Totals> {
     let sink = match &cfg.output {
-        Some(dir) => Sink::Daily(
+        Some(dir) => Sink::daily(
             DailyFiles::new(dir.clone())
                 .with_context(|| format!("cannot create output directory {}", dir.display()))?,
         ),
-        None => Sink::Stdout(std::io::stdout()),
+        None => Sink::stdout(),
     };
     let mut service = LogService {
         format: cfg.format,

@@ -40,33 +40,76 @@ impl Filter {
     }
 }
 
-/// Where printed lines go.
-pub enum Sink {
-    /// Standard output, flushed after every line.
+/// Where printed lines go. Lines are given with [`Sink::push_line`]; [`Sink::flush`], which
+/// the loop calls before acknowledging them, writes them: a line is never acknowledged before
+/// it is in the OS, and never waits for a later message. The lines of deliveries already in
+/// hand (a burst, at most a batch) go out in one `write`.
+pub struct Sink {
+    target: Target,
+    pending: Vec<u8>,
+    pending_day: Option<NaiveDate>,
+}
+
+enum Target {
     Stdout(std::io::Stdout),
-    /// Daily files in a directory, chosen by the UTC date at which the line is written.
     Daily(DailyFiles),
 }
 
 impl Sink {
-    /// Write one line (a newline is added) so that it is in the OS before this returns.
-    pub fn write_line(&mut self, line: &str, now: DateTime<Utc>) -> std::io::Result<()> {
-        match self {
-            Sink::Stdout(out) => {
-                let mut lock = out.lock();
-                let mut buf = Vec::with_capacity(line.len() + 1);
-                buf.extend_from_slice(line.as_bytes());
-                buf.push(b'\n');
-                lock.write_all(&buf)?;
-                lock.flush()
-            }
-            Sink::Daily(d) => d.write_line(line, now),
+    /// Standard output.
+    pub fn stdout() -> Sink {
+        Sink::new(Target::Stdout(std::io::stdout()))
+    }
+
+    /// Daily files in a directory, chosen by the UTC date at which each line is written.
+    pub fn daily(files: DailyFiles) -> Sink {
+        Sink::new(Target::Daily(files))
+    }
+
+    fn new(target: Target) -> Sink {
+        Sink {
+            target,
+            pending: Vec::with_capacity(64 * 1024),
+            pending_day: None,
         }
+    }
+
+    /// Add one line (a newline is added). A line of another day first flushes the previous
+    /// day's lines to their file.
+    pub fn push_line(&mut self, line: &str, now: DateTime<Utc>) -> std::io::Result<()> {
+        let day = now.date_naive();
+        if matches!(self.target, Target::Daily(_)) && self.pending_day.is_some_and(|d| d != day) {
+            self.flush()?;
+        }
+        self.pending_day = Some(day);
+        self.pending.extend_from_slice(line.as_bytes());
+        self.pending.push(b'\n');
+        Ok(())
+    }
+
+    /// Write what was pushed, so that it is in the OS before this returns.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match &mut self.target {
+            Target::Stdout(out) => {
+                let mut lock = out.lock();
+                lock.write_all(&self.pending)?;
+                lock.flush()?;
+            }
+            Target::Daily(d) => {
+                let day = self.pending_day.unwrap_or_else(|| Utc::now().date_naive());
+                d.append(day, &self.pending)?;
+            }
+        }
+        self.pending.clear();
+        Ok(())
     }
 }
 
 /// Append-only daily files `DIR/YYYYMMDD.log`: a new file at each UTC midnight, an existing
-/// file appended to, each line written whole in one `write` so that concurrent readers
+/// file appended to, whole lines written in one `write` so that concurrent readers
 /// (`tail -f`) never see half a line.
 pub struct DailyFiles {
     dir: PathBuf,
@@ -85,8 +128,7 @@ impl DailyFiles {
         self.dir.join(format!("{}.log", day.format("%Y%m%d")))
     }
 
-    fn write_line(&mut self, line: &str, now: DateTime<Utc>) -> std::io::Result<()> {
-        let day = now.date_naive();
+    fn append(&mut self, day: NaiveDate, bytes: &[u8]) -> std::io::Result<()> {
         if self.open.as_ref().is_none_or(|(d, _)| *d != day) {
             let f = OpenOptions::new()
                 .create(true)
@@ -94,11 +136,8 @@ impl DailyFiles {
                 .open(self.path_for(day))?;
             self.open = Some((day, f));
         }
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
         match &mut self.open {
-            Some((_, f)) => f.write_all(&buf),
+            Some((_, f)) => f.write_all(bytes),
             None => Ok(()),
         }
     }
@@ -122,18 +161,20 @@ mod tests {
     #[test]
     fn daily_files_append_and_roll_at_midnight() {
         let dir = tempfile::tempdir().unwrap();
-        let mut d = DailyFiles::new(dir.path().join("capture")).unwrap();
+        let mut d = Sink::daily(DailyFiles::new(dir.path().join("capture")).unwrap());
         let day1 = DateTime::parse_from_rfc3339("2026-11-21T23:59:59Z")
             .unwrap()
             .to_utc();
         let day2 = DateTime::parse_from_rfc3339("2026-11-22T00:00:01Z")
             .unwrap()
             .to_utc();
-        d.write_line("a", day1).unwrap();
-        d.write_line("b", day2).unwrap();
+        d.push_line("a", day1).unwrap();
+        d.push_line("b", day2).unwrap();
+        d.flush().unwrap();
         // a second writer (a restarted dd_log) appends
-        let mut again = DailyFiles::new(dir.path().join("capture")).unwrap();
-        again.write_line("c", day2).unwrap();
+        let mut again = Sink::daily(DailyFiles::new(dir.path().join("capture")).unwrap());
+        again.push_line("c", day2).unwrap();
+        again.flush().unwrap();
         let read =
             |name: &str| std::fs::read_to_string(dir.path().join("capture").join(name)).unwrap();
         assert_eq!(read("20261121.log"), "a\n");
