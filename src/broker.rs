@@ -7,6 +7,7 @@
 //! fix (bad credentials, a missing permission, an unknown vhost, a queue declared with other
 //! arguments) is returned at once as [`BrokerError::Refused`], with the broker's reason.
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
@@ -643,6 +644,8 @@ pub struct Outgoing {
     pub correlation_id: Option<String>,
     /// Ask the broker to return the message when no queue receives it.
     pub mandatory: bool,
+    /// Another broker to publish to, by name (see [`Publishers`]); `None`: the local one.
+    pub broker: Option<String>,
     /// A copy keeps every property of the original (then `headers`, `content_type` and
     /// `correlation_id` are not used). Set by [`Outgoing::copy_of`].
     pub properties: Option<BasicProperties>,
@@ -932,6 +935,112 @@ pub async fn request(
     }
     let _ = ch.close(200, "OK".into()).await;
     Ok(out)
+}
+
+/// The local publisher and publishers to other brokers (other clusters), opened on first use.
+/// A batch whose messages go to several brokers is confirmed when every broker confirmed.
+pub struct Publishers {
+    local: Publisher,
+    remotes: BTreeMap<String, Publisher>,
+    configs: BTreeMap<String, BrokerConfig>,
+    name: String,
+    shutdown: Shutdown,
+}
+
+impl Publishers {
+    /// Wrap the local publisher; `configs` name the other brokers.
+    pub fn new(
+        local: Publisher,
+        configs: BTreeMap<String, BrokerConfig>,
+        name: &str,
+        shutdown: Shutdown,
+    ) -> Publishers {
+        Publishers {
+            local,
+            remotes: BTreeMap::new(),
+            configs,
+            name: name.to_string(),
+            shutdown,
+        }
+    }
+
+    /// The local publisher.
+    pub fn local(&mut self) -> &mut Publisher {
+        &mut self.local
+    }
+
+    async fn target(&mut self, broker: Option<&str>) -> Result<&mut Publisher, BrokerError> {
+        let Some(name) = broker else {
+            return Ok(&mut self.local);
+        };
+        if !self.remotes.contains_key(name) {
+            let cfg = self
+                .configs
+                .get(name)
+                .ok_or_else(|| BrokerError::Setup(format!("no broker configured for {name:?}")))?;
+            let conn_name = format!("{} to {name}", self.name);
+            let p = Publisher::connect(cfg, &conn_name, self.shutdown.clone()).await?;
+            self.remotes.insert(name.to_string(), p);
+        }
+        self.remotes
+            .get_mut(name)
+            .ok_or_else(|| BrokerError::Setup(format!("no publisher for {name:?}")))
+    }
+
+    /// Send a batch (see [`Publisher::send`]); remote messages' exchanges are declared there
+    /// first (once).
+    pub async fn send(&mut self, msgs: &[Outgoing]) -> Result<Confirms, BrokerError> {
+        if msgs.iter().all(|m| m.broker.is_none()) {
+            return self.local.send(msgs).await;
+        }
+        let mut groups: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
+        for (i, m) in msgs.iter().enumerate() {
+            groups.entry(m.broker.clone()).or_default().push(i);
+        }
+        let mut waits = Vec::new();
+        for (broker, idx) in groups {
+            let part: Vec<Outgoing> = idx.iter().map(|i| msgs[*i].clone()).collect();
+            let p = self.target(broker.as_deref()).await?;
+            if broker.is_some() {
+                for m in &part {
+                    p.declare_exchange(&m.exchange).await?;
+                }
+            }
+            waits.push((idx, p.send(&part).await?));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut returned = Vec::new();
+            for (idx, mut c) in waits {
+                match c.wait().await {
+                    Ok(conf) => returned.extend(conf.returned.iter().map(|r| idx[*r])),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            returned.sort_unstable();
+            let _ = tx.send(Ok(Confirmed { returned }));
+        });
+        Ok(Confirms(rx))
+    }
+
+    /// Drop every connection after an error, so that the next send reconnects.
+    pub async fn reset(&mut self) {
+        self.local.reset().await;
+        for p in self.remotes.values_mut() {
+            p.reset().await;
+        }
+    }
+
+    /// Close every connection.
+    pub async fn close(self) {
+        self.local.close().await;
+        for (_, p) in self.remotes {
+            p.close().await;
+        }
+    }
 }
 
 /// Delete a queue (tests and clean-up). Returns how many messages it held.

@@ -262,3 +262,89 @@ async fn bind_mode_learns_sources_and_lets_the_broker_route() {
     let (code, _, err) = router.run.finish(10);
     assert_eq!(code, 0, "{err}");
 }
+
+#[tokio::test]
+async fn records_from_another_cluster_go_back_to_its_broker() {
+    // two vhosts stand in for two clusters' brokers
+    let id = unique("clu").replace('.', "-");
+    let here = Sandbox::new(&format!("{id}-a"), vec![]).await;
+    let there = Sandbox::new(&format!("{id}-b"), vec![]).await;
+    let here_url = url("guest", "guest", &here.vhost);
+    let there_url = url("guest", "guest", &there.vhost);
+    let cfg = |u: &str| ddmon::config::BrokerConfig {
+        url: u.to_string(),
+        ..Default::default()
+    };
+    let here_conn = ddmon::broker::connect(&cfg(&here_url), "test-here")
+        .await
+        .unwrap();
+    let there_conn = ddmon::broker::connect(&cfg(&there_url), "test-there")
+        .await
+        .unwrap();
+    let mut there_log = listen(&there_conn, "log", &["#"]).await;
+    let mut here_src = listen(&here_conn, "log_source00", &["#"]).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dd_log2source.toml");
+    std::fs::write(
+        &file,
+        format!("cluster = \"a\"\n[clusters]\nb = \"{there_url}\"\n"),
+    )
+    .unwrap();
+    let mut c = dd_log2source();
+    c.env("DD_BROKER", &here_url)
+        .arg("--config")
+        .arg(&file)
+        .args(["--instance", "clu"]);
+    let run = Running::spawn(c);
+    wait_for_consumers(&here_conn, "q_guest.dd_log2source.route", 1).await;
+
+    let records: Vec<_> = sim_records(300, 8)
+        .into_iter()
+        .filter(|r| r.source.as_deref() == Some("source00"))
+        .take(30)
+        .collect();
+    let mut msgs = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let mut r = r.clone();
+        r.from_cluster = Some(["a", "b", "elsewhere"][i % 3].to_string());
+        msgs.extend(v02_messages(&[r]));
+    }
+    {
+        let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
+        let mut p = ddmon::broker::Publisher::connect(&cfg(&here_url), "t", shutdown)
+            .await
+            .unwrap();
+        let out: Vec<_> = msgs
+            .iter()
+            .map(|(k, h, b)| ddmon::broker::Outgoing {
+                exchange: "log".into(),
+                routing_key: k.clone(),
+                headers: h.clone(),
+                body: b.clone(),
+                ..Default::default()
+            })
+            .collect();
+        p.publish_all(&out).await.unwrap();
+        p.close().await;
+    }
+    let forwarded = drain(&mut there_log, 1500).await;
+    let want_there: Vec<&Vec<u8>> = msgs.iter().skip(1).step_by(3).map(|m| &m.2).collect();
+    assert_eq!(
+        forwarded.iter().map(|d| &d.data).collect::<Vec<_>>(),
+        want_there
+    );
+    let local = drain(&mut here_src, 1000).await;
+    assert_eq!(
+        local.len(),
+        20,
+        "from this cluster and from unlisted ones stay here"
+    );
+    run.terminate();
+    let (code, _, err) = run.finish(10);
+    assert_eq!(code, 0, "{err}");
+    let _ = (
+        here_conn.close(200, "OK".into()).await,
+        there_conn.close(200, "OK".into()).await,
+    );
+}

@@ -9,59 +9,12 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use rabbitmq_http_client::api::Client;
-use rabbitmq_http_client::requests::{Permissions, VirtualHostParams};
-
-const API: &str = "http://127.0.0.1:15672/api";
-
-/// A vhost and users removed at the end, even when the test fails.
-struct Sandbox {
-    vhost: String,
-    users: Vec<String>,
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let (vhost, users) = (self.vhost.clone(), self.users.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let api = Client::new(API, "guest", "guest");
-                let _ = api.delete_vhost(&vhost, true).await;
-                for u in users {
-                    let _ = api.delete_user(&u, true).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-fn url(user: &str, password: &str, vhost: &str) -> String {
-    format!("amqp://{user}:{password}@127.0.0.1:5672/{vhost}")
-}
 
 #[tokio::test]
 async fn a_source_reads_only_its_own_exchange() {
     let _ = connect().await;
-    let api = Client::new(API, "guest", "guest");
     let id = unique("perm").replace('.', "-");
-    let sandbox = Sandbox {
-        vhost: id.clone(),
-        users: vec![format!("{id}-a"), format!("{id}-b")],
-    };
-    if let Err(e) = api
-        .create_vhost(&VirtualHostParams::named(&sandbox.vhost))
-        .await
-    {
-        panic!("NO MANAGEMENT API at {API} ({e}); run scripts/test, which enables it");
-    }
-    api.declare_permissions(&Permissions::full_access("guest", &sandbox.vhost))
-        .await
-        .unwrap();
+    let sandbox = Sandbox::new(&id, vec![format!("{id}-a"), format!("{id}-b")]).await;
     let admin = url("guest", "guest", &sandbox.vhost);
     let dir = tempfile::tempdir().unwrap();
     for (user, pw) in [(&sandbox.users[0], "pw-A-1"), (&sandbox.users[1], "pw-B-2")] {

@@ -10,11 +10,11 @@ use serde_json::Value;
 
 use super::runtime::{DaemonConfig, Runtime, State};
 use super::shutdown::Shutdown;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::broker::{
-    Confirmed, Confirms, Consumer, Delivery, HeadersBinding, Outgoing, Publisher, QueueSpec,
-    Subscription,
+    Confirmed, Confirms, Consumer, Delivery, HeadersBinding, Outgoing, Publisher, Publishers,
+    QueueSpec, Subscription,
 };
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
@@ -101,6 +101,8 @@ pub struct ServeConfig<'a> {
     /// Does the service publish what it handles (then a publisher is opened even without
     /// the daemon side)?
     pub publishes: bool,
+    /// Other brokers the service may publish to, by name (`Outgoing::broker`).
+    pub remotes: BTreeMap<String, BrokerConfig>,
 }
 
 /// Run `service` until it is finished, a stop is asked for, or it fails. Returns once the
@@ -113,11 +115,17 @@ pub async fn serve<S: Service>(
 ) -> anyhow::Result<()> {
     let tool = service.tool();
     let mut runtime = cfg.daemon.map(|d| Runtime::new(tool, d, clock.now()));
-    let mut publisher: Option<Publisher> = None;
+    let mut publisher: Option<Publishers> = None;
     if runtime.is_some() || cfg.publishes {
-        publisher = Some(Publisher::connect(cfg.broker, tool, shutdown.clone()).await?);
+        let local = Publisher::connect(cfg.broker, tool, shutdown.clone()).await?;
+        publisher = Some(Publishers::new(
+            local,
+            cfg.remotes.clone(),
+            tool,
+            shutdown.clone(),
+        ));
     }
-    if let (Some(rt), Some(p)) = (runtime.as_mut(), publisher.as_mut()) {
+    if let (Some(rt), Some(p)) = (runtime.as_mut(), publisher.as_mut().map(Publishers::local)) {
         p.declare_exchange(rt.exchange()).await?;
         if let Some(m) = rt.set_state(State::Starting, clock.now(), &service.counters()) {
             p.publish_all(&[m]).await?;
@@ -178,7 +186,7 @@ pub async fn serve<S: Service>(
 struct Loop<'a, S: Service> {
     service: &'a mut S,
     runtime: &'a mut Option<Runtime>,
-    publisher: &'a mut Option<Publisher>,
+    publisher: &'a mut Option<Publishers>,
     clock: &'a dyn Clock,
     /// Deliveries whose copies await the broker's confirms, oldest first.
     pending: VecDeque<Pending>,
@@ -194,7 +202,12 @@ impl<S: Service> Loop<'_, S> {
             return Ok(());
         }
         match self.publisher.as_mut() {
-            Some(p) => p.publish_all(msgs).await.map(|_| ()).map_err(Into::into),
+            Some(p) => p
+                .local()
+                .publish_all(msgs)
+                .await
+                .map(|_| ())
+                .map_err(Into::into),
             None => anyhow::bail!("{} has nothing to publish with", self.service.tool()),
         }
     }
@@ -421,15 +434,15 @@ impl<S: Service> Loop<'_, S> {
 }
 
 async fn declare_then_send(
-    p: &mut Publisher,
+    p: &mut Publishers,
     topology: &Handled,
     publish: &[Outgoing],
 ) -> Result<Confirms, crate::broker::BrokerError> {
     for x in &topology.declare {
-        p.declare_exchange(x).await?;
+        p.local().declare_exchange(x).await?;
     }
     for b in &topology.bind {
-        p.bind_headers(b).await?;
+        p.local().bind_headers(b).await?;
     }
     p.send(publish).await
 }

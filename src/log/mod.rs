@@ -351,6 +351,7 @@ pub async fn run(cfg: &LogConfig, shutdown: Shutdown, clock: &dyn Clock) -> anyh
         input: cfg.subscription(),
         daemon: cfg.service.then_some(&cfg.daemon),
         publishes: false,
+        remotes: Default::default(),
     };
     let outcome = serve(&mut service, serve_cfg, shutdown, clock).await;
     let t = &service.totals;

@@ -78,6 +78,10 @@ pub struct Args {
     /// Routing mode.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// This cluster's name: records from another cluster listed under [clusters] in the
+    /// config are forwarded to that cluster's broker.
+    #[arg(long, env = "DD_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
     /// Declare a source and exit: its exchange, and permissions for the user NAME to read it
     /// and use its own q_NAME.* queues only (through the management API).
     #[arg(long, value_name = "NAME")]
@@ -124,6 +128,13 @@ pub struct RouteConfig {
     pub topics: Vec<String>,
     /// Routing mode.
     pub mode: Mode,
+    /// This cluster's name (records with this `from_cluster` are routed here).
+    pub cluster: Option<String>,
+    /// Other clusters: name = broker URL. A record whose `from_cluster` is one of them is
+    /// forwarded, unchanged, to that broker's input exchange (same name as here), so that
+    /// its source there sees what became of its product here.
+    #[serde(serialize_with = "serialize_masked_urls")]
+    pub clusters: BTreeMap<String, String>,
     /// Bind mode: the headers exchange [default: <exchange>.by_source].
     pub headers_exchange: Option<String>,
     /// Bind mode: the headers exchange's alternate exchange, read by dd_log2source
@@ -149,6 +160,8 @@ impl Default for RouteConfig {
             mode: Mode::Copy,
             headers_exchange: None,
             alternate_exchange: None,
+            cluster: None,
+            clusters: BTreeMap::new(),
             daemon: DaemonConfig::default(),
             broker: BrokerConfig::default(),
         }
@@ -179,7 +192,13 @@ impl RouteConfig {
             cfg.topics = args.topics.clone();
         }
         overlay(&mut cfg.mode, args.mode);
+        if args.cluster.is_some() {
+            cfg.cluster = args.cluster.clone();
+        }
         cfg.broker.validate()?;
+        for b in cfg.remotes().values() {
+            b.validate()?;
+        }
         cfg.daemon.validate()?;
         if !cfg.source_exchange_template.contains("{source}") {
             return Err(ConfigError::Invalid {
@@ -193,6 +212,20 @@ impl RouteConfig {
     /// The exchange of a source.
     pub fn source_exchange(&self, source: &str) -> String {
         crate::topic::cut(&self.source_exchange_template.replace("{source}", source)).to_string()
+    }
+
+    /// The other clusters' brokers, with this broker's other settings.
+    pub fn remotes(&self) -> BTreeMap<String, BrokerConfig> {
+        self.clusters
+            .iter()
+            .map(|(name, url)| {
+                let cfg = BrokerConfig {
+                    url: url.clone(),
+                    ..self.broker.clone()
+                };
+                (name.clone(), cfg)
+            })
+            .collect()
     }
 
     /// Bind mode's headers exchange.
@@ -268,6 +301,18 @@ async fn set_up_bind_mode(cfg: &RouteConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn serialize_masked_urls<S: serde::Serializer>(
+    urls: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(urls.len()))?;
+    for (k, v) in urls {
+        m.serialize_entry(k, &crate::config::mask_url(v))?;
+    }
+    m.end()
+}
+
 /// Per-source figures.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SourceCounts {
@@ -293,6 +338,8 @@ pub struct RouteCounts {
     /// Bind mode: sources bound in the broker by this instance (learned from the alternate
     /// exchange or configured).
     pub bound: BTreeSet<String>,
+    /// Records forwarded to another cluster's broker (and confirmed there), per cluster.
+    pub forwarded: BTreeMap<String, u64>,
 }
 
 /// Why a record goes to the unknown exchange; the header `ddmon_unrouted` says it.
@@ -348,6 +395,18 @@ impl Service for RouteService {
                 });
             }
         };
+        // Back to the source across clusters: a record about a product from another cluster
+        // goes to that cluster's broker, whose dd_log2source routes it to the source there.
+        if let Some(from) = record.from_cluster.as_deref() {
+            if self.cfg.cluster.as_deref() != Some(from) && self.cfg.clusters.contains_key(from) {
+                let mut copy = Outgoing::copy_of(d, &self.cfg.exchange);
+                copy.broker = Some(from.to_string());
+                return Ok(Handled {
+                    publish: vec![copy],
+                    ..Handled::default()
+                });
+            }
+        }
         let Some(source) = record.source.filter(|s| !s.is_empty()) else {
             self.counts.no_source += 1;
             return Ok(self.to_unknown(d, "no source"));
@@ -390,6 +449,10 @@ impl Service for RouteService {
             .next()
             .unwrap_or("");
         for (i, m) in published.iter().enumerate() {
+            if let Some(cluster) = &m.broker {
+                *self.counts.forwarded.entry(cluster.clone()).or_default() += 1;
+                continue;
+            }
             if m.exchange == self.cfg.unknown_exchange {
                 continue;
             }
@@ -417,6 +480,7 @@ impl Service for RouteService {
             "malformed": self.counts.malformed,
             "skipped": self.counts.skipped,
             "bound": self.counts.bound.len(),
+            "forwarded": self.counts.forwarded.values().sum::<u64>(),
         })
     }
 
@@ -486,6 +550,7 @@ pub async fn run(
         input: cfg.subscription(),
         daemon: Some(&cfg.daemon),
         publishes: true,
+        remotes: cfg.remotes(),
     };
     serve(&mut service, serve_cfg, shutdown, clock).await?;
     Ok(service.counts)

@@ -385,3 +385,54 @@ pub fn dd_log2source() -> Command {
     c.env("DD_BROKER", broker_url()).env_remove("RUST_LOG");
     c
 }
+
+pub const API: &str = "http://127.0.0.1:15672/api";
+
+/// A vhost and users removed at the end, even when the test fails.
+pub struct Sandbox {
+    pub vhost: String,
+    pub users: Vec<String>,
+}
+
+impl Sandbox {
+    /// A new vhost where guest may do everything; `users` are deleted at the end.
+    pub async fn new(vhost: &str, users: Vec<String>) -> Sandbox {
+        let api = rabbitmq_http_client::api::Client::new(API, "guest", "guest");
+        let sandbox = Sandbox {
+            vhost: vhost.to_string(),
+            users,
+        };
+        let params = rabbitmq_http_client::requests::VirtualHostParams::named(&sandbox.vhost);
+        if let Err(e) = api.create_vhost(&params).await {
+            panic!("NO MANAGEMENT API at {API} ({e}); run scripts/test, which enables it");
+        }
+        let full =
+            rabbitmq_http_client::requests::Permissions::full_access("guest", &sandbox.vhost);
+        api.declare_permissions(&full).await.unwrap();
+        sandbox
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let (vhost, users) = (self.vhost.clone(), self.users.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let api = rabbitmq_http_client::api::Client::new(API, "guest", "guest");
+                let _ = api.delete_vhost(&vhost, true).await;
+                for u in users {
+                    let _ = api.delete_user(&u, true).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn url(user: &str, password: &str, vhost: &str) -> String {
+    format!("amqp://{user}:{password}@127.0.0.1:5672/{vhost}")
+}
