@@ -111,6 +111,31 @@ impl Backoff {
     }
 }
 
+/// How long one connection attempt may take (TCP, TLS and the AMQP handshake).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a declaration, a channel opening or a close may take. A broker coming back from a
+/// restart can leave a half-open connection that never answers: the operation then fails
+/// (and is retried on a new connection) instead of hanging the tool.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Run a broker operation with [`OPERATION_TIMEOUT`].
+async fn bounded<T>(
+    op: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
+        Ok(r) => r.map_err(classify),
+        Err(_) => Err(BrokerError::Unreachable(format!(
+            "the broker did not answer within {OPERATION_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Close a connection without waiting long for a broker that may be gone.
+async fn close_quietly(conn: &Connection, why: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, why.into())).await;
+}
+
 /// Open one connection, named after the tool so the broker's view shows who is connected.
 pub async fn connect(cfg: &BrokerConfig, name: &str) -> Result<Connection, BrokerError> {
     let tls = match &cfg.tls_ca {
@@ -125,9 +150,13 @@ pub async fn connect(cfg: &BrokerConfig, name: &str) -> Result<Connection, Broke
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let runtime =
         lapin::runtime::default_runtime().map_err(|e| BrokerError::Setup(e.to_string()))?;
-    Connection::connect_with_config(&cfg.url, props, tls, runtime)
+    // A broker that accepts the TCP connection but never answers (booting, wedged) must not
+    // hang the tool: the attempt fails and the backoff retries.
+    let attempt = Connection::connect_with_config(&cfg.url, props, tls, runtime);
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
-        .map_err(classify)
+        .map_err(|_| BrokerError::Unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))
+        .and_then(|r| r.map_err(classify))
         .map_err(|e| match e {
             // lapin reports a login refused by the broker as a closed socket on some paths;
             // name the URL (masked) so the operator knows which broker said no.
@@ -268,18 +297,16 @@ pub async fn bind_headers(channel: &Channel, b: &HeadersBinding) -> Result<(), B
 
 /// Declare a durable topic exchange (idempotent).
 pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> Result<(), BrokerError> {
-    channel
-        .exchange_declare(
-            name.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(classify)
+    bounded(channel.exchange_declare(
+        name.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
 }
 
 /// Declare the queue and its bindings on a fresh channel. A binding to an exchange that does
@@ -438,6 +465,8 @@ impl Consumer {
             else {
                 return Ok(false);
             };
+            // Not bounded by a timeout: a consumer registered by a late answer on a connection
+            // given up would hold its deliveries unacknowledged (see the README's known issue).
             match self.subscribe(conn).await {
                 Ok(live) => {
                     tracing::info!(queue = %self.sub.queue.name, exchange = %self.sub.exchange, "consuming");
@@ -513,7 +542,7 @@ impl Consumer {
                 None => tracing::warn!("consumer cancelled or connection closed, reconnecting"),
             }
             if let Some(old) = self.live.take() {
-                let _ = old.conn.close(200, "reconnecting".into()).await;
+                close_quietly(&old.conn, "reconnecting").await;
             }
             let wait = self.backoff.next_delay();
             tokio::select! {
@@ -531,8 +560,8 @@ impl Consumer {
                 .channel
                 .basic_cancel(live.tag.as_str().into(), BasicCancelOptions::default())
                 .await;
-            let _ = live.channel.close(200, "OK".into()).await;
-            let _ = live.conn.close(200, "OK".into()).await;
+            let _ = bounded(live.channel.close(200, "OK".into())).await;
+            close_quietly(&live.conn, "OK").await;
         }
     }
 }
@@ -728,11 +757,8 @@ impl Publisher {
                 connect_with_retry(&self.cfg, &self.name, &mut self.backoff, &mut self.shutdown)
                     .await?
                     .ok_or_else(|| BrokerError::Unreachable("stopped while connecting".into()))?;
-            let channel = conn.create_channel().await.map_err(classify)?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(classify)?;
+            let channel = bounded(conn.create_channel()).await?;
+            bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
             for ex in &self.declared {
                 declare_topic_exchange(&channel, ex).await?;
             }
@@ -828,7 +854,23 @@ impl Publisher {
         tokio::spawn(async move {
             let mut returned = Vec::new();
             for (i, c) in confirms.into_iter().enumerate() {
-                match c.await {
+                // lapin does not always settle a confirm whose channel died with the broker:
+                // watch the channel, so that a lost connection is an error (and a resend), not
+                // a wait forever.
+                let mut c = Box::pin(c);
+                let outcome = loop {
+                    tokio::select! {
+                        r = &mut c => break r,
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                            if !ch.status().connected() {
+                                let lost = BrokerError::Unreachable("channel closed before the broker confirmed".into());
+                                let _ = tx.send(Err(lost));
+                                return;
+                            }
+                        }
+                    }
+                };
+                match outcome {
                     Ok(conf) if conf.is_ack() => {
                         if conf.take_message().is_some() {
                             returned.push(i);
@@ -854,15 +896,15 @@ impl Publisher {
     /// Drop the connection after an error, so that the next send reconnects.
     pub async fn reset(&mut self) {
         if let Some((conn, _)) = self.live.take() {
-            let _ = conn.close(200, "reconnecting".into()).await;
+            close_quietly(&conn, "reconnecting").await;
         }
     }
 
     /// Close the channel and connection.
     pub async fn close(mut self) {
         if let Some((conn, ch)) = self.live.take() {
-            let _ = ch.close(200, "OK".into()).await;
-            let _ = conn.close(200, "OK".into()).await;
+            let _ = bounded(ch.close(200, "OK".into())).await;
+            close_quietly(&conn, "OK").await;
         }
     }
 }

@@ -15,6 +15,23 @@ fn dd_log_example_parses() {
 }
 
 #[test]
+fn dd_log2source_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dd_log2source.toml");
+    let cfg: ddmon::route::RouteConfig = ddmon::config::load_file(Some(&path)).unwrap();
+    assert_eq!(cfg.source_exchange("ec_cmc"), "log_ec_cmc");
+    assert_eq!(cfg.sources, ["ec_cmc", "noaa"]);
+    assert_eq!(cfg.cluster.as_deref(), Some("ddsr.cmc"));
+    assert!(cfg.clusters["ddsr.science"].starts_with("amqp://relay:"));
+    assert_eq!(cfg.daemon.alive_interval, 30.0);
+    // the remote broker's password is masked when the config is printed
+    let printed = ddmon::config::to_toml(&cfg);
+    assert!(
+        printed.contains("relay:****@science-pump") && !printed.contains("PASSWORD"),
+        "{printed}"
+    );
+}
+
+#[test]
 fn every_example_is_checked_by_a_test() {
     // A new example file must get its own test above.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -25,5 +42,5 @@ fn every_example_is_checked_by_a_test() {
         .filter(|n| n.ends_with(".toml"))
         .collect();
     names.sort();
-    assert_eq!(names, ["dd_log.toml"]);
+    assert_eq!(names, ["dd_log.toml", "dd_log2source.toml"]);
 }

@@ -19,6 +19,7 @@ fn check_command(argv: &[String]) {
         "dd_log" => ddmon::log::Args::try_parse_from(argv).map(|_| ()),
         "dd_sim" => ddmon::sim::Args::try_parse_from(argv).map(|_| ()),
         "dd_status" => ddmon::status::Args::try_parse_from(argv).map(|_| ()),
+        "dd_log2source" => ddmon::route::Args::try_parse_from(argv).map(|_| ()),
         other => panic!("{other} is not a ddmon binary"),
     };
     if let Err(e) = r {
@@ -37,7 +38,10 @@ fn compose_file_parses_and_its_commands_are_valid() {
         .keys()
         .map(|k| k.as_str().unwrap())
         .collect();
-    assert_eq!(names, ["rabbitmq", "capture", "sim", "tail", "status"]);
+    assert_eq!(
+        names,
+        ["rabbitmq", "capture", "log2source", "sim", "tail", "status"]
+    );
     assert!(
         services["rabbitmq"]["image"]
             .as_str()
@@ -56,9 +60,9 @@ fn compose_file_parses_and_its_commands_are_valid() {
             commands += 1;
         }
     }
-    assert_eq!(commands, 4);
+    assert_eq!(commands, 5);
     // the daemons stop on SIGTERM and are restarted on failure
-    for svc in ["capture", "sim"] {
+    for svc in ["capture", "log2source", "sim"] {
         assert_eq!(services[svc]["stop_signal"].as_str(), Some("SIGTERM"));
         assert_eq!(services[svc]["restart"].as_str(), Some("on-failure"));
     }

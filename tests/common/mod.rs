@@ -308,6 +308,7 @@ impl Running {
     }
 
     /// Send SIGTERM.
+    /// (A `Running` dropped without `finish`, as when a test fails, kills its process.)
     pub fn terminate(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -435,4 +436,13 @@ impl Drop for Sandbox {
 
 pub fn url(user: &str, password: &str, vhost: &str) -> String {
     format!("amqp://{user}:{password}@127.0.0.1:5672/{vhost}")
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

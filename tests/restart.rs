@@ -1,0 +1,209 @@
+//! Broker restart in the middle of a stream: nothing lost. These tests stop and start the
+//! broker's application, which would disturb every other test, so they are `#[ignore]`d in
+//! the parallel run and `scripts/test` runs them afterwards, one at a time:
+//! `cargo test --test restart -- --ignored --test-threads=1`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_lite::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A connection, retried while the broker comes back.
+async fn reconnect() -> lapin::Connection {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(c) = ddmon::broker::connect(&broker_config(), "test-restart").await {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "the broker did not come back");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "restarts the broker: run alone (scripts/test does)"]
+async fn dd_log2source_loses_nothing_across_a_broker_restart() {
+    // scripts/test runs 30,000 (debug build); scripts/bench the 200,000 of the bar (release)
+    let n: usize = std::env::var("RESTART_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
+    let s = Scratch::new();
+    let sources = ["source00", "source01", "source02"];
+    let conn = connect().await;
+    // durable destination queues, so that they outlive the restart
+    let ch = conn.create_channel().await.unwrap();
+    let mut dest = Vec::new();
+    for src in sources
+        .iter()
+        .map(|x| x.to_string())
+        .chain(["unknown".to_string()])
+    {
+        let x = if src == "unknown" {
+            format!("{}.unknown", s.exchange)
+        } else {
+            format!("{}.src_{src}", s.exchange)
+        };
+        s.track_exchange(&x);
+        ddmon::broker::declare_topic_exchange(&ch, &x)
+            .await
+            .unwrap();
+        let q = format!("{}.dest.{src}", s.exchange);
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            q.as_str().into(),
+            x.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        s.track_queue(&q);
+        dest.push(q);
+    }
+    let queue = unique("rst");
+    let input = format!("q_guest.dd_log2source.{queue}");
+    s.track_queue(&input);
+    let mut c = dd_log2source();
+    c.args([
+        "--exchange",
+        &s.exchange,
+        "--queue",
+        &queue,
+        "--instance",
+        "restart",
+    ])
+    .args([
+        "--source-exchange-template",
+        &format!("{}.src_{{source}}", s.exchange),
+    ])
+    .args(["--unknown-exchange", &format!("{}.unknown", s.exchange)])
+    .args(["--daemon-exchange", &s.exchange]);
+    let router = Running::spawn(c);
+    wait_for_consumers(&conn, &input, 1).await;
+    let _ = conn.close(200, "OK".into()).await;
+
+    // publish the records; restart the broker a few seconds in
+    let msgs = v02_messages(&sim_records(n, 99));
+    let publisher = {
+        let exchange = s.exchange.clone();
+        let msgs = msgs.clone();
+        tokio::spawn(async move {
+            let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
+            let mut p =
+                ddmon::broker::Publisher::connect(&broker_config(), "test-restart-pub", shutdown)
+                    .await
+                    .unwrap();
+            for chunk in msgs.chunks(1000) {
+                let out: Vec<_> = chunk
+                    .iter()
+                    .map(|(k, h, b)| ddmon::broker::Outgoing {
+                        exchange: exchange.clone(),
+                        routing_key: k.clone(),
+                        headers: h.clone(),
+                        body: b.clone(),
+                        ..Default::default()
+                    })
+                    .collect();
+                p.publish_all(&out).await.unwrap();
+            }
+            p.close().await;
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(if n > 50_000 { 4 } else { 1 })).await;
+    rabbitmqctl(&["stop_app"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rabbitmqctl(&["start_app"]);
+    publisher.await.unwrap();
+
+    // wait until the router drained its input, then read every destination
+    let conn = reconnect().await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let counts = queue_counts(&conn, &input).await;
+        if counts.is_some_and(|(n, c)| n == 0 && c == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router did not drain its queue: {counts:?}; stderr: {}",
+            router.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // last confirms and acks
+    let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(n);
+    let mut deliveries = 0usize;
+    let mut unknown = 0usize;
+    for q in &dest {
+        let ch = conn.create_channel().await.unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                q.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
+        {
+            deliveries += 1;
+            if q.ends_with(".unknown") {
+                unknown += 1;
+            }
+            seen.insert(d.data);
+        }
+    }
+    let _ = conn.close(200, "OK".into()).await;
+    router.terminate();
+    let (code, _, err) = router.finish(20);
+    assert_eq!(code, 0, "{err}");
+    let published: HashSet<&Vec<u8>> = msgs.iter().map(|m| &m.2).collect();
+    let missing = published.iter().filter(|b| !seen.contains(**b)).count();
+    println!(
+        "{n} published, {} distinct routed, {} duplicates, {missing} lost, {unknown} unrouted",
+        seen.len(),
+        deliveries - seen.len()
+    );
+    assert_eq!(missing, 0, "records lost across the restart");
+    assert_eq!(unknown, 0, "records sent to the unknown exchange");
+    assert!(
+        err.contains("reconnecting") || err.contains("retrying"),
+        "no restart seen: {err}"
+    );
+}
