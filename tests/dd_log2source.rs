@@ -310,24 +310,7 @@ async fn records_from_another_cluster_go_back_to_its_broker() {
         r.from_cluster = Some(["a", "b", "elsewhere"][i % 3].to_string());
         msgs.extend(v02_messages(&[r]));
     }
-    {
-        let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
-        let mut p = ddmon::broker::Publisher::connect(&cfg(&here_url), "t", shutdown)
-            .await
-            .unwrap();
-        let out: Vec<_> = msgs
-            .iter()
-            .map(|(k, h, b)| ddmon::broker::Outgoing {
-                exchange: "log".into(),
-                routing_key: k.clone(),
-                headers: h.clone(),
-                body: b.clone(),
-                ..Default::default()
-            })
-            .collect();
-        p.publish_all(&out).await.unwrap();
-        p.close().await;
-    }
+    publish_on(&here_url, "log", msgs.clone()).await;
     let forwarded = drain(&mut there_log, 1500).await;
     let want_there: Vec<&Vec<u8>> = msgs.iter().skip(1).step_by(3).map(|m| &m.2).collect();
     assert_eq!(

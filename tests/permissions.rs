@@ -60,25 +60,8 @@ async fn a_source_reads_only_its_own_exchange() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (key, headers, body) = v02_messages(&sim_records(1, 1)).remove(0);
-    {
-        let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
-        let cfg = ddmon::config::BrokerConfig {
-            url: admin.clone(),
-            ..Default::default()
-        };
-        let mut p = ddmon::broker::Publisher::connect(&cfg, "test", shutdown)
-            .await
-            .unwrap();
-        let msg = ddmon::broker::Outgoing {
-            exchange: format!("log_{a}"),
-            routing_key: key.clone(),
-            headers: headers.clone(),
-            body: body.clone(),
-            ..Default::default()
-        };
-        p.publish_all(&[msg]).await.unwrap();
-        p.close().await;
-    }
+    let msg = (key.clone(), headers.clone(), body.clone());
+    publish_on(&admin, &format!("log_{a}"), vec![msg]).await;
     let out = dd_log()
         .env("DD_BROKER", &a_url)
         .args([

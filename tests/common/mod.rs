@@ -164,10 +164,19 @@ pub async fn wait_for_consumers(conn: &lapin::Connection, queue: &str, consumers
 /// A raw message: routing key, headers, body.
 pub type RawMessage = (String, Headers, Vec<u8>);
 
-/// Publish raw messages with confirms.
-pub async fn publish(exchange: &str, msgs: Vec<(String, Headers, Vec<u8>)>) {
+/// Publish raw messages with confirms to the test broker.
+pub async fn publish(exchange: &str, msgs: Vec<RawMessage>) {
+    publish_on(&broker_url(), exchange, msgs).await
+}
+
+/// Publish raw messages with confirms to the broker at `url`.
+pub async fn publish_on(url: &str, exchange: &str, msgs: Vec<RawMessage>) {
     let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
-    let mut p = Publisher::connect(&broker_config(), "ddmon-test-publisher", shutdown)
+    let cfg = BrokerConfig {
+        url: url.to_string(),
+        ..BrokerConfig::default()
+    };
+    let mut p = Publisher::connect(&cfg, "ddmon-test-publisher", shutdown)
         .await
         .expect("publisher");
     let out: Vec<Outgoing> = msgs
@@ -177,8 +186,6 @@ pub async fn publish(exchange: &str, msgs: Vec<(String, Headers, Vec<u8>)>) {
             routing_key,
             headers,
             body,
-            content_type: None,
-            correlation_id: None,
             ..Outgoing::default()
         })
         .collect();
