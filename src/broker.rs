@@ -119,6 +119,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// (and is retried on a new connection) instead of hanging the tool.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long the broker may take to confirm a batch before it is published again on a new
+/// connection.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Run a broker operation with [`OPERATION_TIMEOUT`].
 async fn bounded<T>(
     op: impl std::future::Future<Output = Result<T, lapin::Error>>,
@@ -851,22 +855,30 @@ impl Publisher {
             confirms.push(c);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent_at = std::time::Instant::now();
         tokio::spawn(async move {
             let mut returned = Vec::new();
             for (i, c) in confirms.into_iter().enumerate() {
                 // lapin does not always settle a confirm whose channel died with the broker:
                 // watch the channel, so that a lost connection is an error (and a resend), not
                 // a wait forever.
+                // A broker that never confirms (seen on connections opened while it was
+                // restarting) gets the same treatment after CONFIRM_TIMEOUT: the batch is
+                // published again on a new connection (duplicates, never a stall).
                 let mut c = Box::pin(c);
                 let outcome = loop {
                     tokio::select! {
                         r = &mut c => break r,
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                            if !ch.status().connected() {
-                                let lost = BrokerError::Unreachable("channel closed before the broker confirmed".into());
-                                let _ = tx.send(Err(lost));
-                                return;
-                            }
+                            let why = if !ch.status().connected() {
+                                "channel closed before the broker confirmed"
+                            } else if sent_at.elapsed() > CONFIRM_TIMEOUT {
+                                "no confirm from the broker in time"
+                            } else {
+                                continue;
+                            };
+                            let _ = tx.send(Err(BrokerError::Unreachable(why.into())));
+                            return;
                         }
                     }
                 };
