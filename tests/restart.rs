@@ -193,6 +193,10 @@ async fn dd_log2source_loses_nothing_across_a_broker_restart() {
     router.terminate();
     let (code, _, err) = router.finish(20);
     assert_eq!(code, 0, "{err}");
+    // the router's own account of the restart, for whoever reads --nocapture output
+    for line in err.lines().filter(|l| !l.contains("DEBUG")) {
+        println!("router: {line}");
+    }
     let published: HashSet<&Vec<u8>> = msgs.iter().map(|m| &m.2).collect();
     let missing = published.iter().filter(|b| !seen.contains(**b)).count();
     println!(
