@@ -38,6 +38,16 @@ pub struct CommonOpts {
 }
 
 impl CommonOpts {
+    /// The broker settings alone (for a tool with no config of its own): defaults < file <
+    /// environment < flags, validated.
+    pub fn broker_config(&self) -> Result<crate::config::BrokerConfig, ConfigError> {
+        let mut broker: crate::config::BrokerConfig =
+            crate::config::load_file(self.config.as_deref())?;
+        self.apply_broker(&mut broker);
+        broker.validate()?;
+        Ok(broker)
+    }
+
     /// Lay the broker flags over a broker config from the file layer.
     pub fn apply_broker(&self, broker: &mut crate::config::BrokerConfig) {
         crate::config::overlay(&mut broker.url, self.broker.clone());
@@ -87,6 +97,31 @@ pub fn exit_code(tool: &str, outcome: anyhow::Result<()>) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// The frame of every command's `main`: tracing on stderr (`default_level`, see
+/// [`init_tracing`]), the effective config (`--print-config` prints it and stops), the body,
+/// and the exit code (a failure is one line on stderr).
+pub fn main<C: serde::Serialize>(
+    tool: &str,
+    common: &CommonOpts,
+    default_level: usize,
+    config: impl FnOnce() -> anyhow::Result<C>,
+    body: impl FnOnce(C) -> anyhow::Result<ExitCode>,
+) -> ExitCode {
+    init_tracing(common, default_level);
+    let outcome = config().and_then(|cfg| {
+        if common.print_config {
+            print!("{}", crate::config::to_toml(&cfg));
+            Ok(ExitCode::SUCCESS)
+        } else {
+            body(cfg)
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(e) => exit_code(tool, Err(e)),
     }
 }
 

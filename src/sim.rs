@@ -387,24 +387,15 @@ pub fn outgoing(r: &LogRecord, format: WireFormat, exchange: &str) -> crate::bro
 
 /// Entry point of the `dd_sim` binary.
 pub fn main(args: Args) -> std::process::ExitCode {
-    crate::cli::init_tracing(&args.common, 3);
-    let outcome = (|| {
-        let mut broker: crate::config::BrokerConfig =
-            crate::config::load_file(args.common.config.as_deref())?;
-        args.common.apply_broker(&mut broker);
-        broker.validate()?;
-        if args.common.print_config {
-            print!("{}", crate::config::to_toml(&broker));
-            return Ok(());
-        }
-        crate::cli::block_on(async move {
+    let config = || Ok(args.common.broker_config()?);
+    crate::cli::main("dd_sim", &args.common, 3, config, |broker| {
+        crate::cli::block_on(async {
             let shutdown = crate::daemon::Shutdown::install()?;
             let n = run(&args, &broker, shutdown).await?;
             tracing::info!(published = n, "dd_sim done");
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         })
-    })();
-    crate::cli::exit_code("dd_sim", outcome)
+    })
 }
 
 /// Publish the stream, paced at `--rate`, every message confirmed; returns how many.

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::cli::CommonOpts;
-use crate::config::{BrokerConfig, load_file};
+use crate::config::BrokerConfig;
 
 /// dd_status's command line.
 #[derive(Debug, clap::Parser)]
@@ -157,54 +157,50 @@ pub fn render_table(rows: &[Row], now: DateTime<Utc>) -> String {
 
 /// Entry point of the `dd_status` binary.
 pub fn main(args: Args) -> std::process::ExitCode {
-    crate::cli::init_tracing(&args.common, 2);
-    let mut degraded = false;
-    let outcome = (|| {
-        let mut broker: BrokerConfig = load_file(args.common.config.as_deref())?;
-        args.common.apply_broker(&mut broker);
-        broker.validate()?;
-        if args.common.print_config {
-            print!("{}", crate::config::to_toml(&broker));
-            return Ok(());
-        }
-        let replies = crate::cli::block_on(async {
-            let conn = crate::broker::connect(&broker, "dd_status").await?;
-            let wait = Duration::from_secs_f64(args.wait.max(0.0));
-            let replies = crate::broker::request(
-                &conn,
-                &args.exchange,
-                "v01.rpc.all.health",
-                b"{}",
-                wait,
-                None,
-            )
-            .await
-            .context("health request failed")?;
-            let _ = conn.close(200, "OK".into()).await;
-            Ok(replies)
-        })?;
-        let answers: Vec<Value> = replies
-            .iter()
-            .filter_map(|r| serde_json::from_slice(&r.body).ok())
-            .collect();
-        let rows: Vec<Row> = answers.iter().filter_map(Row::from_reply).collect();
-        degraded = rows.iter().any(|r| r.state == "degraded");
-        if args.json {
-            println!("{}", Value::Array(answers));
-        } else {
-            print!("{}", render_table(&rows, Utc::now()));
-        }
-        if rows.is_empty() {
-            eprintln!("dd_status: no ddmon daemon answered within {}s", args.wait);
-        }
-        Ok(())
-    })();
-    match crate::cli::exit_code("dd_status", outcome) {
-        code if code == std::process::ExitCode::SUCCESS && degraded => {
-            std::process::ExitCode::FAILURE
-        }
-        code => code,
-    }
+    let config = || Ok(args.common.broker_config()?);
+    crate::cli::main(
+        "dd_status",
+        &args.common,
+        2,
+        config,
+        |broker: BrokerConfig| {
+            let replies = crate::cli::block_on(async {
+                let conn = crate::broker::connect(&broker, "dd_status").await?;
+                let wait = Duration::from_secs_f64(args.wait.max(0.0));
+                let replies = crate::broker::request(
+                    &conn,
+                    &args.exchange,
+                    "v01.rpc.all.health",
+                    b"{}",
+                    wait,
+                    None,
+                )
+                .await
+                .context("health request failed")?;
+                let _ = conn.close(200, "OK".into()).await;
+                Ok(replies)
+            })?;
+            let answers: Vec<Value> = replies
+                .iter()
+                .filter_map(|r| serde_json::from_slice(&r.body).ok())
+                .collect();
+            let rows: Vec<Row> = answers.iter().filter_map(Row::from_reply).collect();
+            let degraded = rows.iter().any(|r| r.state == "degraded");
+            if args.json {
+                println!("{}", Value::Array(answers));
+            } else {
+                print!("{}", render_table(&rows, Utc::now()));
+            }
+            if rows.is_empty() {
+                eprintln!("dd_status: no ddmon daemon answered within {}s", args.wait);
+            }
+            Ok(if degraded {
+                std::process::ExitCode::FAILURE
+            } else {
+                std::process::ExitCode::SUCCESS
+            })
+        },
+    )
 }
 
 #[cfg(test)]

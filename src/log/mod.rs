@@ -242,19 +242,14 @@ pub struct Totals {
 
 /// Entry point of the `dd_log` binary.
 pub fn main(args: Args) -> std::process::ExitCode {
-    crate::cli::init_tracing(&args.common, 2);
-    let outcome = (|| {
-        let cfg = LogConfig::from_args(&args)?;
-        if args.common.print_config {
-            print!("{}", crate::config::to_toml(&cfg));
-            return Ok(());
-        }
+    let config = || Ok(LogConfig::from_args(&args)?);
+    crate::cli::main("dd_log", &args.common, 2, config, |cfg| {
         crate::cli::block_on(async move {
             let shutdown = Shutdown::install().context("cannot install signal handlers")?;
-            run(&cfg, shutdown, &SystemClock).await.map(|_| ())
+            run(&cfg, shutdown, &SystemClock).await?;
+            Ok(std::process::ExitCode::SUCCESS)
         })
-    })();
-    crate::cli::exit_code("dd_log", outcome)
+    })
 }
 
 /// dd_log as a [`Service`]: parse, filter, write, then acknowledge.

@@ -496,13 +496,8 @@ impl Service for RouteService {
 
 /// Entry point of the `dd_log2source` binary.
 pub fn main(args: Args) -> std::process::ExitCode {
-    crate::cli::init_tracing(&args.common, 3);
-    let outcome = (|| {
-        let cfg = RouteConfig::from_args(&args)?;
-        if args.common.print_config {
-            print!("{}", crate::config::to_toml(&cfg));
-            return Ok(());
-        }
+    let config = || Ok(RouteConfig::from_args(&args)?);
+    crate::cli::main("dd_log2source", &args.common, 3, config, |cfg| {
         if let Some(source) = &args.declare_source {
             let password = args
                 .password_file
@@ -512,20 +507,17 @@ pub fn main(args: Args) -> std::process::ExitCode {
             let api = permissions::client(&args.management_url, &cfg.broker)?;
             let vhost = permissions::vhost(&cfg.broker);
             let exchange = cfg.source_exchange(source);
-            return crate::cli::block_on(permissions::declare_source(
-                &api,
-                &vhost,
-                source,
-                &exchange,
-                password.as_deref(),
-            ));
+            let declare =
+                permissions::declare_source(&api, &vhost, source, &exchange, password.as_deref());
+            crate::cli::block_on(declare)?;
+            return Ok(std::process::ExitCode::SUCCESS);
         }
         crate::cli::block_on(async move {
             let shutdown = Shutdown::install().context("cannot install signal handlers")?;
-            run(&cfg, shutdown, &SystemClock).await.map(|_| ())
+            run(&cfg, shutdown, &SystemClock).await?;
+            Ok(std::process::ExitCode::SUCCESS)
         })
-    })();
-    crate::cli::exit_code("dd_log2source", outcome)
+    })
 }
 
 /// Route until a stop is asked for; returns the counts.
