@@ -105,6 +105,16 @@ impl Backoff {
         half + Duration::from_millis(random_u64() % jitter_ms)
     }
 
+    /// Sleep the next wait (logged at debug); `false` if a stop was asked for meanwhile.
+    pub async fn wait(&mut self, shutdown: &mut Shutdown) -> bool {
+        let wait = self.next_delay();
+        tracing::debug!(retry_in_ms = wait.as_millis() as u64, "backing off");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = shutdown.requested() => false,
+        }
+    }
+
     /// Back to the shortest wait (after a successful connection).
     pub fn reset(&mut self) {
         self.next = self.min;
@@ -191,11 +201,9 @@ pub async fn connect_with_retry(
                 return Ok(Some(c));
             }
             Err(e) if e.is_transient() => {
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot reach broker, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.requested() => return Ok(None),
+                tracing::warn!(error = %e, "cannot reach broker, retrying");
+                if !backoff.wait(shutdown).await {
+                    return Ok(None);
                 }
             }
             Err(e) => return Err(e),
@@ -478,11 +486,9 @@ impl Consumer {
                     return Ok(true);
                 }
                 Err(e) if e.is_transient() => {
-                    let wait = self.backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot subscribe, retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.shutdown.requested() => return Ok(false),
+                    tracing::warn!(error = %e, "cannot subscribe, retrying");
+                    if !self.backoff.wait(&mut self.shutdown).await {
+                        return Ok(false);
                     }
                 }
                 Err(e) => return Err(e),
@@ -548,10 +554,8 @@ impl Consumer {
             if let Some(old) = self.live.take() {
                 close_quietly(&old.conn, "reconnecting").await;
             }
-            let wait = self.backoff.next_delay();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.shutdown.requested() => return Ok(None),
+            if !self.backoff.wait(&mut self.shutdown).await {
+                return Ok(None);
             }
         }
     }

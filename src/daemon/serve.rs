@@ -13,8 +13,8 @@ use super::shutdown::Shutdown;
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::broker::{
-    Confirmed, Confirms, Consumer, Delivery, HeadersBinding, Outgoing, Publisher, Publishers,
-    QueueSpec, Subscription,
+    Backoff, Confirmed, Confirms, Consumer, Delivery, HeadersBinding, Outgoing, Publisher,
+    Publishers, QueueSpec, Subscription,
 };
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
@@ -166,6 +166,8 @@ pub async fn serve<S: Service>(
         pending: VecDeque::new(),
         in_flight_limit: cfg.broker.prefetch,
         unsettled: Vec::new(),
+        backoff: Backoff::new(cfg.broker),
+        shutdown: shutdown.clone(),
     };
     loop_.set_state(State::Running).await?;
     loop_.alive_if_due().await?;
@@ -194,6 +196,10 @@ struct Loop<'a, S: Service> {
     in_flight_limit: u16,
     /// Deliveries handled whose effect waits for the service's flush.
     unsettled: Vec<(Delivery, Verdict)>,
+    /// Between attempts to publish again.
+    backoff: Backoff,
+    /// A stop ends the waits of `backoff`.
+    shutdown: Shutdown,
 }
 
 impl<S: Service> Loop<'_, S> {
@@ -303,12 +309,12 @@ impl<S: Service> Loop<'_, S> {
         }
     }
 
-    /// Reconnect and send every pending delivery's messages again, in order (at-least-once).
+    /// Reconnect and send every pending delivery's messages again, in order (at-least-once),
+    /// waiting between attempts with the broker module's one backoff.
     async fn resend_pending(&mut self) -> anyhow::Result<()> {
         let Some(p) = self.publisher.as_mut() else {
             return Ok(());
         };
-        let mut wait = Duration::from_millis(100);
         'again: loop {
             p.reset().await;
             for entry in self.pending.iter_mut() {
@@ -316,13 +322,18 @@ impl<S: Service> Loop<'_, S> {
                     Ok(c) => entry.confirms = Some(c),
                     Err(e) if e.is_transient() => {
                         tracing::warn!(error = %e, "cannot publish yet, retrying");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(10));
+                        if !self.backoff.wait(&mut self.shutdown).await {
+                            anyhow::bail!(
+                                "stopped while {} deliveries await their copies",
+                                self.pending.len()
+                            );
+                        }
                         continue 'again;
                     }
                     Err(e) => return Err(e.into()),
                 }
             }
+            self.backoff.reset();
             return Ok(());
         }
     }
