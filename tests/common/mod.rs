@@ -54,6 +54,19 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Run clean-up to completion on a thread and runtime of its own (a `Drop` may be called
+/// inside the test's runtime, where it cannot block).
+fn run_detached(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(fut);
+    })
+    .join();
+}
+
 /// Names created by a test, removed when it ends (even when it fails).
 pub struct Scratch {
     pub exchange: String,
@@ -93,35 +106,28 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let queues = self.queues.lock().unwrap().clone();
         let exchanges = self.exchanges.lock().unwrap().clone();
-        // Drop may run inside a tokio runtime: clean up from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let Ok(conn) = ddmon::broker::connect(&broker_config(), "ddmon-test-cleanup").await
-                else {
-                    return;
-                };
-                for q in queues {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch
-                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
+        // Drop may run inside a tokio runtime: clean up on one of its own.
+        run_detached(async move {
+            let Ok(conn) = ddmon::broker::connect(&broker_config(), "ddmon-test-cleanup").await
+            else {
+                return;
+            };
+            for q in queues {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
                 }
-                for x in exchanges {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch
-                            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                            .await;
-                    }
+            }
+            for x in exchanges {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch
+                        .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
                 }
-                let _ = conn.close(200, "OK".into()).await;
-            });
-        })
-        .join();
+            }
+            let _ = conn.close(200, "OK".into()).await;
+        });
     }
 }
 
@@ -424,20 +430,13 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let (vhost, users) = (self.vhost.clone(), self.users.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let api = rabbitmq_http_client::api::Client::new(API, "guest", "guest");
-                let _ = api.delete_vhost(&vhost, true).await;
-                for u in users {
-                    let _ = api.delete_user(&u, true).await;
-                }
-            });
-        })
-        .join();
+        run_detached(async move {
+            let api = rabbitmq_http_client::api::Client::new(API, "guest", "guest");
+            let _ = api.delete_vhost(&vhost, true).await;
+            for u in users {
+                let _ = api.delete_user(&u, true).await;
+            }
+        });
     }
 }
 
