@@ -14,5 +14,6 @@ pub mod log;
 pub mod record;
 pub mod route;
 pub mod sim;
+pub mod speedo;
 pub mod status;
 pub mod topic;

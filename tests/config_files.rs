@@ -32,6 +32,28 @@ fn dd_log2source_example_parses() {
 }
 
 #[test]
+fn dd_speedo_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dd_speedo.toml");
+    let cfg: ddmon::speedo::SpeedoConfig = ddmon::config::load_file(Some(&path)).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.interval, 60);
+    assert_eq!(cfg.source_exchange("ec_cmc"), "log_ec_cmc");
+    assert_eq!(cfg.thresholds.defaults.td, 3600.0);
+    assert_eq!(cfg.thresholds.overrides.len(), 3);
+    // the thresholds resolve per name as the comments say
+    let mut t = ddmon::speedo::Thresholds::new(&cfg.thresholds).unwrap();
+    use ddmon::speedo::Kind;
+    let i = t.resolve(Kind::Client, "ssc_ddsr");
+    assert_eq!((t.get(i).td, t.get(i).tminr), (300.0, 10.0));
+    let i = t.resolve(Kind::Client, "test_x");
+    assert_eq!((t.get(i).td, t.get(i).k), (0.0, 0.0));
+    let i = t.resolve(Kind::Source, "ec_cmc");
+    assert_eq!(t.get(i).max_error_ratio, 0.1);
+    let i = t.resolve(Kind::Source, "ssc_ddsr");
+    assert_eq!(t.get(i).td, 3600.0, "a client override is not a source's");
+}
+
+#[test]
 fn every_example_is_checked_by_a_test() {
     // A new example file must get its own test above.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -42,5 +64,8 @@ fn every_example_is_checked_by_a_test() {
         .filter(|n| n.ends_with(".toml"))
         .collect();
     names.sort();
-    assert_eq!(names, ["dd_log.toml", "dd_log2source.toml"]);
+    assert_eq!(
+        names,
+        ["dd_log.toml", "dd_log2source.toml", "dd_speedo.toml"]
+    );
 }

@@ -20,6 +20,7 @@ fn check_command(argv: &[String]) {
         "dd_sim" => ddmon::sim::Args::try_parse_from(argv).map(|_| ()),
         "dd_status" => ddmon::status::Args::try_parse_from(argv).map(|_| ()),
         "dd_log2source" => ddmon::route::Args::try_parse_from(argv).map(|_| ()),
+        "dd_speedo" => ddmon::speedo::Args::try_parse_from(argv).map(|_| ()),
         other => panic!("{other} is not a ddmon binary"),
     };
     if let Err(e) = r {
@@ -40,7 +41,15 @@ fn compose_file_parses_and_its_commands_are_valid() {
         .collect();
     assert_eq!(
         names,
-        ["rabbitmq", "capture", "log2source", "sim", "tail", "status"]
+        [
+            "rabbitmq",
+            "capture",
+            "log2source",
+            "speedo",
+            "sim",
+            "tail",
+            "status"
+        ]
     );
     assert!(
         services["rabbitmq"]["image"]
@@ -60,9 +69,9 @@ fn compose_file_parses_and_its_commands_are_valid() {
             commands += 1;
         }
     }
-    assert_eq!(commands, 5);
+    assert_eq!(commands, 6);
     // the daemons stop on SIGTERM and are restarted on failure
-    for svc in ["capture", "log2source", "sim"] {
+    for svc in ["capture", "log2source", "speedo", "sim"] {
         assert_eq!(services[svc]["stop_signal"].as_str(), Some("SIGTERM"));
         assert_eq!(services[svc]["restart"].as_str(), Some("on-failure"));
     }

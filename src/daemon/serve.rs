@@ -62,9 +62,10 @@ pub trait Service {
     fn tool(&self) -> &'static str;
     /// Handle one delivery. An `Err` stops the tool; the delivery is not acknowledged.
     fn handle(&mut self, delivery: &Delivery, now: DateTime<Utc>) -> anyhow::Result<Handled>;
-    /// Called at least once a second: what the tool publishes on its own clock.
-    fn tick(&mut self, _now: DateTime<Utc>) -> Vec<Outgoing> {
-        Vec::new()
+    /// Called at least once a second: what the tool publishes on its own clock (and the
+    /// exchanges to declare first; the verdict is ignored).
+    fn tick(&mut self, _now: DateTime<Utc>) -> Handled {
+        Handled::default()
     }
     /// The counters shown in alive, status, `health` and (by default) `stats`.
     fn counters(&self) -> Value;
@@ -247,7 +248,12 @@ impl<S: Service> Loop<'_, S> {
     async fn on_tick(&mut self) -> anyhow::Result<()> {
         let now = self.clock.now();
         let out = self.service.tick(now);
-        self.publish(&out).await?;
+        if let Some(p) = self.publisher.as_mut() {
+            for x in &out.declare {
+                p.local().declare_exchange(x).await?;
+            }
+        }
+        self.publish(&out.publish).await?;
         let wanted = if self.service.degraded() {
             State::Degraded
         } else {

@@ -19,7 +19,7 @@ use crate::cli::CommonOpts;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
 use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shutdown, serve};
-use crate::record::{MalformedTally, Parsed, parse, render_json, render_line};
+use crate::record::{MalformedTally, Parsed, render_json, render_line};
 
 pub use output::{DailyFiles, Filter, Sink};
 
@@ -272,13 +272,15 @@ impl Service for LogService {
         delivery: &crate::broker::Delivery,
         now: chrono::DateTime<chrono::Utc>,
     ) -> anyhow::Result<Handled> {
-        let parsed = match parse(&delivery.routing_key, &delivery.headers, &delivery.body) {
+        let parsed = match self.tally.parse(
+            &delivery.routing_key,
+            &delivery.headers,
+            &delivery.body,
+            now,
+        ) {
             Ok(p) => p,
-            Err(m) => {
+            Err(_) => {
                 self.totals.malformed += 1;
-                if let Some(unlogged) = self.tally.count(&m, now) {
-                    tracing::warn!(topic = %delivery.routing_key, kind = m.kind(), unlogged, "malformed message rejected: {m}");
-                }
                 return Ok(Handled::reject());
             }
         };

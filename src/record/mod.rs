@@ -60,7 +60,7 @@ impl HeaderValue {
 pub type Headers = BTreeMap<String, HeaderValue>;
 
 /// Which of the three accepted encodings a record came in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// The native v02 log line (also Sarracenia 2 reports).
@@ -72,7 +72,7 @@ pub enum Encoding {
 }
 
 /// One log message, normalised: who processed which product, where, when, and how it went.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct LogRecord {
     /// The encoding it arrived in.
     pub encoding: Encoding,
@@ -408,6 +408,24 @@ impl MalformedTally {
             k.unlogged += 1;
             None
         }
+    }
+
+    /// [`parse`] a message; a malformed one is counted here and warned about (at most once a
+    /// second per kind, with the topic and what was wrong).
+    pub fn parse(
+        &mut self,
+        routing_key: &str,
+        headers: &Headers,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Parsed, Malformed> {
+        let parsed = parse(routing_key, headers, body);
+        if let Err(m) = &parsed {
+            if let Some(unlogged) = self.count(m, now) {
+                tracing::warn!(topic = %routing_key, kind = m.kind(), unlogged, "malformed message: {m}");
+            }
+        }
+        parsed
     }
 
     /// Total counted, all kinds.

@@ -22,7 +22,7 @@ use crate::cli::CommonOpts;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
 use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shutdown, serve};
-use crate::record::{MalformedTally, Parsed, parse};
+use crate::record::{MalformedTally, Parsed};
 
 /// How records reach the source exchanges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
@@ -377,7 +377,7 @@ impl Service for RouteService {
     }
 
     fn handle(&mut self, d: &Delivery, now: DateTime<Utc>) -> anyhow::Result<Handled> {
-        let record = match parse(&d.routing_key, &d.headers, &d.body) {
+        let record = match self.tally.parse(&d.routing_key, &d.headers, &d.body, now) {
             Ok(Parsed::Log(r)) => r,
             Ok(Parsed::NotReport | Parsed::Event(_)) => {
                 self.counts.skipped += 1;
@@ -385,9 +385,6 @@ impl Service for RouteService {
             }
             Err(m) => {
                 self.counts.malformed += 1;
-                if let Some(unlogged) = self.tally.count(&m, now) {
-                    tracing::warn!(topic = %d.routing_key, kind = m.kind(), unlogged, "malformed record: {m}");
-                }
                 return Ok(if self.cfg.dead_letter_exchange.is_some() {
                     Handled::reject()
                 } else {
