@@ -1,0 +1,221 @@
+//! End-to-end: how fast `dd_speedo` drains a queue of records (parse, count, publish speedos
+//! every second, ack), against a minimal lapin consumer (same prefetch, one ack per message,
+//! no parsing) measured in the same run on the same queue. Also prints dd_speedo's peak
+//! resident memory.
+//!
+//! `cargo bench --bench e2e_speedo` (or `scripts/bench`); `SPEEDO_RECORDS` (default 200000)
+//! and `SPEEDO_RUNS` (default 3) tune it. Needs the broker (`scripts/broker-up`).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ddmon::broker::{Outgoing, Publisher};
+use ddmon::config::BrokerConfig;
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn fill(cfg: &BrokerConfig, msgs: &[Outgoing]) {
+    let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
+    let mut p = Publisher::connect(cfg, "bench-fill", shutdown)
+        .await
+        .unwrap();
+    for chunk in msgs.chunks(5000) {
+        p.publish_all(chunk).await.unwrap();
+    }
+    p.close().await;
+}
+
+/// The queue as dd_speedo declares it (durable, bound to v02.# and v03.#).
+async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
+    let conn = ddmon::broker::connect(cfg, "bench-declare").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ddmon::broker::declare_topic_exchange(&ch, exchange)
+        .await
+        .unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for key in ["v02.#", "v03.#"] {
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    conn.close(200, "OK".into()).await.unwrap();
+}
+
+async fn baseline(cfg: &BrokerConfig, queue: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    let conn = ddmon::broker::connect(cfg, "bench-baseline").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..n {
+        let d = consumer.next().await.unwrap().unwrap();
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let took = started.elapsed();
+    conn.close(200, "OK".into()).await.unwrap();
+    took
+}
+
+/// Messages left in the queue (ready + unacknowledged), from the management-free passive
+/// declare (ready only) and dd_speedo's own count.
+async fn counted(conn: &lapin::Connection, exchange: &str, instance: &str) -> Option<u64> {
+    let key = format!("v01.rpc.dd_speedo.{instance}.stats");
+    let r = ddmon::broker::request(conn, exchange, &key, b"{}", Duration::from_millis(500), Some(1))
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&r.first()?.body).ok()?;
+    let c = &v["result"]["counters"];
+    Some(c["counted"].as_u64()? + c["neutral"].as_u64()? + c["skipped"].as_u64()?)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// dd_speedo on the queue until it counted `n`; its time and peak RSS.
+async fn speedo(cfg: &BrokerConfig, exchange: &str, name: &str, n: usize) -> (Duration, u64) {
+    let instance = format!("bench{:06x}", ddmon::broker::random_u64() as u32 & 0xffffff);
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dd_speedo"))
+        .args([
+            "--exchange",
+            exchange,
+            "--output-exchange",
+            exchange,
+            "--daemon-exchange",
+            exchange,
+            "--no-source-copies",
+            "--queue",
+            name,
+            "--interval",
+            "1",
+            "--instance",
+            &instance,
+            "-q",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let conn = ddmon::broker::connect(cfg, "bench-poll").await.unwrap();
+    let took = loop {
+        if counted(&conn, exchange, &instance).await == Some(n as u64) {
+            break started.elapsed();
+        }
+        // a light poll: one small request every 100 ms (at most 0.5% of a 20 s run late)
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rss = peak_rss_kib(child.id());
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    conn.close(200, "OK".into()).await.unwrap();
+    (took, rss)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let n = env_num("SPEEDO_RECORDS", 200_000);
+    let runs = env_num("SPEEDO_RUNS", 3);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = BrokerConfig::default();
+    let exchange = format!("bench.speedo.{:08x}", ddmon::broker::random_u64() as u32);
+    let name = format!("bench{:08x}", ddmon::broker::random_u64() as u32);
+    let queue = format!("q_guest.dd_speedo.{name}");
+    rt.block_on(declare(&cfg, &exchange, &queue));
+    let start = chrono::DateTime::from_timestamp(1_763_790_000, 0).unwrap();
+    let mut pump = ddmon::sim::Pump::new(ddmon::sim::PumpModel::default(), start);
+    let msgs: Vec<Outgoing> = (0..n)
+        .map_while(|_| pump.next_record())
+        .map(|r| ddmon::sim::outgoing(&r, ddmon::sim::WireFormat::V02, &exchange))
+        .collect();
+    let (mut base, mut ours, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        rt.block_on(fill(&cfg, &msgs));
+        let b = rt.block_on(baseline(&cfg, &queue, n)).as_secs_f64();
+        rt.block_on(fill(&cfg, &msgs));
+        let (d, kib) = rt.block_on(speedo(&cfg, &exchange, &name, n));
+        let d = d.as_secs_f64();
+        println!(
+            "run {run}: baseline {:.0} msg/s ({b:.2}s), dd_speedo {:.0} msg/s ({d:.2}s), peak RSS {:.1} MiB",
+            n as f64 / b,
+            n as f64 / d,
+            kib as f64 / 1024.0
+        );
+        base.push(n as f64 / b);
+        ours.push(n as f64 / d);
+        rss.push(kib as f64 / 1024.0);
+    }
+    let (mb, mo) = (median(base), median(ours));
+    println!(
+        "dd_speedo drain {n} records: baseline median {mb:.0} msg/s, dd_speedo median {mo:.0} msg/s, ratio {:.3} (bar: >= 0.9); peak RSS median {:.1} MiB",
+        mo / mb,
+        median(rss)
+    );
+    rt.block_on(async {
+        let conn = ddmon::broker::connect(&cfg, "bench-cleanup").await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        ch.exchange_delete(exchange.as_str().into(), Default::default())
+            .await
+            .unwrap();
+        conn.close(200, "OK".into()).await.unwrap();
+    });
+}
