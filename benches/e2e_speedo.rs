@@ -98,9 +98,16 @@ async fn baseline(cfg: &BrokerConfig, queue: &str, n: usize) -> Duration {
 /// declare (ready only) and dd_speedo's own count.
 async fn counted(conn: &lapin::Connection, exchange: &str, instance: &str) -> Option<u64> {
     let key = format!("v01.rpc.dd_speedo.{instance}.stats");
-    let r = ddmon::broker::request(conn, exchange, &key, b"{}", Duration::from_millis(500), Some(1))
-        .await
-        .ok()?;
+    let r = ddmon::broker::request(
+        conn,
+        exchange,
+        &key,
+        b"{}",
+        Duration::from_millis(500),
+        Some(1),
+    )
+    .await
+    .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&r.first()?.body).ok()?;
     let c = &v["result"]["counters"];
     Some(c["counted"].as_u64()? + c["neutral"].as_u64()? + c["skipped"].as_u64()?)

@@ -51,7 +51,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("speedo");
     g.sample_size(10);
     g.throughput(Throughput::Elements(n as u64));
-    g.bench_function("aggregate_sim_5_clients", |b| b.iter(|| black_box(run(&narrow))));
+    g.bench_function("aggregate_sim_5_clients", |b| {
+        b.iter(|| black_box(run(&narrow)))
+    });
     g.bench_function("aggregate_1000_clients_100k_subjects", |b| {
         b.iter(|| black_box(run(&wide)))
     });

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod log;
+pub mod nagios;
 pub mod record;
 pub mod route;
 pub mod sim;

@@ -186,6 +186,8 @@ impl Runtime {
                 escape_word(&self.id.tool),
                 escape_word(&self.id.instance)
             ),
+            // every instance of this tool (check_dd_speedo asks `v01.rpc.dd_speedo.all.stats`)
+            format!("v01.rpc.{}.all.*", escape_word(&self.id.tool)),
             "v01.rpc.all.*".to_string(),
         ]
     }
@@ -367,6 +369,7 @@ mod tests {
             &b[0],
             "v01.rpc.dd_log.h1%2Eexample-a.health"
         ));
-        assert!(crate::topic::matches(&b[1], "v01.rpc.all.stats"));
+        assert!(crate::topic::matches(&b[1], "v01.rpc.dd_log.all.stats"));
+        assert!(crate::topic::matches(&b[2], "v01.rpc.all.stats"));
     }
 }
