@@ -73,16 +73,20 @@ fn main() {
     let check = env!("CARGO_BIN_EXE_check_dd_speedo");
     let args = format!("--exchange {exchange} --instance {instance}");
     // one run to see it works
-    let out = Command::new(check)
-        .args(args.split(' '))
-        .output()
-        .unwrap();
+    let out = Command::new(check).args(args.split(' ')).output().unwrap();
     let first = String::from_utf8_lossy(&out.stdout);
-    println!("{}", first.lines().next().unwrap_or("").chars().take(120).collect::<String>());
-    assert!(out.status.code().unwrap() <= 2, "{first}");
-    let script = format!(
-        "for i in $(seq {runs}); do {check} {args} > /dev/null; done; times"
+    println!(
+        "{}",
+        first
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(120)
+            .collect::<String>()
     );
+    assert!(out.status.code().unwrap() <= 2, "{first}");
+    let script = format!("for i in $(seq {runs}); do {check} {args} > /dev/null; done; times");
     let started = Instant::now();
     let out = Command::new("bash").args(["-c", &script]).output().unwrap();
     let wall = started.elapsed().as_secs_f64() / runs as f64;
@@ -99,7 +103,9 @@ fn main() {
         wall * 1000.0,
         cpu * 1000.0
     );
-    let _ = Command::new("kill").args(["-TERM", &speedo.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &speedo.id().to_string()])
+        .status();
     let _ = speedo.wait();
     rt.block_on(async {
         let cfg = ddmon::config::BrokerConfig::default();
@@ -111,7 +117,9 @@ fn main() {
                 Default::default(),
             )
             .await;
-        let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+        let _ = ch
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await;
         let _ = conn.close(200, "OK".into()).await;
     });
 }
