@@ -428,7 +428,14 @@ pub struct Consumer {
     shutdown: Shutdown,
     backoff: Backoff,
     live: Option<Live>,
+    /// A (re)connection under way, in its own task, so that a `select!` that drops
+    /// [`Consumer::next`] (a tick, a request) never abandons a half-made subscription.
+    establishing: Option<Establishing>,
+    /// The last connection was lost: back off before the next attempt.
+    lost: bool,
 }
+
+type Establishing = tokio::task::JoinHandle<(Backoff, Result<Option<Live>, BrokerError>)>;
 
 struct Live {
     conn: Connection,
@@ -453,6 +460,8 @@ impl Consumer {
             backoff: Backoff::new(cfg),
             shutdown,
             live: None,
+            establishing: None,
+            lost: false,
         };
         if c.establish().await? {
             Ok(Some(c))
@@ -466,58 +475,39 @@ impl Consumer {
         &self.sub.queue.name
     }
 
+    /// Connect, declare and subscribe, in a task of its own: awaiting it is cancel-safe (a
+    /// dropped wait leaves the task running; the next call picks up its result).
     async fn establish(&mut self) -> Result<bool, BrokerError> {
-        loop {
-            // Named after the tool and its queue, so the broker's connection list (and a test
-            // that must cut one connection) can tell them apart.
-            let conn_name = format!("{} {}", self.name, self.sub.queue.name);
-            let Some(conn) =
-                connect_with_retry(&self.cfg, &conn_name, &mut self.backoff, &mut self.shutdown)
-                    .await?
-            else {
-                return Ok(false);
-            };
-            // Not bounded by a timeout: a consumer registered by a late answer on a connection
-            // given up would hold its deliveries unacknowledged (see the README's known issue).
-            match self.subscribe(conn).await {
-                Ok(live) => {
-                    tracing::info!(queue = %self.sub.queue.name, exchange = %self.sub.exchange, "consuming");
-                    self.live = Some(live);
-                    return Ok(true);
+        if self.establishing.is_none() {
+            let cfg = self.cfg.clone();
+            let name = self.name.clone();
+            let sub = self.sub.clone();
+            let mut shutdown = self.shutdown.clone();
+            let mut backoff = self.backoff.clone();
+            let wait_first = std::mem::take(&mut self.lost);
+            self.establishing = Some(tokio::spawn(async move {
+                if wait_first && !backoff.wait(&mut shutdown).await {
+                    return (backoff, Ok(None));
                 }
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "cannot subscribe, retrying");
-                    if !self.backoff.wait(&mut self.shutdown).await {
-                        return Ok(false);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+                let r = establish(&cfg, &name, &sub, &mut backoff, &mut shutdown).await;
+                (backoff, r)
+            }));
         }
-    }
-
-    async fn subscribe(&self, conn: Connection) -> Result<Live, BrokerError> {
-        let channel = declare(&conn, &self.sub).await?;
-        channel
-            .basic_qos(self.cfg.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(classify)?;
-        let tag = format!("{}.{:08x}", self.name, random_u64() as u32);
-        let stream = channel
-            .basic_consume(
-                self.sub.queue.name.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(classify)?;
-        Ok(Live {
-            conn,
-            channel,
-            stream,
-            tag,
-        })
+        let Some(task) = self.establishing.as_mut() else {
+            return Ok(false);
+        };
+        let joined = task.await;
+        self.establishing = None;
+        let (backoff, outcome) =
+            joined.map_err(|e| BrokerError::Setup(format!("reconnection task failed: {e}")))?;
+        self.backoff = backoff;
+        match outcome? {
+            Some(live) => {
+                self.live = Some(live);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// The next delivery; `Ok(None)` once a stop was asked for.
@@ -552,17 +542,22 @@ impl Consumer {
                 None => tracing::warn!("consumer cancelled or connection closed, reconnecting"),
             }
             if let Some(old) = self.live.take() {
-                close_quietly(&old.conn, "reconnecting").await;
+                // closed in the background: this wait may itself be dropped by a select
+                tokio::spawn(async move { close_quietly(&old.conn, "reconnecting").await });
             }
-            if !self.backoff.wait(&mut self.shutdown).await {
-                return Ok(None);
-            }
+            self.lost = true;
         }
     }
 
     /// Stop consuming and close the channel and connection. Messages received but not
     /// acknowledged go back to the queue.
     pub async fn close(mut self) {
+        if let Some(task) = self.establishing.take() {
+            // a reconnection under way ends on the stop (it watches the same shutdown)
+            if let Ok((_, Ok(Some(live)))) = task.await {
+                self.live = Some(live);
+            }
+        }
         if let Some(live) = self.live.take() {
             let _ = live
                 .channel
@@ -572,6 +567,69 @@ impl Consumer {
             close_quietly(&live.conn, "OK").await;
         }
     }
+}
+
+/// Connect (retrying while the broker is unreachable), declare and subscribe; `None` when a
+/// stop was asked for first.
+async fn establish(
+    cfg: &BrokerConfig,
+    name: &str,
+    sub: &Subscription,
+    backoff: &mut Backoff,
+    shutdown: &mut Shutdown,
+) -> Result<Option<Live>, BrokerError> {
+    loop {
+        // Named after the tool and its queue, so the broker's connection list (and a test
+        // that must cut one connection) can tell them apart.
+        let conn_name = format!("{name} {}", sub.queue.name);
+        let Some(conn) = connect_with_retry(cfg, &conn_name, backoff, shutdown).await? else {
+            return Ok(None);
+        };
+        // Not bounded by a timeout: a consumer registered by a late answer on a connection
+        // given up would hold its deliveries unacknowledged.
+        match subscribe(cfg, name, sub, conn).await {
+            Ok(live) => {
+                tracing::info!(queue = %sub.queue.name, exchange = %sub.exchange, "consuming");
+                return Ok(Some(live));
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "cannot subscribe, retrying");
+                if !backoff.wait(shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn subscribe(
+    cfg: &BrokerConfig,
+    name: &str,
+    sub: &Subscription,
+    conn: Connection,
+) -> Result<Live, BrokerError> {
+    let channel = declare(&conn, sub).await?;
+    channel
+        .basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(classify)?;
+    let tag = format!("{name}.{:08x}", random_u64() as u32);
+    let stream = channel
+        .basic_consume(
+            sub.queue.name.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(classify)?;
+    Ok(Live {
+        conn,
+        channel,
+        stream,
+        tag,
+    })
 }
 
 fn convert(mut d: lapin::message::Delivery) -> Delivery {

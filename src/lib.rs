@@ -18,3 +18,4 @@ pub mod sim;
 pub mod speedo;
 pub mod status;
 pub mod topic;
+pub mod watchdog;

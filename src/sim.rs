@@ -121,10 +121,26 @@ impl Pump {
     /// Stop a node as if it died: its transfers in flight never finish, and it takes no new
     /// ones. Returns how many transfers it had in flight.
     pub fn kill_node(&mut self, node: &str) -> usize {
+        self.kill_node_lost(node).len()
+    }
+
+    /// [`Pump::kill_node`], returning the final records that will now never be sent (the
+    /// truth a watchdog's down report must match), in start order.
+    pub fn kill_node_lost(&mut self, node: &str) -> Vec<LogRecord> {
         self.dead_nodes.insert(node.to_string());
-        let before = self.in_flight.len();
-        self.in_flight.retain(|_, r| r.node != node);
-        before - self.in_flight.len()
+        let mut lost = Vec::new();
+        self.in_flight.retain(|_, r| {
+            if r.node == node {
+                lost.push(r.clone());
+                false
+            } else {
+                true
+            }
+        });
+        lost.sort_by_key(|r| {
+            r.time - Duration::milliseconds((r.duration.unwrap_or(0.0) * 1000.0).round() as i64)
+        });
+        lost
     }
 
     /// The next record: a transfer's `102`, or the final code of one in flight, in time
@@ -343,6 +359,11 @@ pub struct Args {
     /// first transfer; at --rate R that is also wall-clock seconds.
     #[arg(long, value_name = "SECONDS", requires = "kill_node")]
     pub at: Option<f64>,
+    /// With --kill-node: write the transfers the node leaves in flight (that will never
+    /// finish) to this file, one JSON object per line (node, client, source, url, flow,
+    /// started, bytes).
+    #[arg(long, value_name = "FILE", requires = "kill_node")]
+    pub truth: Option<std::path::PathBuf>,
     /// Flags shared by every command.
     #[command(flatten)]
     pub common: crate::cli::CommonOpts,
@@ -383,6 +404,22 @@ pub fn outgoing(r: &LogRecord, format: WireFormat, exchange: &str) -> crate::bro
             }
         }
     }
+}
+
+/// The transfers a killed node leaves in flight, one JSON object per line.
+fn write_truth(path: &std::path::Path, lost: &[LogRecord]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut text = String::new();
+    for r in lost {
+        let millis = (r.duration.unwrap_or(0.0) * 1000.0).round() as i64;
+        let v = serde_json::json!({
+            "node": r.node, "client": r.client, "source": r.source, "url": r.url(),
+            "flow": r.flow, "started": r.time - Duration::milliseconds(millis), "bytes": r.bytes,
+        });
+        text.push_str(&v.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Entry point of the `dd_sim` binary.
@@ -444,8 +481,11 @@ pub async fn run(
             // The node dies when the stream's own time (its datestamps) reaches --at.
             if let Some((node, at)) = &kill {
                 if pump.elapsed_secs() >= *at {
-                    let lost = pump.kill_node(node);
-                    tracing::info!(node = %node, in_flight = lost, "killed node: its transfers never finish");
+                    let lost = pump.kill_node_lost(node);
+                    tracing::info!(node = %node, in_flight = lost.len(), "killed node: its transfers never finish");
+                    if let Some(path) = &args.truth {
+                        write_truth(path, &lost)?;
+                    }
                     kill = None;
                 }
             }

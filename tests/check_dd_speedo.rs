@@ -36,7 +36,7 @@ fn check(url: &str, args: &[&str]) -> (i32, String, Duration) {
 /// The Monitoring Plugins perfdata syntax, strictly: `'label'=value[UOM];[warn];[crit];[min];[max]`.
 fn parse_perfdata(text: &str) -> Vec<(String, f64, String)> {
     let item = regex::Regex::new(
-        r"^('(?:[^']|'')+'|[^' =]+)=(-?[0-9]+(?:\.[0-9]+)?)([a-zA-Z%]*)((?:;[^; ]*){0,4})$",
+        r"^('(?:[^']|'')+'|[^' =]+)=(-?[0-9]+(?:\.[0-9]+)?|U)([a-zA-Z%]*)((?:;[^; ]*){0,4})$",
     )
     .unwrap();
     let mut out = Vec::new();
@@ -57,7 +57,7 @@ fn parse_perfdata(text: &str) -> Vec<(String, f64, String)> {
             .captures(one)
             .unwrap_or_else(|| panic!("bad perfdata item {one:?}"));
         let label = c[1].trim_matches('\'').replace("''", "'");
-        out.push((label, c[2].parse().unwrap(), c[3].to_string()));
+        out.push((label, c[2].parse().unwrap_or(f64::NAN), c[3].to_string()));
         rest = rest[end..].strip_prefix(' ').unwrap_or(&rest[end..]);
     }
     out
@@ -140,8 +140,22 @@ async fn ok_then_critical_against_a_real_dd_speedo() {
         lines[1]
     );
     assert!(took < Duration::from_secs(2), "{took:?}");
-    // a range on the metric alone
+    // a range on a metric alone (files per minute need a whole minute: not judged yet)
     let (code, out, _) = check(&url, &["--no-states", "--source", "ec", "-w", "1000:"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("source.ec=U;1000:;;0"), "{out}");
+    let (code, out, _) = check(
+        &url,
+        &[
+            "--no-states",
+            "--source",
+            "ec",
+            "--metric",
+            "lag",
+            "-w",
+            "@0:",
+        ],
+    );
     assert_eq!(code, 1, "{out}");
     assert!(
         out.starts_with("DD_SPEEDO WARNING - 0 of 0 clients and 1 of 1 sources out of bounds | "),

@@ -21,6 +21,7 @@ fn check_command(argv: &[String]) {
         "dd_status" => ddmon::status::Args::try_parse_from(argv).map(|_| ()),
         "dd_log2source" => ddmon::route::Args::try_parse_from(argv).map(|_| ()),
         "dd_speedo" => ddmon::speedo::Args::try_parse_from(argv).map(|_| ()),
+        "dd_watchdog" => ddmon::watchdog::Args::try_parse_from(argv).map(|_| ()),
         other => panic!("{other} is not a ddmon binary"),
     };
     if let Err(e) = r {

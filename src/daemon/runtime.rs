@@ -245,7 +245,9 @@ impl Runtime {
 
     /// Is an alive message due?
     pub fn alive_due(&self, now: DateTime<Utc>) -> bool {
-        self.last_alive.is_none_or(|t| now - t >= self.alive_every)
+        // a clock stepped back must not silence the daemon until it catches up
+        self.last_alive
+            .is_none_or(|t| now - t >= self.alive_every || now < t)
     }
 
     /// When the next alive message is due.

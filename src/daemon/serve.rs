@@ -69,8 +69,9 @@ pub trait Service {
     }
     /// The counters shown in alive, status, `health` and (by default) `stats`.
     fn counters(&self) -> Value;
-    /// Answer a command of the tool's own (or override `stats`); `None` if unknown.
-    fn request(&mut self, _command: &str, _now: DateTime<Utc>) -> Option<Value> {
+    /// Answer a command of the tool's own (or override `stats`); `None` if unknown. `body` is
+    /// the request's body (JSON arguments, e.g. a filter).
+    fn request(&mut self, _command: &str, _body: &[u8], _now: DateTime<Utc>) -> Option<Value> {
         None
     }
     /// The broker confirmed what `handle` asked to publish; `returned` are the indices of
@@ -389,7 +390,7 @@ impl<S: Service> Loop<'_, S> {
         let service = &mut *self.service;
         let reply = match self.runtime.as_ref() {
             Some(rt) => rt.answer(&d.routing_key, now, &counters, |cmd| {
-                service.request(cmd, now)
+                service.request(cmd, &d.body, now)
             }),
             None => return Ok(()),
         };
@@ -423,7 +424,8 @@ impl<S: Service> Loop<'_, S> {
             }
             // The tick runs between deliveries too, so a busy stream does not starve it.
             let now = self.clock.now();
-            if now - last_tick >= chrono::Duration::seconds(1) {
+            // (a clock stepped back ticks at once rather than in an hour)
+            if now - last_tick >= chrono::Duration::seconds(1) || now < last_tick {
                 last_tick = now;
                 self.on_tick().await?;
             }

@@ -91,8 +91,21 @@ impl Metric {
         }
     }
 
-    fn value(self, entry: &Value) -> f64 {
-        entry[self.key()].as_f64().unwrap_or(0.0)
+    /// The figure. The per-minute ones are `None` until dd_speedo saw a whole minute of the
+    /// name (no range is judged on them then, and their perfdata value is `U`); the lag is 0
+    /// when the last interval had no record.
+    fn value(self, entry: &Value) -> Option<f64> {
+        match self {
+            Metric::FilesPerMin | Metric::BytesPerSec => entry[self.key()].as_f64(),
+            Metric::ErrorRatio => {
+                if entry["files_per_min"].is_null() {
+                    None
+                } else {
+                    Some(entry[self.key()].as_f64().unwrap_or(0.0))
+                }
+            }
+            Metric::Lag => Some(entry[self.key()].as_f64().unwrap_or(0.0)),
+        }
     }
 }
 
@@ -204,10 +217,9 @@ impl std::str::FromStr for Timeout {
             .ok()
             .filter(|v: &f64| v.is_finite() && *v > 0.0)
             .ok_or_else(|| format!("bad timeout {secs:?}"))?;
-        Ok(Timeout {
-            duration: Duration::from_secs_f64(secs),
-            state,
-        })
+        let duration =
+            Duration::try_from_secs_f64(secs).map_err(|e| format!("bad timeout: {e}"))?;
+        Ok(Timeout { duration, state })
     }
 }
 
@@ -277,18 +289,16 @@ pub fn perf_number(v: f64) -> String {
 
 fn perf(
     label: &str,
-    value: f64,
+    value: Option<f64>,
     uom: &str,
     warn: &str,
     crit: &str,
     min: &str,
     max: &str,
 ) -> String {
-    let mut s = format!(
-        "{}={}{uom};{warn};{crit};{min};{max}",
-        perf_label(label),
-        perf_number(value)
-    );
+    // `U`: dd_speedo has no figure yet
+    let value = value.map_or("U".to_string(), |v| format!("{}{uom}", perf_number(v)));
+    let mut s = format!("{}={value};{warn};{crit};{min};{max}", perf_label(label));
     while s.ends_with(';') {
         s.pop();
     }
@@ -379,30 +389,18 @@ pub fn evaluate(stats: &Value, check: &Check, now: DateTime<Utc>) -> Outcome {
             status = Status::Warning;
             why.push(format!("{state}: {}", e["reason"].as_str().unwrap_or("")));
         }
-        if check.critical.as_ref().is_some_and(|r| r.alerts(value)) {
+        let range_hit = |r: &Option<Range>| match (r, value) {
+            (Some(r), Some(v)) if r.alerts(v) => {
+                Some(format!("{}={} outside {r}", m.key(), perf_number(v)))
+            }
+            _ => None,
+        };
+        if let Some(w) = range_hit(&check.critical) {
             status = Status::Critical;
-            why.push(format!(
-                "{}={} outside -c {}",
-                m.key(),
-                perf_number(value),
-                check
-                    .critical
-                    .as_ref()
-                    .map(Range::to_string)
-                    .unwrap_or_default()
-            ));
-        } else if check.warning.as_ref().is_some_and(|r| r.alerts(value)) {
+            why.push(w.replace(" outside ", " outside -c "));
+        } else if let Some(w) = range_hit(&check.warning) {
             status = status.max(Status::Warning);
-            why.push(format!(
-                "{}={} outside -w {}",
-                m.key(),
-                perf_number(value),
-                check
-                    .warning
-                    .as_ref()
-                    .map(Range::to_string)
-                    .unwrap_or_default()
-            ));
+            why.push(w.replace(" outside ", " outside -w "));
         }
         let out = status != Status::Ok;
         match *kind {
@@ -466,7 +464,7 @@ pub fn evaluate(stats: &Value, check: &Check, now: DateTime<Utc>) -> Outcome {
     let mut totals = vec![
         perf(
             "clients_out",
-            clients_out as f64,
+            Some(clients_out as f64),
             "",
             "",
             "",
@@ -475,7 +473,7 @@ pub fn evaluate(stats: &Value, check: &Check, now: DateTime<Utc>) -> Outcome {
         ),
         perf(
             "sources_out",
-            sources_out as f64,
+            Some(sources_out as f64),
             "",
             "",
             "",
@@ -546,6 +544,8 @@ pub fn run(args: &Args) -> Outcome {
         replies
     };
     let outcome = rt.block_on(async { tokio::time::timeout(bound, work).await });
+    // a name lookup stuck in a blocking thread must not hold the answer back
+    rt.shutdown_background();
     let secs = bound.as_secs_f64();
     let where_ = match stage.get() {
         Stage::Connecting => format!("connecting to {}", crate::config::mask_url(&broker.url)),

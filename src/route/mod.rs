@@ -481,7 +481,12 @@ impl Service for RouteService {
         })
     }
 
-    fn request(&mut self, command: &str, _now: DateTime<Utc>) -> Option<serde_json::Value> {
+    fn request(
+        &mut self,
+        command: &str,
+        _body: &[u8],
+        _now: DateTime<Utc>,
+    ) -> Option<serde_json::Value> {
         (command == "stats").then(|| {
             let mut v = serde_json::to_value(&self.counts).unwrap_or_default();
             v["malformed_by_kind"] = serde_json::json!(self.tally.by_kind());

@@ -43,7 +43,7 @@ impl Window {
     fn add(&mut self, good: bool, bytes: u64, lag: f64) {
         if good {
             self.files += 1;
-            self.bytes += bytes;
+            self.bytes = self.bytes.saturating_add(bytes);
         } else {
             self.errors += 1;
         }
@@ -73,12 +73,13 @@ struct Meter {
 
 impl Meter {
     fn add(&mut self, good: bool, bytes: u64, lag: f64) {
+        // saturating: a record may claim any size (v03 `size` is any u64)
         if good {
             self.counts.good += 1;
-            self.counts.good_bytes += bytes;
+            self.counts.good_bytes = self.counts.good_bytes.saturating_add(bytes);
         } else {
             self.counts.errors += 1;
-            self.counts.bad_bytes += bytes;
+            self.counts.bad_bytes = self.counts.bad_bytes.saturating_add(bytes);
         }
         self.interval.add(good, bytes, lag);
         self.minute.add(good, bytes, lag);
@@ -88,10 +89,10 @@ impl Meter {
 /// The figures of a name's last whole minute and last interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Figures {
-    /// Good files in the last whole minute.
-    pub files_per_min: f64,
+    /// Good files in the last whole minute (`None` before a whole minute was seen).
+    pub files_per_min: Option<f64>,
     /// Good bytes per second over the last whole minute.
-    pub bytes_per_sec: f64,
+    pub bytes_per_sec: Option<f64>,
     /// errors / (good + errors) in the last whole minute (`None` without attempts).
     pub error_ratio: Option<f64>,
     /// good + errors in the last whole minute.
@@ -358,6 +359,9 @@ pub struct TopSubject {
     pub top_by: Vec<&'static str>,
 }
 
+/// At most this many empty intervals are published after a jump of the time.
+pub const MAX_CATCH_UP: i64 = 1000;
+
 /// How many subjects each ranking keeps.
 pub const TOP_N: usize = 10;
 
@@ -515,29 +519,55 @@ impl Speedo {
     pub fn advance(&mut self, now: DateTime<Utc>) -> Vec<Output> {
         let now_s = now.timestamp();
         let mut out = Vec::new();
-        if now_s < self.next_due {
+        let went_back = self.interval_start.is_some_and(|start| now_s < start);
+        if now_s < self.next_due && !went_back {
             return out;
         }
         let interval = self.interval;
         match self.interval_start {
             None => self.interval_start = Some(align(now_s, interval)),
+            // the clock went back (or a replayed record is far older): start again from now
+            Some(start) if now_s < start => self.interval_start = Some(align(now_s, interval)),
             Some(mut start) => {
+                let mut closed = 0;
                 while now_s >= start + interval {
                     start += interval;
                     self.close_interval(start, &mut out);
+                    closed += 1;
+                    // a jump of the clock (or a record from far ahead): after a day's worth of
+                    // empty intervals (at most 1000), skip to now instead of flooding
+                    if closed >= MAX_CATCH_UP.min(86_400 / interval).max(1)
+                        && now_s >= start + interval
+                    {
+                        tracing::warn!(
+                            from = start,
+                            to = now_s,
+                            "time jumped: empty intervals skipped"
+                        );
+                        start = align(now_s, interval);
+                    }
                 }
                 self.interval_start = Some(start);
             }
         }
         match self.minute_start {
             None => self.minute_start = Some(align(now_s, 60)),
+            Some(start) if now_s < start => self.minute_start = Some(align(now_s, 60)),
             Some(mut start) => {
+                let mut closed = 0;
                 while now_s >= start + 60 {
                     self.close_minute(start);
                     start += 60;
+                    closed += 1;
+                    if closed >= 1440 && now_s >= start + 60 {
+                        start = align(now_s, 60);
+                    }
                 }
                 self.minute_start = Some(start);
             }
+        }
+        if now_s < self.judged {
+            self.judged = now_s - 1;
         }
         if now_s > self.judged {
             self.judged = now_s;
@@ -592,7 +622,8 @@ impl Speedo {
                 &mut self.sources_all,
             ),
         ] {
-            if map.is_empty() {
+            // the totals go out once anything was counted, even with no name of this kind
+            if map.is_empty() && self.counted == 0 {
                 continue;
             }
             let mut names: Vec<&Box<str>> = map.keys().collect();
@@ -621,15 +652,15 @@ impl Speedo {
             for e in map.values_mut() {
                 let w = e.meter.minute;
                 e.meter.minute = Window::default();
-                let attempts = w.files + w.errors;
-                e.figures.files_per_min = w.files as f64;
-                e.figures.bytes_per_sec = w.bytes as f64 / 60.0;
-                e.figures.attempts = attempts;
-                e.figures.error_ratio = (attempts > 0).then(|| w.errors as f64 / attempts as f64);
-                // A minute the speedo (or the name) did not see whole is not judged.
+                // A minute the speedo (or the name) did not see whole is neither shown nor judged.
                 if e.first_seen_ms.max(started) > start_ms {
                     continue;
                 }
+                let attempts = w.files + w.errors;
+                e.figures.files_per_min = Some(w.files as f64);
+                e.figures.bytes_per_sec = Some(w.bytes as f64 / 60.0);
+                e.figures.attempts = attempts;
+                e.figures.error_ratio = (attempts > 0).then(|| w.errors as f64 / attempts as f64);
                 let limits = self.thresholds.get(e.limits);
                 let x = w.files as f64;
                 e.watch.slow = limits.tminr > 0.0 && x < limits.tminr;
@@ -859,7 +890,12 @@ impl Speedo {
                     first_seen_ms: s.first_seen_ms,
                     last_good_ms: s.last_good_ms,
                     limits,
-                    watch: s.watch,
+                    // a run outside the expectation does not span the downtime
+                    watch: Watch {
+                        outside_since_ms: None,
+                        abnormal: false,
+                        ..s.watch
+                    },
                     figures: Figures::default(),
                     learned: s.learned.map(|l| Box::new(l.into_learned())),
                 };
@@ -944,7 +980,8 @@ fn reason(e: &Entry, limits: &Limits, now_ms: i64) -> String {
     if e.watch.slow {
         parts.push(format!(
             "{} good files in the last minute (tminr {})",
-            e.figures.files_per_min, limits.tminr
+            e.figures.files_per_min.unwrap_or(0.0),
+            limits.tminr
         ));
     }
     if e.watch.abnormal {
@@ -955,7 +992,7 @@ fn reason(e: &Entry, limits: &Limits, now_ms: i64) -> String {
             .unwrap_or(0);
         parts.push(format!(
             "{} files/min, expected {:.1} ± {:.1} (k {}), outside for {} min",
-            e.figures.files_per_min,
+            e.figures.files_per_min.unwrap_or(0.0),
             e.figures.expected_mean.unwrap_or(0.0),
             e.figures.expected_spread.unwrap_or(0.0),
             limits.k,

@@ -27,8 +27,8 @@ use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shu
 use crate::record::{MalformedTally, Parsed};
 
 pub use meter::{
-    Alert, Counts, Entry, Figures, Output, Scope, Settings, Speedo, SpeedoRecord, TOP_N,
-    TopSubject, TopSubjects, Watch, subject_of,
+    Alert, Counts, Entry, Figures, MAX_CATCH_UP, Output, Scope, Settings, Speedo, SpeedoRecord,
+    TOP_N, TopSubject, TopSubjects, Watch, subject_of,
 };
 pub use thresholds::{
     Ewma, HOURS_OF_WEEK, Health, Kind, Learned, Limits, Override, Thresholds, ThresholdsConfig,
@@ -441,7 +441,12 @@ impl Service for SpeedoService {
         })
     }
 
-    fn request(&mut self, command: &str, now: DateTime<Utc>) -> Option<serde_json::Value> {
+    fn request(
+        &mut self,
+        command: &str,
+        _body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Option<serde_json::Value> {
         (command == "stats").then(|| {
             let mut v = self.speedo.stats(now);
             v["counters"] = self.counters();

@@ -319,7 +319,7 @@ fn slow_and_failing_by_the_minute() {
     assert_eq!((a[0].old, a[0].new), (Health::Failing, Health::Ok));
     // bob has no override: tminr 0, never slow
     let entry = s.entry(Kind::Client, "alice").unwrap();
-    assert_eq!(entry.figures.files_per_min, 12.0);
+    assert_eq!(entry.figures.files_per_min, Some(12.0));
 }
 
 #[test]
@@ -651,4 +651,56 @@ proptest! {
         prop_assert_eq!(all.good, good);
         prop_assert_eq!(all.errors, errors);
     }
+}
+
+#[test]
+fn a_jump_of_the_clock_neither_floods_nor_silences() {
+    let start = t0();
+    let mut s = speedo_with(1, "", start);
+    s.advance(start);
+    feed(&mut s, start, &rec(start, "a", None, 200, 1));
+    // a month ahead: at most MAX_CATCH_UP empty intervals, then on from now
+    let ahead = start + Duration::days(30);
+    let out = s.advance(ahead);
+    let ends: std::collections::BTreeSet<_> = speedos(&out).iter().map(|r| r.end).collect();
+    assert!(ends.len() as i64 <= MAX_CATCH_UP + 1, "{}", ends.len());
+    assert!(
+        speedos(&s.advance(ahead + secs(1.0)))
+            .iter()
+            .any(|r| r.end == ahead + secs(1.0) - secs(0.0) || r.end > ahead)
+    );
+    // an hour back: intervals start again from there, records go on
+    let back = ahead - Duration::hours(1);
+    s.advance(back);
+    let out = s.advance(back + secs(2.0));
+    assert!(
+        !speedos(&out).is_empty(),
+        "not silent after the clock stepped back"
+    );
+    // a byte count at the edge of u64 saturates instead of wrapping
+    let mut huge = rec(back, "a", None, 200, u64::MAX);
+    feed(&mut s, back + secs(2.5), &huge);
+    huge.bytes = Some(5);
+    feed(&mut s, back + secs(2.6), &huge);
+    assert_eq!(
+        s.entry(Kind::Client, "a").unwrap().counts().good_bytes,
+        u64::MAX
+    );
+}
+
+#[test]
+fn figures_wait_for_a_whole_minute() {
+    let start = minute(0) + secs(30.0);
+    let mut s = speedo_with(60, "", start);
+    s.advance(start);
+    feed(&mut s, start, &rec(start, "a", None, 200, 1));
+    s.advance(minute(1));
+    let e = s.entry(Kind::Client, "a").unwrap();
+    assert_eq!(
+        e.figures.files_per_min, None,
+        "a partial minute is not a rate"
+    );
+    s.advance(minute(2));
+    let e = s.entry(Kind::Client, "a").unwrap();
+    assert_eq!(e.figures.files_per_min, Some(0.0));
 }

@@ -81,9 +81,10 @@ impl SpaceSaving {
 
     /// Count `weight` for `key`.
     pub fn offer(&mut self, key: &str, weight: u64) {
-        self.total += weight;
+        self.total = self.total.saturating_add(weight);
         if let Some(&id) = self.index.get(key) {
-            self.slots[id as usize].count += weight;
+            let slot = &mut self.slots[id as usize];
+            slot.count = slot.count.saturating_add(weight);
             self.sift_down(self.pos[id as usize] as usize);
             return;
         }
@@ -106,7 +107,7 @@ impl SpaceSaving {
         let old = std::mem::replace(&mut slot.key, key.into());
         self.index.remove(&old);
         slot.error = slot.count;
-        slot.count += weight;
+        slot.count = slot.count.saturating_add(weight);
         self.index.insert(key.into(), id);
         self.sift_down(0);
     }

@@ -1,0 +1,561 @@
+//! `dd_watchdog`: which transfers are in flight on which node, and what was lost when a node
+//! died.
+//!
+//! The table is a pure state machine ([`table::Table`]); this module is its edge: consume the
+//! log records (and `v01.alive` heartbeats), keep the journal ([`journal::Journal`]) written
+//! before acknowledging, publish `v01.watchdog.down|up|stuck.<node>`, answer `inflight`.
+
+pub mod journal;
+pub mod table;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::broker::{Delivery, Outgoing, QueueSpec, Subscription};
+use crate::cli::CommonOpts;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
+use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shutdown, serve};
+use crate::record::{MalformedTally, Parsed};
+
+pub use table::{Event, Limits, Table};
+
+/// dd_watchdog's command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dd_watchdog",
+    version,
+    about = "Transfers in flight on every node, and what was lost when a node died",
+    after_help = "Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
+)]
+pub struct Args {
+    /// Exchange to read log records and heartbeats from [default: log].
+    #[arg(long, env = "DD_EXCHANGE", value_name = "NAME")]
+    pub exchange: Option<String>,
+    /// Exchange for the down/up/stuck reports [default: log].
+    #[arg(long, value_name = "NAME")]
+    pub output_exchange: Option<String>,
+    /// The durable input queue is q_<user>.dd_watchdog.<NAME> [default: the input exchange].
+    #[arg(long, value_name = "NAME")]
+    pub queue: Option<String>,
+    /// Declare the input queue as a quorum queue.
+    #[arg(long)]
+    pub quorum: bool,
+    /// Reject malformed records to this dead-letter exchange.
+    #[arg(long, value_name = "NAME")]
+    pub dead_letter_exchange: Option<String>,
+    /// Seconds of silence after which a node is down [default: 120].
+    #[arg(long, value_name = "SECONDS")]
+    pub node_timeout: Option<f64>,
+    /// Seconds after which an open transfer is stuck (0: never) [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub stuck_after: Option<f64>,
+    /// A final code that arrives before its 102 within this many seconds cancels the 102
+    /// [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub reorder_window: Option<f64>,
+    /// The journal that keeps the table across restarts (none: the table starts empty).
+    #[arg(long, env = "DD_WATCHDOG_JOURNAL", value_name = "FILE")]
+    pub journal: Option<PathBuf>,
+    /// Sync the journal to disk before every acknowledgement (survives a machine crash, not
+    /// only a process kill; slower).
+    #[arg(long)]
+    pub fsync: bool,
+    /// Largest body of one down report; more transfers go in further parts [default: 1000000].
+    #[arg(long, value_name = "BYTES")]
+    pub max_report_bytes: Option<usize>,
+    /// Ask the running dd_watchdog for its in-flight table and print it, then exit.
+    #[arg(long)]
+    pub query: bool,
+    /// With --query: only this node.
+    #[arg(long, value_name = "NAME", requires = "query")]
+    pub node: Option<String>,
+    /// With --query: only this client.
+    #[arg(long, value_name = "NAME", requires = "query")]
+    pub client: Option<String>,
+    /// With --query: only this source.
+    #[arg(long, value_name = "NAME", requires = "query")]
+    pub source: Option<String>,
+    /// With --query: print the JSON answer.
+    #[arg(long, requires = "query")]
+    pub json: bool,
+    /// Daemon flags.
+    #[command(flatten)]
+    pub daemon: DaemonOpts,
+    /// Flags shared by every command.
+    #[command(flatten)]
+    pub common: CommonOpts,
+}
+
+/// dd_watchdog's effective configuration (the `--config` file has the same keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogConfig {
+    /// Exchange to read.
+    pub exchange: String,
+    /// Exchange for reports.
+    pub output_exchange: String,
+    /// NAME of the durable input queue (empty: the input exchange's name).
+    pub queue: String,
+    /// Quorum queue.
+    pub quorum: bool,
+    /// Dead-letter exchange for malformed records.
+    pub dead_letter_exchange: Option<String>,
+    /// Topic bindings: records and heartbeats.
+    pub topics: Vec<String>,
+    /// Seconds of silence before a node is down.
+    pub node_timeout: f64,
+    /// Seconds before an open transfer is stuck (0: never).
+    pub stuck_after: f64,
+    /// Seconds within which a final code before its 102 cancels it.
+    pub reorder_window: f64,
+    /// The journal file.
+    pub journal: Option<PathBuf>,
+    /// Sync the journal before every acknowledgement.
+    pub fsync: bool,
+    /// Largest body of one down report.
+    pub max_report_bytes: usize,
+    /// Alive interval, instance name, exchange for alive/status/requests.
+    pub daemon: DaemonConfig,
+    /// How to reach the broker.
+    pub broker: BrokerConfig,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            exchange: "log".into(),
+            output_exchange: "log".into(),
+            queue: String::new(),
+            quorum: false,
+            dead_letter_exchange: None,
+            topics: vec!["v02.#".into(), "v03.#".into(), "v01.alive.#".into()],
+            node_timeout: 120.0,
+            stuck_after: 3600.0,
+            reorder_window: 10.0,
+            journal: None,
+            fsync: false,
+            max_report_bytes: 1_000_000,
+            daemon: DaemonConfig::default(),
+            broker: BrokerConfig::default(),
+        }
+    }
+}
+
+impl WatchdogConfig {
+    /// Merge the layers: defaults < file < environment < flags.
+    pub fn from_args(args: &Args) -> Result<WatchdogConfig, ConfigError> {
+        let mut cfg: WatchdogConfig = load_file(args.common.config.as_deref())?;
+        args.common.apply_broker(&mut cfg.broker);
+        args.daemon.apply(&mut cfg.daemon);
+        overlay(&mut cfg.exchange, args.exchange.clone());
+        overlay(&mut cfg.output_exchange, args.output_exchange.clone());
+        overlay(&mut cfg.queue, args.queue.clone());
+        cfg.quorum |= args.quorum;
+        if args.dead_letter_exchange.is_some() {
+            cfg.dead_letter_exchange = args.dead_letter_exchange.clone();
+        }
+        overlay(&mut cfg.node_timeout, args.node_timeout);
+        overlay(&mut cfg.stuck_after, args.stuck_after);
+        overlay(&mut cfg.reorder_window, args.reorder_window);
+        if args.journal.is_some() {
+            cfg.journal = args.journal.clone();
+        }
+        cfg.fsync |= args.fsync;
+        overlay(&mut cfg.max_report_bytes, args.max_report_bytes);
+        cfg.broker.validate()?;
+        cfg.daemon.validate()?;
+        for (field, v) in [
+            ("node_timeout", cfg.node_timeout),
+            ("stuck_after", cfg.stuck_after),
+            ("reorder_window", cfg.reorder_window),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: format!("must be a number of seconds >= 0, not {v}"),
+                });
+            }
+        }
+        if cfg.max_report_bytes < 1000 {
+            return Err(ConfigError::Invalid {
+                field: "max_report_bytes",
+                message: "must be at least 1000".into(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// The table's limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            node_timeout_ms: (self.node_timeout * 1000.0) as i64,
+            stuck_after_ms: (self.stuck_after * 1000.0) as i64,
+            reorder_window_ms: (self.reorder_window * 1000.0) as i64,
+        }
+    }
+
+    fn subscription(&self) -> Subscription {
+        let name = if self.queue.is_empty() {
+            &self.exchange
+        } else {
+            &self.queue
+        };
+        Subscription {
+            exchange: self.exchange.clone(),
+            bindings: self.topics.clone(),
+            queue: QueueSpec {
+                name: QueueSpec::name_for(&self.broker.user(), "dd_watchdog", name),
+                durable: true,
+                exclusive: false,
+                quorum: self.quorum,
+                dead_letter_exchange: self.dead_letter_exchange.clone(),
+            },
+        }
+    }
+
+    /// The messages for the table's events: a down report split in parts under the size
+    /// limit.
+    pub fn outgoing(&self, events: &[Event]) -> Vec<Outgoing> {
+        let msg = |kind: &str, node: &str, body: String| Outgoing {
+            exchange: self.output_exchange.clone(),
+            routing_key: crate::topic::cut(&format!(
+                "v01.watchdog.{kind}.{}",
+                crate::topic::escape_word(node)
+            ))
+            .to_string(),
+            body: body.into_bytes(),
+            content_type: Some("application/json".into()),
+            ..Outgoing::default()
+        };
+        let at = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        let mut out = Vec::new();
+        for e in events {
+            match e {
+                Event::Down {
+                    node,
+                    last_seen_ms,
+                    at_ms,
+                    transfers,
+                } => {
+                    let items: Vec<String> = transfers.iter().map(Value::to_string).collect();
+                    let head_room = 400 + node.len() * 2;
+                    let budget = self.max_report_bytes.saturating_sub(head_room).max(1);
+                    let mut parts: Vec<Vec<&str>> = vec![Vec::new()];
+                    let mut size = 0;
+                    for it in &items {
+                        let last = parts.last_mut().expect("one part at least");
+                        if !last.is_empty() && size + it.len() + 1 > budget {
+                            parts.push(Vec::new());
+                            size = 0;
+                        }
+                        parts.last_mut().expect("pushed").push(it);
+                        size += it.len() + 1;
+                    }
+                    let n = parts.len();
+                    for (i, p) in parts.iter().enumerate() {
+                        let body = format!(
+                            "{{\"node\":{},\"last_seen\":{},\"down_at\":{},\"in_flight\":{},\"part\":{},\"parts\":{n},\"transfers\":[{}]}}",
+                            json!(node),
+                            json!(at(*last_seen_ms)),
+                            json!(at(*at_ms)),
+                            transfers.len(),
+                            i + 1,
+                            p.join(",")
+                        );
+                        out.push(msg("down", node, body));
+                    }
+                }
+                Event::Up {
+                    node,
+                    down_since_ms,
+                    at_ms,
+                    in_flight,
+                } => out.push(msg(
+                    "up",
+                    node,
+                    json!({"node": node, "down_since": at(*down_since_ms), "up_at": at(*at_ms), "in_flight": in_flight}).to_string(),
+                )),
+                Event::Stuck { node, transfer } => {
+                    out.push(msg("stuck", node, transfer.to_string()))
+                }
+            }
+        }
+        out
+    }
+}
+
+struct WatchdogService {
+    cfg: WatchdogConfig,
+    table: Table,
+    journal: Option<journal::Journal>,
+    tally: MalformedTally,
+    skipped: u64,
+    heartbeats: u64,
+    reports: u64,
+    journal_error: Option<String>,
+}
+
+impl WatchdogService {
+    /// Write the journal lines made so far (before any acknowledgement they cover).
+    fn write_journal(&mut self) -> anyhow::Result<()> {
+        let Some(j) = self.journal.as_mut() else {
+            return Ok(());
+        };
+        let buf = self.table.take_journal();
+        j.write(&buf).context("cannot write the journal")?;
+        if j.maybe_compact(&self.table)
+            .context("cannot compact the journal")?
+        {
+            tracing::info!(open = self.table.len(), "journal compacted");
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, events: Vec<Event>) -> anyhow::Result<Handled> {
+        if events.is_empty() {
+            return Ok(Handled::ack());
+        }
+        // published (and then acknowledged) before the next flush: the journal first
+        self.write_journal()?;
+        for e in &events {
+            match e {
+                Event::Down {
+                    node, transfers, ..
+                } => {
+                    tracing::warn!(node = %node, in_flight = transfers.len(), "node down")
+                }
+                Event::Up { node, .. } => tracing::info!(node = %node, "node up again"),
+                Event::Stuck { node, transfer } => {
+                    tracing::info!(node = %node, url = %transfer["url"], "transfer stuck")
+                }
+            }
+        }
+        let publish = self.cfg.outgoing(&events);
+        self.reports += publish.len() as u64;
+        Ok(Handled {
+            publish,
+            declare: vec![self.cfg.output_exchange.clone()],
+            ..Handled::default()
+        })
+    }
+}
+
+impl Service for WatchdogService {
+    fn tool(&self) -> &'static str {
+        "dd_watchdog"
+    }
+
+    fn handle(&mut self, d: &Delivery, now: DateTime<Utc>) -> anyhow::Result<Handled> {
+        let events = match self.tally.parse(&d.routing_key, &d.headers, &d.body, now) {
+            Ok(Parsed::Log(r)) => self.table.observe(&r, now),
+            Ok(Parsed::Event(body)) if d.routing_key.starts_with("v01.alive.") => {
+                // a heartbeat keeps a known node up (it does not make a node of every host)
+                let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                let node = v["node"].as_str().or(v["host"].as_str()).unwrap_or("");
+                self.heartbeats += 1;
+                if node.is_empty() || !self.table.knows_node(node) {
+                    return Ok(Handled::ack());
+                }
+                self.table.heartbeat(node, now)
+            }
+            Ok(_) => {
+                self.skipped += 1;
+                return Ok(Handled::ack());
+            }
+            Err(_) => return Ok(Handled::reject()),
+        };
+        self.publish(events)
+    }
+
+    fn tick(&mut self, now: DateTime<Utc>) -> Handled {
+        let events = self.table.tick(now);
+        match self.publish(events) {
+            Ok(h) => h,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if self.journal_error.as_deref() != Some(msg.as_str()) {
+                    tracing::error!("{msg}");
+                }
+                self.journal_error = Some(msg);
+                Handled::default()
+            }
+        }
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.write_journal()
+    }
+
+    fn counters(&self) -> Value {
+        json!({
+            "in_flight": self.table.len(),
+            "nodes": self.table.node_count(),
+            "counts": self.table.counts,
+            "heartbeats": self.heartbeats,
+            "reports": self.reports,
+            "skipped": self.skipped,
+            "malformed": self.tally.total(),
+            "journal": self.journal.as_ref().map(|j| json!({
+                "written": j.written, "compactions": j.compactions,
+            })),
+        })
+    }
+
+    fn request(&mut self, command: &str, body: &[u8], now: DateTime<Utc>) -> Option<Value> {
+        match command {
+            "inflight" => {
+                let filter: Value = serde_json::from_slice(body).unwrap_or_default();
+                let limit = filter["limit"].as_u64().unwrap_or(1000) as usize;
+                Some(self.table.inflight(&filter, limit, now))
+            }
+            "stats" => {
+                let mut v = self.counters();
+                v["inflight"] = self.table.inflight(&Value::Null, 0, now);
+                Some(v)
+            }
+            _ => None,
+        }
+    }
+
+    fn degraded(&self) -> bool {
+        self.journal_error.is_some()
+    }
+}
+
+/// Entry point of the `dd_watchdog` binary.
+pub fn main(args: Args) -> std::process::ExitCode {
+    let config = || Ok(WatchdogConfig::from_args(&args)?);
+    let level = if args.query { 2 } else { 3 };
+    crate::cli::main("dd_watchdog", &args.common, level, config, |cfg| {
+        if args.query {
+            return crate::cli::block_on(query(&cfg, &args));
+        }
+        crate::cli::block_on(async move {
+            let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+            run(&cfg, shutdown, &SystemClock).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        })
+    })
+}
+
+/// `--query`: the `inflight` request, printed.
+async fn query(cfg: &WatchdogConfig, args: &Args) -> anyhow::Result<std::process::ExitCode> {
+    let conn = crate::broker::connect(&cfg.broker, "dd_watchdog query").await?;
+    let key = match &cfg.daemon.instance {
+        Some(i) => format!(
+            "v01.rpc.dd_watchdog.{}.inflight",
+            crate::topic::escape_word(i)
+        ),
+        None => "v01.rpc.dd_watchdog.all.inflight".to_string(),
+    };
+    let filter = json!({"node": args.node, "client": args.client, "source": args.source});
+    let replies = crate::broker::request(
+        &conn,
+        &cfg.daemon.exchange,
+        &key,
+        filter.to_string().as_bytes(),
+        std::time::Duration::from_secs(5),
+        Some(1),
+    )
+    .await?;
+    let _ = conn.close(200, "OK".into()).await;
+    let Some(reply) = replies.first() else {
+        anyhow::bail!("no dd_watchdog answered within 5 s");
+    };
+    let v: Value = serde_json::from_slice(&reply.body).context("unreadable answer")?;
+    let r = &v["result"];
+    if args.json {
+        println!("{r}");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<5} {:>9} {:>14} {:<24} LAST SEEN",
+        "NODE", "STATE", "IN FLIGHT", "BYTES", "OLDEST"
+    );
+    for n in r["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<5} {:>9} {:>14} {:<24} {}",
+            n["node"].as_str().unwrap_or(""),
+            n["state"].as_str().unwrap_or(""),
+            n["in_flight"],
+            n["bytes"],
+            n["oldest"].as_str().unwrap_or("-"),
+            n["last_seen"].as_str().unwrap_or("-"),
+        );
+    }
+    println!();
+    println!(
+        "{:<24} {:<16} {:<16} {:>10} {:>8} URL",
+        "STARTED", "NODE", "CLIENT", "BYTES", "AGE S"
+    );
+    for t in r["transfers"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<16} {:<16} {:>10} {:>8.1} {}",
+            t["started"].as_str().unwrap_or(""),
+            t["node"].as_str().unwrap_or(""),
+            t["client"].as_str().unwrap_or(""),
+            t["bytes"],
+            t["age_s"].as_f64().unwrap_or(0.0),
+            t["url"].as_str().unwrap_or(""),
+        );
+    }
+    if r["truncated"] == true {
+        println!(
+            "... {} in flight in all (use --json, or narrow with --node/--client/--source)",
+            r["total"]
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Run the daemon until a stop is asked for.
+pub async fn run(
+    cfg: &WatchdogConfig,
+    shutdown: Shutdown,
+    clock: &dyn Clock,
+) -> anyhow::Result<()> {
+    let mut table = Table::new(cfg.limits(), clock.now(), cfg.journal.is_some());
+    let journal = match &cfg.journal {
+        None => {
+            tracing::warn!("no --journal: the in-flight table starts empty at every start");
+            None
+        }
+        Some(path) => {
+            let (j, loaded) = journal::Journal::open(path, &mut table, cfg.fsync)
+                .with_context(|| format!("cannot open journal {}", path.display()))?;
+            tracing::info!(file = %path.display(), lines = loaded.lines, bad = loaded.bad, in_flight = table.len(), nodes = table.node_count(), "journal replayed");
+            Some(j)
+        }
+    };
+    let mut service = WatchdogService {
+        cfg: cfg.clone(),
+        table,
+        journal,
+        tally: MalformedTally::default(),
+        skipped: 0,
+        heartbeats: 0,
+        reports: 0,
+        journal_error: None,
+    };
+    let serve_cfg = ServeConfig {
+        broker: &cfg.broker,
+        input: cfg.subscription(),
+        daemon: Some(&cfg.daemon),
+        publishes: true,
+        remotes: Default::default(),
+    };
+    let outcome = serve(&mut service, serve_cfg, shutdown, clock).await;
+    if let Err(e) = service.write_journal() {
+        tracing::error!("{e:#}");
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests;

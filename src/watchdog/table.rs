@@ -1,0 +1,597 @@
+//! The in-flight table: a pure state machine. A `102` opens a transfer keyed by node, client
+//! and URL; the next final code (2xx-5xx) for that key closes it. Nodes are up while they
+//! speak; silent for the node timeout they are down, and what was in flight there is
+//! reported. A transfer open longer than the stuck limit is reported once.
+//!
+//! Every change is also appended to a journal buffer (when journaling is on), which the edge
+//! writes to its file before acknowledging the input: [`super::journal`].
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::record::LogRecord;
+
+const NONE: u32 = u32::MAX;
+
+/// Names seen often (nodes, clients, sources, flows), stored once.
+#[derive(Debug, Default)]
+pub struct Names {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Names {
+    /// The id of `name`, added if new.
+    pub fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    /// The name of an id (`""` for none).
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map(|s| &**s).unwrap_or("")
+    }
+
+    fn find(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+}
+
+/// One transfer in flight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transfer {
+    /// Node id.
+    pub node: u32,
+    /// Client id.
+    pub client: u32,
+    /// Source id (or none).
+    pub source: u32,
+    /// Flow id (or none).
+    pub flow: u32,
+    /// The `102`'s datestamp (ms).
+    pub started_ms: i64,
+    /// When the `102` arrived (ms).
+    pub opened_ms: i64,
+    /// Bytes, when the record said.
+    pub bytes: u64,
+    /// Reported as stuck already.
+    pub stuck: bool,
+}
+
+/// A node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    /// Last record or heartbeat (ms).
+    pub last_seen_ms: i64,
+    /// Down since (ms), if down.
+    pub down_since_ms: Option<i64>,
+    /// Transfers in flight.
+    pub count: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// What the table says happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A node went silent: what was in flight there.
+    Down {
+        /// The node.
+        node: String,
+        /// Last heard (ms).
+        last_seen_ms: i64,
+        /// Declared down (ms).
+        at_ms: i64,
+        /// The transfers in flight there.
+        transfers: Vec<Value>,
+    },
+    /// A node that was down spoke again.
+    Up {
+        /// The node.
+        node: String,
+        /// Down since (ms).
+        down_since_ms: i64,
+        /// Now (ms).
+        at_ms: i64,
+        /// Transfers still in flight there.
+        in_flight: u64,
+    },
+    /// A transfer open too long (reported once).
+    Stuck {
+        /// The node.
+        node: String,
+        /// The transfer.
+        transfer: Value,
+    },
+}
+
+/// Counters for stats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counts {
+    /// Transfers opened.
+    pub opened: u64,
+    /// Closed by their final code.
+    pub closed: u64,
+    /// A second `102` for an open key (the transfer restarted).
+    pub restarted: u64,
+    /// Final codes with no open transfer (counted, not an error).
+    pub unmatched_finals: u64,
+    /// `102`s that came after their final code within the reorder window (not opened).
+    pub reordered: u64,
+    /// Other 1xx codes, ignored.
+    pub informational: u64,
+    /// Node-down reports.
+    pub downs: u64,
+    /// Stuck reports.
+    pub stuck: u64,
+}
+
+/// The table's limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Silence after which a node is down (ms).
+    pub node_timeout_ms: i64,
+    /// Age after which a transfer is stuck (ms; 0: never).
+    pub stuck_after_ms: i64,
+    /// A final code seen before its `102` within this window cancels the `102` (ms).
+    pub reorder_window_ms: i64,
+}
+
+/// The in-flight table.
+pub struct Table {
+    limits: Limits,
+    names: Names,
+    transfers: HashMap<Box<str>, Transfer>,
+    nodes: HashMap<u32, Node>,
+    /// Finals with no open transfer, by key, with their arrival (ms).
+    early: HashMap<Box<str>, i64>,
+    started_ms: i64,
+    last_scan_ms: i64,
+    key: String,
+    /// Journal lines not written yet (when journaling is on).
+    journal: Option<Vec<u8>>,
+    /// What happened.
+    pub counts: Counts,
+}
+
+/// Escape a journal field (tab, newline, backslash).
+pub fn esc(out: &mut Vec<u8>, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            _ => out.push(b),
+        }
+    }
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+impl Table {
+    /// An empty table started at `now`; `journal`: keep a journal buffer.
+    pub fn new(limits: Limits, now: DateTime<Utc>, journal: bool) -> Table {
+        Table {
+            limits,
+            names: Names::default(),
+            transfers: HashMap::new(),
+            nodes: HashMap::new(),
+            early: HashMap::new(),
+            started_ms: now.timestamp_millis(),
+            last_scan_ms: now.timestamp_millis(),
+            key: String::new(),
+            journal: journal.then(Vec::new),
+            counts: Counts::default(),
+        }
+    }
+
+    /// Transfers in flight.
+    pub fn len(&self) -> usize {
+        self.transfers.len()
+    }
+
+    /// Nothing in flight.
+    pub fn is_empty(&self) -> bool {
+        self.transfers.is_empty()
+    }
+
+    /// Is `node` known (from a record)?
+    pub fn knows_node(&self, node: &str) -> bool {
+        self.names
+            .find(node)
+            .is_some_and(|id| self.nodes.contains_key(&id))
+    }
+
+    /// Nodes known.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Take the journal lines written since the last call.
+    pub fn take_journal(&mut self) -> Vec<u8> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn make_key(&mut self, node: &str, client: &str, url: &str) {
+        self.key.clear();
+        self.key.push_str(node);
+        self.key.push('\u{1f}');
+        self.key.push_str(client);
+        self.key.push('\u{1f}');
+        self.key.push_str(url);
+    }
+
+    /// A node spoke (a record or a heartbeat) at `now_ms`.
+    fn seen(&mut self, node: u32, now_ms: i64, out: &mut Vec<Event>) {
+        let n = self.nodes.entry(node).or_insert(Node {
+            last_seen_ms: now_ms,
+            down_since_ms: None,
+            count: 0,
+            bytes: 0,
+        });
+        n.last_seen_ms = n.last_seen_ms.max(now_ms);
+        if let Some(since) = n.down_since_ms.take() {
+            let name = self.names.name(node).to_string();
+            if let Some(j) = self.journal.as_mut() {
+                j.extend_from_slice(b"u\t");
+                esc(j, &name);
+                j.extend_from_slice(format!("\t{now_ms}\n").as_bytes());
+            }
+            out.push(Event::Up {
+                node: name,
+                down_since_ms: since,
+                at_ms: now_ms,
+                in_flight: n.count,
+            });
+        }
+    }
+
+    /// A heartbeat (`v01.alive`) from `node`.
+    pub fn heartbeat(&mut self, node: &str, now: DateTime<Utc>) -> Vec<Event> {
+        let mut out = Vec::new();
+        let id = self.names.id(node);
+        self.seen(id, now.timestamp_millis(), &mut out);
+        out
+    }
+
+    /// A log record that arrived at `now`.
+    pub fn observe(&mut self, r: &LogRecord, now: DateTime<Utc>) -> Vec<Event> {
+        let now_ms = now.timestamp_millis();
+        let mut out = Vec::new();
+        let node = self.names.id(&r.node);
+        self.seen(node, now_ms, &mut out);
+        let url = r.url();
+        self.make_key(&r.node, &r.client, &url);
+        match r.status {
+            102 => {
+                if let Some(t) = self.early.remove(self.key.as_str()) {
+                    if now_ms - t <= self.limits.reorder_window_ms {
+                        self.counts.reordered += 1;
+                        return out;
+                    }
+                }
+                let client = self.names.id(&r.client);
+                let source = r.source.as_deref().map_or(NONE, |s| self.names.id(s));
+                let flow = r.flow.as_deref().map_or(NONE, |s| self.names.id(s));
+                let t = Transfer {
+                    node,
+                    client,
+                    source,
+                    flow,
+                    started_ms: r.time.timestamp_millis(),
+                    opened_ms: now_ms,
+                    bytes: r.bytes.unwrap_or(0),
+                    stuck: false,
+                };
+                if let Some(j) = self.journal.as_mut() {
+                    journal_open(j, &self.key, &t, &self.names);
+                }
+                let n = self.nodes.get_mut(&node).expect("seen above");
+                match self.transfers.get_mut(self.key.as_str()) {
+                    Some(old) => {
+                        self.counts.restarted += 1;
+                        n.bytes = n.bytes - old.bytes + t.bytes;
+                        *old = t;
+                    }
+                    None => {
+                        self.counts.opened += 1;
+                        n.count += 1;
+                        n.bytes += t.bytes;
+                        self.transfers.insert(self.key.as_str().into(), t);
+                    }
+                }
+            }
+            100..=199 => self.counts.informational += 1,
+            _ => match self.transfers.remove(self.key.as_str()) {
+                Some(t) => {
+                    self.counts.closed += 1;
+                    if let Some(n) = self.nodes.get_mut(&node) {
+                        n.count -= 1;
+                        n.bytes -= t.bytes.min(n.bytes);
+                    }
+                    if let Some(j) = self.journal.as_mut() {
+                        j.extend_from_slice(b"c\t");
+                        esc(j, &self.key);
+                        j.push(b'\n');
+                    }
+                }
+                None => {
+                    self.counts.unmatched_finals += 1;
+                    if self.limits.reorder_window_ms > 0 {
+                        self.early.insert(self.key.as_str().into(), now_ms);
+                    }
+                }
+            },
+        }
+        out
+    }
+
+    /// The time moved to `now`: nodes silent too long go down, transfers open too long are
+    /// stuck (scanned at most once a second), old early finals are forgotten.
+    pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Event> {
+        let now_ms = now.timestamp_millis();
+        let mut out = Vec::new();
+        // a node is given the timeout from this start too (nothing heard while we were down)
+        let mut down: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.down_since_ms.is_none()
+                    && now_ms - n.last_seen_ms.max(self.started_ms) > self.limits.node_timeout_ms
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        down.sort_by(|a, b| self.names.name(*a).cmp(self.names.name(*b)));
+        for id in down {
+            let transfers = self.transfers_of(|t| t.node == id);
+            let Some(n) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            n.down_since_ms = Some(now_ms);
+            self.counts.downs += 1;
+            let name = self.names.name(id).to_string();
+            if let Some(j) = self.journal.as_mut() {
+                j.extend_from_slice(b"d\t");
+                esc(j, &name);
+                j.extend_from_slice(format!("\t{now_ms}\n").as_bytes());
+            }
+            out.push(Event::Down {
+                node: name,
+                last_seen_ms: n.last_seen_ms,
+                at_ms: now_ms,
+                transfers,
+            });
+        }
+        if now_ms - self.last_scan_ms >= 1000 {
+            self.last_scan_ms = now_ms;
+            if self.limits.stuck_after_ms > 0 {
+                let limit = self.limits.stuck_after_ms;
+                let mut stuck: Vec<(&Box<str>, &mut Transfer)> = self
+                    .transfers
+                    .iter_mut()
+                    .filter(|(_, t)| !t.stuck && now_ms - t.opened_ms > limit)
+                    .collect();
+                stuck.sort_by(|a, b| a.1.opened_ms.cmp(&b.1.opened_ms).then(a.0.cmp(b.0)));
+                for (key, t) in stuck {
+                    t.stuck = true;
+                    self.counts.stuck += 1;
+                    out.push(Event::Stuck {
+                        node: self.names.name(t.node).to_string(),
+                        transfer: view(&self.names, key, t, now_ms),
+                    });
+                }
+            }
+            let window = self.limits.reorder_window_ms;
+            self.early.retain(|_, t| now_ms - *t <= window);
+        }
+        out
+    }
+
+    fn transfers_of(&self, keep: impl Fn(&Transfer) -> bool) -> Vec<Value> {
+        let mut v: Vec<(&Box<str>, &Transfer)> =
+            self.transfers.iter().filter(|(_, t)| keep(t)).collect();
+        v.sort_by(|a, b| a.1.started_ms.cmp(&b.1.started_ms).then(a.0.cmp(b.0)));
+        v.into_iter()
+            .map(|(k, t)| view(&self.names, k, t, i64::MIN))
+            .collect()
+    }
+
+    /// The table as JSON, for one node, client or source (or all): per node count, oldest,
+    /// bytes and state; and the transfers (at most `limit`).
+    pub fn inflight(&self, filter: &Value, limit: usize, now: DateTime<Utc>) -> Value {
+        let now_ms = now.timestamp_millis();
+        let want = |field: &str| {
+            filter[field]
+                .as_str()
+                .map(|n| self.names.find(n).unwrap_or(NONE - 1))
+        };
+        let (node, client, source) = (want("node"), want("client"), want("source"));
+        let keep = |t: &Transfer| {
+            node.is_none_or(|n| t.node == n)
+                && client.is_none_or(|c| t.client == c)
+                && source.is_none_or(|s| t.source == s)
+        };
+        let mut nodes: Vec<(&str, &Node, Option<i64>)> = self
+            .nodes
+            .iter()
+            .filter(|(id, _)| node.is_none_or(|n| **id == n))
+            .map(|(id, n)| {
+                let oldest = self
+                    .transfers
+                    .values()
+                    .filter(|t| t.node == *id && keep(t))
+                    .map(|t| t.started_ms)
+                    .min();
+                (self.names.name(*id), n, oldest)
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.0.cmp(b.0));
+        let mut transfers: Vec<(&Box<str>, &Transfer)> =
+            self.transfers.iter().filter(|(_, t)| keep(t)).collect();
+        let total = transfers.len();
+        transfers.sort_by(|a, b| a.1.started_ms.cmp(&b.1.started_ms).then(a.0.cmp(b.0)));
+        json!({
+            "time": now,
+            "total": total,
+            "nodes": nodes.iter().map(|(name, n, oldest)| json!({
+                "node": name,
+                "state": if n.down_since_ms.is_some() { "down" } else { "up" },
+                "last_seen": at(n.last_seen_ms),
+                "down_since": n.down_since_ms.map(at),
+                "in_flight": n.count,
+                "bytes": n.bytes,
+                "oldest": oldest.map(at),
+            })).collect::<Vec<_>>(),
+            "transfers": transfers.into_iter().take(limit)
+                .map(|(k, t)| view(&self.names, k, t, now_ms)).collect::<Vec<_>>(),
+            "truncated": total > limit,
+            "counts": self.counts,
+        })
+    }
+
+    /// Put back a transfer from the journal.
+    pub fn restore_open(&mut self, f: &[&str]) -> bool {
+        // node client url source flow started opened bytes
+        if f.len() != 8 {
+            return false;
+        }
+        let (Ok(started_ms), Ok(opened_ms), Ok(bytes)) =
+            (f[5].parse(), f[6].parse(), f[7].parse::<u64>())
+        else {
+            return false;
+        };
+        let node = self.names.id(f[0]);
+        let client = self.names.id(f[1]);
+        let opt = |names: &mut Names, s: &str| if s.is_empty() { NONE } else { names.id(s) };
+        let source = opt(&mut self.names, f[3]);
+        let flow = opt(&mut self.names, f[4]);
+        self.make_key(f[0], f[1], f[2]);
+        let n = self.nodes.entry(node).or_insert(Node {
+            last_seen_ms: opened_ms,
+            down_since_ms: None,
+            count: 0,
+            bytes: 0,
+        });
+        n.last_seen_ms = n.last_seen_ms.max(opened_ms);
+        let t = Transfer {
+            node,
+            client,
+            source,
+            flow,
+            started_ms,
+            opened_ms,
+            bytes,
+            stuck: false,
+        };
+        if let Some(old) = self.transfers.insert(self.key.as_str().into(), t) {
+            n.bytes -= old.bytes.min(n.bytes);
+        } else {
+            n.count += 1;
+        }
+        n.bytes += bytes;
+        true
+    }
+
+    /// Take back a closed transfer from the journal.
+    pub fn restore_close(&mut self, key: &str) {
+        if let Some(t) = self.transfers.remove(key) {
+            if let Some(n) = self.nodes.get_mut(&t.node) {
+                n.count -= 1;
+                n.bytes -= t.bytes.min(n.bytes);
+            }
+        }
+    }
+
+    /// Put back a node's down (`Some`) or up (`None`) state from the journal.
+    pub fn restore_node(&mut self, node: &str, down_since_ms: Option<i64>, at_ms: i64) {
+        let id = self.names.id(node);
+        let n = self.nodes.entry(id).or_insert(Node {
+            last_seen_ms: at_ms,
+            down_since_ms: None,
+            count: 0,
+            bytes: 0,
+        });
+        n.down_since_ms = down_since_ms;
+        n.last_seen_ms = n.last_seen_ms.max(at_ms);
+    }
+
+    /// Every open transfer and down node as journal lines (compaction).
+    pub fn snapshot(&self, out: &mut Vec<u8>) {
+        for (k, t) in &self.transfers {
+            journal_open(out, k, t, &self.names);
+        }
+        for (id, n) in &self.nodes {
+            if let Some(since) = n.down_since_ms {
+                out.extend_from_slice(b"d\t");
+                esc(out, self.names.name(*id));
+                out.extend_from_slice(format!("\t{since}\n").as_bytes());
+            }
+        }
+    }
+
+    /// Is journaling on?
+    pub fn journaling(&self) -> bool {
+        self.journal.is_some()
+    }
+}
+
+fn journal_open(j: &mut Vec<u8>, key: &str, t: &Transfer, names: &Names) {
+    // o node client url source flow started opened bytes (the key's parts, escaped)
+    j.extend_from_slice(b"o\t");
+    for (i, part) in key.splitn(3, '\u{1f}').enumerate() {
+        if i > 0 {
+            j.push(b'\t');
+        }
+        esc(j, part);
+    }
+    j.push(b'\t');
+    esc(
+        j,
+        if t.source == NONE {
+            ""
+        } else {
+            names.name(t.source)
+        },
+    );
+    j.push(b'\t');
+    esc(
+        j,
+        if t.flow == NONE {
+            ""
+        } else {
+            names.name(t.flow)
+        },
+    );
+    j.extend_from_slice(format!("\t{}\t{}\t{}\n", t.started_ms, t.opened_ms, t.bytes).as_bytes());
+}
+
+fn view(names: &Names, key: &str, t: &Transfer, now_ms: i64) -> Value {
+    let url = key.splitn(3, '\u{1f}').nth(2).unwrap_or("");
+    let opt = |id: u32| (id != NONE).then(|| names.name(id));
+    let mut v = json!({
+        "node": names.name(t.node),
+        "client": names.name(t.client),
+        "source": opt(t.source),
+        "url": url,
+        "flow": opt(t.flow),
+        "started": at(t.started_ms),
+        "bytes": t.bytes,
+    });
+    if now_ms != i64::MIN {
+        v["age_s"] = json!((now_ms - t.opened_ms) as f64 / 1000.0);
+    }
+    v
+}

@@ -1,0 +1,281 @@
+//! The in-flight table in virtual time, its journal, and the down report's parts.
+
+use super::*;
+use crate::record::{Encoding, LogRecord};
+use chrono::{Duration, TimeZone};
+use std::collections::BTreeSet;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap()
+}
+
+fn ms(n: i64) -> Duration {
+    Duration::milliseconds(n)
+}
+
+fn limits() -> Limits {
+    Limits {
+        node_timeout_ms: 10_000,
+        stuck_after_ms: 60_000,
+        reorder_window_ms: 5_000,
+    }
+}
+
+fn rec(node: &str, client: &str, file: &str, status: u16, at: DateTime<Utc>) -> LogRecord {
+    LogRecord {
+        encoding: Encoding::V02,
+        time: at,
+        srcpath: "https://src.example/".into(),
+        relpath: format!("data/{file}"),
+        status,
+        node: node.into(),
+        client: client.into(),
+        duration: Some(0.0),
+        source: Some("ec".into()),
+        from_cluster: None,
+        to_clusters: None,
+        flow: Some("f".into()),
+        message: None,
+        sum: None,
+        bytes: Some(100),
+    }
+}
+
+#[test]
+fn open_close_restart_and_unmatched() {
+    let mut t = Table::new(limits(), t0(), false);
+    t.observe(&rec("n1", "a", "x", 102, t0()), t0());
+    t.observe(&rec("n1", "b", "x", 102, t0()), t0());
+    t.observe(&rec("n2", "a", "x", 102, t0()), t0());
+    assert_eq!(t.len(), 3, "keyed by node, client and URL");
+    t.observe(&rec("n1", "a", "x", 102, t0() + ms(5)), t0() + ms(5));
+    assert_eq!((t.len(), t.counts.restarted), (3, 1));
+    t.observe(&rec("n1", "a", "x", 201, t0() + ms(9)), t0() + ms(9));
+    t.observe(&rec("n1", "b", "x", 499, t0() + ms(9)), t0() + ms(9));
+    t.observe(&rec("n1", "c", "y", 201, t0() + ms(9)), t0() + ms(9));
+    t.observe(&rec("n1", "c", "y", 100, t0() + ms(9)), t0() + ms(9));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.counts.closed, 2);
+    assert_eq!(t.counts.unmatched_finals, 1);
+    assert_eq!(t.counts.informational, 1);
+    let v = t.inflight(&Value::Null, 10, t0() + ms(10));
+    assert_eq!(v["total"], 1);
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes[0]["node"], "n1");
+    assert_eq!(nodes[0]["in_flight"], 0);
+    assert_eq!(nodes[1]["in_flight"], 1);
+    assert_eq!(nodes[1]["bytes"], 100);
+    assert_eq!(v["transfers"][0]["url"], "https://src.example/data/x");
+    let only = t.inflight(&json!({"client": "b"}), 10, t0());
+    assert_eq!(only["total"], 0);
+    let none = t.inflight(&json!({"node": "nowhere"}), 10, t0());
+    assert_eq!(
+        (
+            none["total"].as_u64(),
+            none["nodes"].as_array().unwrap().len()
+        ),
+        (Some(0), 0)
+    );
+}
+
+#[test]
+fn final_before_start_within_the_window() {
+    let mut t = Table::new(limits(), t0(), false);
+    t.observe(&rec("n1", "a", "x", 201, t0()), t0());
+    t.observe(&rec("n1", "a", "x", 102, t0()), t0() + ms(4000));
+    assert_eq!((t.len(), t.counts.reordered), (0, 1));
+    // outside the window, the 102 opens
+    t.observe(&rec("n1", "a", "y", 201, t0()), t0());
+    t.tick(t0() + ms(6000));
+    t.observe(&rec("n1", "a", "y", 102, t0()), t0() + ms(6000));
+    assert_eq!(t.len(), 1);
+}
+
+/// The sim's pump with a node killed: the down report lists exactly what it left in flight.
+#[test]
+fn down_report_is_the_truth_of_a_killed_node() {
+    let start = t0();
+    let mut pump = crate::sim::Pump::new(
+        crate::sim::PumpModel {
+            nodes: 3,
+            seed: 7,
+            transfers_per_second: 50.0,
+            ..Default::default()
+        },
+        start,
+    );
+    let mut t = Table::new(limits(), start, false);
+    let mut now = start;
+    let mut truth = Vec::new();
+    let mut events = Vec::new();
+    for i in 0..20_000 {
+        if i == 5_000 {
+            truth = pump.kill_node_lost("node01");
+        }
+        let Some(r) = pump.next_record() else { break };
+        now = now.max(r.time);
+        events.extend(t.observe(&r, now));
+        events.extend(t.tick(now));
+    }
+    assert!(!truth.is_empty());
+    let downs: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Down { .. }))
+        .collect();
+    assert_eq!(downs.len(), 1, "only node01 went silent");
+    let Event::Down {
+        node, transfers, ..
+    } = downs[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(node, "node01");
+    let got: BTreeSet<(String, String)> = transfers
+        .iter()
+        .map(|v| {
+            (
+                v["client"].as_str().unwrap().into(),
+                v["url"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> =
+        truth.iter().map(|r| (r.client.clone(), r.url())).collect();
+    assert_eq!(got, want);
+    // no repeated report; it speaks again: up
+    assert!(
+        t.tick(now + ms(60_000))
+            .iter()
+            .all(|e| !matches!(e, Event::Down { node, .. } if node == "node01"))
+    );
+    let up = t.heartbeat("node01", now + ms(61_000));
+    assert!(
+        matches!(&up[0], Event::Up { node, in_flight, .. } if node == "node01" && *in_flight == truth.len() as u64)
+    );
+}
+
+#[test]
+fn stuck_once() {
+    let mut t = Table::new(
+        Limits {
+            node_timeout_ms: 120_000,
+            ..limits()
+        },
+        t0(),
+        false,
+    );
+    t.observe(&rec("n1", "a", "x", 102, t0()), t0());
+    assert!(t.tick(t0() + ms(59_000)).is_empty());
+    t.observe(&rec("n1", "b", "z", 102, t0()), t0() + ms(59_500));
+    let e = t.tick(t0() + ms(61_000));
+    assert_eq!(e.len(), 1);
+    let Event::Stuck { node, transfer } = &e[0] else {
+        panic!("{e:?}")
+    };
+    assert_eq!(node, "n1");
+    assert_eq!(transfer["client"], "a");
+    t.observe(&rec("n1", "b", "z", 201, t0()), t0() + ms(62_000));
+    assert!(t.tick(t0() + ms(70_000)).is_empty(), "reported once");
+    assert_eq!(t.counts.stuck, 1);
+}
+
+#[test]
+fn a_node_gets_the_timeout_from_the_start_too() {
+    let mut t = Table::new(limits(), t0(), false);
+    let at = t0().timestamp_millis().to_string();
+    t.restore_open(&["n1", "a", "https://x/y", "ec", "f", &at, &at, "5"]);
+    assert!(
+        t.tick(t0() + ms(9_000)).is_empty(),
+        "not down at once after a restart"
+    );
+    assert_eq!(t.tick(t0() + ms(11_000)).len(), 1);
+}
+
+#[test]
+fn journal_rebuilds_the_same_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wd.journal");
+    let mut t = Table::new(limits(), t0(), true);
+    let (mut j, loaded) = journal::Journal::open(&path, &mut t, false).unwrap();
+    assert_eq!(loaded, journal::Loaded::default());
+    for i in 0..50 {
+        let client = if i % 2 == 0 { "a\tb" } else { "c\\d" };
+        t.observe(&rec("n1", client, &format!("f{i}"), 102, t0()), t0());
+    }
+    for i in 0..20 {
+        let client = if i % 2 == 0 { "a\tb" } else { "c\\d" };
+        t.observe(&rec("n1", client, &format!("f{i}"), 201, t0()), t0());
+    }
+    t.observe(&rec("n2", "x", "g", 102, t0()), t0());
+    t.tick(t0() + ms(20_000)); // both nodes down
+    j.write(&t.take_journal()).unwrap();
+    // a line cut by a crash at the end
+    j.write(b"o\tn9\tcut").unwrap();
+    drop(j);
+    let now = t0() + ms(20_000);
+    let mut r = Table::new(limits(), now, true);
+    let (_j2, loaded) = journal::Journal::open(&path, &mut r, false).unwrap();
+    assert_eq!(loaded.bad, 0);
+    assert_eq!(r.len(), 31);
+    let (a, b) = (
+        t.inflight(&Value::Null, 100, now),
+        r.inflight(&Value::Null, 100, now),
+    );
+    assert_eq!(a["transfers"], b["transfers"]);
+    assert_eq!(a["total"], b["total"]);
+    let states = |v: &Value| -> Vec<(String, String, u64)> {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["node"].as_str().unwrap().into(),
+                    n["state"].as_str().unwrap().into(),
+                    n["in_flight"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(states(&a), states(&b), "down states kept: no second report");
+    assert!(
+        r.tick(now + ms(60_000))
+            .iter()
+            .all(|e| !matches!(e, Event::Down { .. }))
+    );
+    // compacted at open: only what is open
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().filter(|l| l.starts_with("o\t")).count(), 31);
+    assert!(!text.lines().any(|l| l.starts_with("c\t")));
+}
+
+#[test]
+fn a_big_down_report_is_split_under_the_size_limit() {
+    let cfg = WatchdogConfig {
+        max_report_bytes: 100_000,
+        ..WatchdogConfig::default()
+    };
+    let transfers: Vec<Value> = (0..100_000)
+        .map(|i| json!({"node": "n1", "client": "c", "url": format!("https://x/{i}"), "started": "2026-11-22T10:00:00Z", "bytes": i}))
+        .collect();
+    let msgs = cfg.outgoing(&[Event::Down {
+        node: "n1.example".into(),
+        last_seen_ms: 0,
+        at_ms: 1000,
+        transfers,
+    }]);
+    assert!(msgs.len() > 10);
+    let mut urls = BTreeSet::new();
+    for (i, m) in msgs.iter().enumerate() {
+        assert!(m.body.len() <= 100_000, "{}", m.body.len());
+        assert_eq!(m.routing_key, "v01.watchdog.down.n1%2Eexample");
+        let v: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(v["part"], i + 1);
+        assert_eq!(v["parts"], msgs.len());
+        assert_eq!(v["in_flight"], 100_000);
+        for t in v["transfers"].as_array().unwrap() {
+            urls.insert(t["url"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(urls.len(), 100_000);
+}

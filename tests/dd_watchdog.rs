@@ -1,0 +1,242 @@
+//! dd_watchdog against the real broker, each test in a throw-away vhost: dd_sim kills a node
+//! and writes its truth, and the down report lists exactly those transfers; a kill -9 and
+//! restart keeps the table (journal); --query prints it; malformed input is never fatal.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn watchdog(vhost: &str, args: &[&str]) -> Running {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"));
+    c.env("DD_BROKER", url("guest", "guest", vhost))
+        .env_remove("RUST_LOG")
+        .env_remove("DD_WATCHDOG_JOURNAL")
+        .args(args);
+    Running::spawn(c)
+}
+
+async fn connect_to(vhost: &str) -> lapin::Connection {
+    let cfg = ddmon::config::BrokerConfig {
+        url: url("guest", "guest", vhost),
+        ..Default::default()
+    };
+    ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap()
+}
+
+/// The `inflight` answer (JSON) through `dd_watchdog --query --json`; `Null` when none came.
+fn query(vhost: &str, extra: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"))
+        .env("DD_BROKER", url("guest", "guest", vhost))
+        .args(["--query", "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn query_until(vhost: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = query(vhost, &[]);
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never got there: {v:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_down_report_lists_exactly_what_the_dead_node_left_in_flight() {
+    let sb = Sandbox::new(&unique("test.watchdog.down"), Vec::new()).await;
+    let conn = connect_to(&sb.vhost).await;
+    let mut reports = listen(&conn, "log", &["v01.watchdog.#"]).await;
+    let run = watchdog(
+        &sb.vhost,
+        &[
+            "--instance",
+            "wd",
+            "--node-timeout",
+            "2",
+            "--max-report-bytes",
+            "1000",
+        ],
+    );
+    wait_for_consumers(&conn, "q_guest.dd_watchdog.log", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let truth_file = dir.path().join("truth.jsonl");
+    let sim = Command::new(env!("CARGO_BIN_EXE_dd_sim"))
+        .env("DD_BROKER", url("guest", "guest", &sb.vhost))
+        .args([
+            "--seed",
+            "5",
+            "--rate",
+            "400",
+            "--nodes",
+            "3",
+            "--duration",
+            "4",
+            "--kill-node",
+            "node01",
+            "--at",
+            "1.5",
+            "--truth",
+            truth_file.to_str().unwrap(),
+            "-q",
+        ])
+        .status()
+        .unwrap();
+    assert!(sim.success());
+    let truth: BTreeSet<(String, String)> = std::fs::read_to_string(&truth_file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["client"].as_str().unwrap().into(),
+                v["url"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        truth.len() > 5,
+        "the node had transfers in flight: {}",
+        truth.len()
+    );
+    // every part of node01's report
+    let mut got = BTreeSet::new();
+    let mut parts = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no complete down report");
+        let (key, body) = next_json(&mut reports, 20).await;
+        if key != "v01.watchdog.down.node01" {
+            continue;
+        }
+        assert_eq!(body["node"], "node01");
+        assert!(body.to_string().len() <= 1000);
+        for t in body["transfers"].as_array().unwrap() {
+            got.insert((
+                t["client"].as_str().unwrap().to_string(),
+                t["url"].as_str().unwrap().to_string(),
+            ));
+        }
+        parts += 1;
+        if parts == body["parts"].as_u64().unwrap() {
+            assert_eq!(body["in_flight"].as_u64(), Some(truth.len() as u64));
+            break;
+        }
+    }
+    assert!(parts > 1, "split in parts under the size limit");
+    assert_eq!(got, truth);
+    // the other nodes went quiet when the sim stopped: down too, with nothing in flight
+    let q = query(&sb.vhost, &["--node", "node01"]);
+    assert_eq!(q["total"].as_u64(), Some(truth.len() as u64));
+    assert_eq!(q["nodes"][0]["state"], "down");
+    run.terminate();
+    let (code, out, err) = run.finish(15);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty());
+}
+
+#[tokio::test]
+async fn kill_9_and_restart_keep_the_table() {
+    let sb = Sandbox::new(&unique("test.watchdog.journal"), Vec::new()).await;
+    let conn = connect_to(&sb.vhost).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("wd.journal");
+    let args = [
+        "--instance",
+        "wdj",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--node-timeout",
+        "600",
+    ];
+    let run = watchdog(&sb.vhost, &args);
+    wait_for_consumers(&conn, "q_guest.dd_watchdog.log", 1).await;
+    // 300 starts, 100 of them finished, and a malformed message in the middle
+    let records = sim_records(2000, 3);
+    let starts: Vec<_> = records
+        .iter()
+        .filter(|r| r.status == 102)
+        .take(300)
+        .cloned()
+        .collect();
+    let mut finals: Vec<_> = starts.iter().take(100).cloned().collect();
+    for f in &mut finals {
+        f.status = 201;
+    }
+    let url = url("guest", "guest", &sb.vhost);
+    let mut msgs = v02_messages(&starts);
+    msgs.push((
+        "v02.log.x".into(),
+        Default::default(),
+        b"not a record".to_vec(),
+    ));
+    msgs.extend(v02_messages(&finals));
+    publish_on(&url, "log", msgs).await;
+    let before = query_until(&sb.vhost, 20, |v| v["total"].as_u64() == Some(200)).await;
+    assert_eq!(before["counts"]["closed"].as_u64(), Some(100));
+    // kill -9: no goodbye, no final flush
+    let mut child = run;
+    child.child.kill().unwrap();
+    child.child.wait().unwrap();
+    let run = watchdog(&sb.vhost, &args);
+    let after = query_until(&sb.vhost, 20, |v| v["total"].as_u64() == Some(200)).await;
+    let without_age = |v: &Value| -> Vec<Value> {
+        v["transfers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                t.as_object_mut().unwrap().remove("age_s");
+                t
+            })
+            .collect()
+    };
+    assert_eq!(without_age(&after), without_age(&before), "the same table");
+    // the rest finish: the table empties
+    let mut rest: Vec<_> = starts.iter().skip(100).cloned().collect();
+    for f in &mut rest {
+        f.status = 201;
+    }
+    publish_on(&url, "log", v02_messages(&rest)).await;
+    query_until(&sb.vhost, 20, |v| v["total"].as_u64() == Some(0)).await;
+    // the table as an operator reads it
+    let out = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"))
+        .env("DD_BROKER", &url)
+        .args(["--query"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("NODE "), "{text}");
+    assert!(text.contains("node0"), "{text}");
+    run.terminate();
+    let (code, _, err) = run.finish(15);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn query_without_a_watchdog_fails_in_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"))
+        .env("DD_BROKER", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .args(["--query"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
+}
