@@ -28,6 +28,8 @@ pub struct PumpModel {
     pub seed: u64,
     /// Simulated transfers started per second (sets the datestamps' spacing).
     pub transfers_per_second: f64,
+    /// Transfers last this many times longer than a 5 MB/s link takes (more in flight).
+    pub duration_scale: f64,
 }
 
 impl Default for PumpModel {
@@ -39,6 +41,7 @@ impl Default for PumpModel {
             error_rate: 0.05,
             seed: 1,
             transfers_per_second: 50.0,
+            duration_scale: 1.0,
         }
     }
 }
@@ -174,7 +177,8 @@ impl Pump {
         );
         // log-normal: median ~ 60 kB, long tail
         let bytes = (11.0 + 1.5 * self.rng.normal()).exp().round().max(1.0) as u64;
-        let duration = (bytes as f64 / 5e6 + self.rng.unit() * 0.2).max(0.001);
+        let duration =
+            ((bytes as f64 / 5e6 + self.rng.unit() * 0.2) * self.model.duration_scale).max(0.001);
         let fails = self.rng.unit() < m.error_rate;
         let (status, message) = if fails {
             ERRORS[self.rng.below(ERRORS.len() as u32) as usize]
@@ -352,6 +356,9 @@ pub struct Args {
     /// Datestamp of the first transfer (RFC 3339) [default: now].
     #[arg(long, value_name = "TIME")]
     pub start: Option<DateTime<Utc>>,
+    /// Make transfers last this many times longer (more in flight at once).
+    #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+    pub duration_scale: f64,
     /// Stop this node mid-transfers (its transfers in flight never finish), e.g. node01.
     #[arg(long, value_name = "NODE", requires = "at")]
     pub kill_node: Option<String>,
@@ -447,6 +454,7 @@ pub async fn run(
         nodes: args.nodes,
         error_rate: args.error_rate,
         seed: args.seed,
+        duration_scale: args.duration_scale.max(0.0),
         transfers_per_second: if args.rate > 0.0 {
             args.rate / 2.0
         } else {

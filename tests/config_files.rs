@@ -54,6 +54,19 @@ fn dd_speedo_example_parses() {
 }
 
 #[test]
+fn dd_watchdog_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dd_watchdog.toml");
+    let cfg: ddmon::watchdog::WatchdogConfig = ddmon::config::load_file(Some(&path)).unwrap();
+    assert_eq!(cfg.node_timeout, 120.0);
+    assert_eq!(cfg.limits().stuck_after_ms, 3_600_000);
+    assert!(cfg.topics.iter().any(|t| t == "v01.alive.#"));
+    assert_eq!(
+        cfg.journal.as_deref(),
+        Some(Path::new("/var/lib/ddmon/dd_watchdog.journal"))
+    );
+}
+
+#[test]
 fn every_example_is_checked_by_a_test() {
     // A new example file must get its own test above.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -66,6 +79,11 @@ fn every_example_is_checked_by_a_test() {
     names.sort();
     assert_eq!(
         names,
-        ["dd_log.toml", "dd_log2source.toml", "dd_speedo.toml"]
+        [
+            "dd_log.toml",
+            "dd_log2source.toml",
+            "dd_speedo.toml",
+            "dd_watchdog.toml"
+        ]
     );
 }

@@ -47,6 +47,7 @@ fn compose_file_parses_and_its_commands_are_valid() {
             "capture",
             "log2source",
             "speedo",
+            "watchdog",
             "sim",
             "tail",
             "status"
@@ -70,9 +71,9 @@ fn compose_file_parses_and_its_commands_are_valid() {
             commands += 1;
         }
     }
-    assert_eq!(commands, 6);
+    assert_eq!(commands, 7);
     // the daemons stop on SIGTERM and are restarted on failure
-    for svc in ["capture", "log2source", "speedo", "sim"] {
+    for svc in ["capture", "log2source", "speedo", "watchdog", "sim"] {
         assert_eq!(services[svc]["stop_signal"].as_str(), Some("SIGTERM"));
         assert_eq!(services[svc]["restart"].as_str(), Some("on-failure"));
     }

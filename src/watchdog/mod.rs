@@ -470,46 +470,55 @@ async fn query(cfg: &WatchdogConfig, args: &Args) -> anyhow::Result<std::process
     };
     let v: Value = serde_json::from_slice(&reply.body).context("unreadable answer")?;
     let r = &v["result"];
+    // written with `?`: a closed pipe (`| head`) ends the command quietly
+    use std::io::Write as _;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
     if args.json {
-        println!("{r}");
+        writeln!(out, "{r}")?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    println!(
+    writeln!(
+        out,
         "{:<24} {:<5} {:>9} {:>14} {:<24} LAST SEEN",
         "NODE", "STATE", "IN FLIGHT", "BYTES", "OLDEST"
-    );
+    )?;
     for n in r["nodes"].as_array().into_iter().flatten() {
-        println!(
+        writeln!(
+            out,
             "{:<24} {:<5} {:>9} {:>14} {:<24} {}",
             n["node"].as_str().unwrap_or(""),
             n["state"].as_str().unwrap_or(""),
-            n["in_flight"],
-            n["bytes"],
+            n["in_flight"].to_string(),
+            n["bytes"].to_string(),
             n["oldest"].as_str().unwrap_or("-"),
             n["last_seen"].as_str().unwrap_or("-"),
-        );
+        )?;
     }
-    println!();
-    println!(
+    writeln!(out)?;
+    writeln!(
+        out,
         "{:<24} {:<16} {:<16} {:>10} {:>8} URL",
         "STARTED", "NODE", "CLIENT", "BYTES", "AGE S"
-    );
+    )?;
     for t in r["transfers"].as_array().into_iter().flatten() {
-        println!(
+        writeln!(
+            out,
             "{:<24} {:<16} {:<16} {:>10} {:>8.1} {}",
             t["started"].as_str().unwrap_or(""),
             t["node"].as_str().unwrap_or(""),
             t["client"].as_str().unwrap_or(""),
-            t["bytes"],
+            t["bytes"].to_string(),
             t["age_s"].as_f64().unwrap_or(0.0),
             t["url"].as_str().unwrap_or(""),
-        );
+        )?;
     }
     if r["truncated"] == true {
-        println!(
+        writeln!(
+            out,
             "... {} in flight in all (use --json, or narrow with --node/--client/--source)",
             r["total"]
-        );
+        )?;
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

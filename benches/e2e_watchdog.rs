@@ -1,0 +1,257 @@
+//! End-to-end: how fast `dd_watchdog` drains a queue of records with its journal on (parse,
+//! open/close transfers, write the journal before each ack), against a minimal lapin consumer
+//! (same prefetch, one ack per message, no parsing) in the same run on the same queue; and
+//! the same with `--fsync`. Also prints dd_watchdog's peak resident memory.
+//!
+//! `cargo bench --bench e2e_watchdog` (or `scripts/bench`); `WATCHDOG_RECORDS` (default
+//! 200000) and `WATCHDOG_RUNS` (default 3) tune it. Needs the broker (`scripts/broker-up`).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ddmon::broker::{Outgoing, Publisher};
+use ddmon::config::BrokerConfig;
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn fill(cfg: &BrokerConfig, msgs: &[Outgoing]) {
+    let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
+    let mut p = Publisher::connect(cfg, "bench-fill", shutdown)
+        .await
+        .unwrap();
+    for chunk in msgs.chunks(5000) {
+        p.publish_all(chunk).await.unwrap();
+    }
+    p.close().await;
+}
+
+/// The queue as dd_watchdog declares it (durable, bound to v02.# and v03.#).
+async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
+    let conn = ddmon::broker::connect(cfg, "bench-declare").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ddmon::broker::declare_topic_exchange(&ch, exchange)
+        .await
+        .unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for key in ["v02.#", "v03.#"] {
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    conn.close(200, "OK".into()).await.unwrap();
+}
+
+async fn baseline(cfg: &BrokerConfig, queue: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    let conn = ddmon::broker::connect(cfg, "bench-baseline").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..n {
+        let d = consumer.next().await.unwrap().unwrap();
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let took = started.elapsed();
+    conn.close(200, "OK".into()).await.unwrap();
+    took
+}
+
+/// Messages left in the queue (ready + unacknowledged), from the management-free passive
+/// declare (ready only) and dd_speedo's own count.
+async fn counted(conn: &lapin::Connection, exchange: &str, instance: &str) -> Option<u64> {
+    let key = format!("v01.rpc.dd_watchdog.{instance}.stats");
+    let r = ddmon::broker::request(
+        conn,
+        exchange,
+        &key,
+        b"{}",
+        Duration::from_millis(500),
+        Some(1),
+    )
+    .await
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&r.first()?.body).ok()?;
+    let c = &v["result"]["counts"];
+    let n: u64 = [
+        "opened",
+        "closed",
+        "restarted",
+        "unmatched_finals",
+        "reordered",
+        "informational",
+    ]
+    .iter()
+    .map(|k| c[*k].as_u64().unwrap_or(0))
+    .sum();
+    Some(n + v["result"]["skipped"].as_u64()?)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// dd_watchdog (journal on, `fsync` or not) on the queue until it handled `n`; its time and
+/// peak RSS.
+async fn watchdog(
+    cfg: &BrokerConfig,
+    exchange: &str,
+    name: &str,
+    n: usize,
+    fsync: bool,
+) -> (Duration, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("wd.journal");
+    let instance = format!("bench{:06x}", ddmon::broker::random_u64() as u32 & 0xffffff);
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"));
+    cmd.args([
+        "--exchange",
+        exchange,
+        "--output-exchange",
+        exchange,
+        "--daemon-exchange",
+        exchange,
+        "--queue",
+        name,
+        "--journal",
+        journal.to_str().unwrap(),
+        "--node-timeout",
+        "3600",
+        "--instance",
+        &instance,
+        "-q",
+    ]);
+    if fsync {
+        cmd.arg("--fsync");
+    }
+    let mut child = cmd.stdout(Stdio::null()).spawn().unwrap();
+    let conn = ddmon::broker::connect(cfg, "bench-poll").await.unwrap();
+    let took = loop {
+        if counted(&conn, exchange, &instance).await == Some(n as u64) {
+            break started.elapsed();
+        }
+        // a light poll: one small request every 100 ms (at most 0.5% of a 20 s run late)
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rss = peak_rss_kib(child.id());
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    conn.close(200, "OK".into()).await.unwrap();
+    (took, rss)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let n = env_num("WATCHDOG_RECORDS", 200_000);
+    let runs = env_num("WATCHDOG_RUNS", 3);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = BrokerConfig::default();
+    let exchange = format!("bench.watchdog.{:08x}", ddmon::broker::random_u64() as u32);
+    let name = format!("bench{:08x}", ddmon::broker::random_u64() as u32);
+    let queue = format!("q_guest.dd_watchdog.{name}");
+    rt.block_on(declare(&cfg, &exchange, &queue));
+    let start = chrono::DateTime::from_timestamp(1_763_790_000, 0).unwrap();
+    let mut pump = ddmon::sim::Pump::new(ddmon::sim::PumpModel::default(), start);
+    let msgs: Vec<Outgoing> = (0..n)
+        .map_while(|_| pump.next_record())
+        .map(|r| ddmon::sim::outgoing(&r, ddmon::sim::WireFormat::V02, &exchange))
+        .collect();
+    let (mut base, mut ours, mut synced, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        rt.block_on(fill(&cfg, &msgs));
+        let b = rt.block_on(baseline(&cfg, &queue, n)).as_secs_f64();
+        rt.block_on(fill(&cfg, &msgs));
+        let (d, kib) = rt.block_on(watchdog(&cfg, &exchange, &name, n, false));
+        let d = d.as_secs_f64();
+        rt.block_on(fill(&cfg, &msgs));
+        let (f, _) = rt.block_on(watchdog(&cfg, &exchange, &name, n, true));
+        let f = f.as_secs_f64();
+        println!(
+            "run {run}: baseline {:.0} msg/s, dd_watchdog with journal {:.0} msg/s, with --fsync {:.0} msg/s, peak RSS {:.1} MiB",
+            n as f64 / b,
+            n as f64 / d,
+            n as f64 / f,
+            kib as f64 / 1024.0
+        );
+        base.push(n as f64 / b);
+        ours.push(n as f64 / d);
+        synced.push(n as f64 / f);
+        rss.push(kib as f64 / 1024.0);
+    }
+    let (mb, mo, ms) = (median(base), median(ours), median(synced));
+    println!(
+        "dd_watchdog drain {n} records: baseline median {mb:.0} msg/s, with journal {mo:.0} msg/s (ratio {:.3}, bar >= 0.9), with --fsync {ms:.0} msg/s (ratio {:.3}); peak RSS median {:.1} MiB",
+        mo / mb,
+        ms / mb,
+        median(rss)
+    );
+    rt.block_on(async {
+        let conn = ddmon::broker::connect(&cfg, "bench-cleanup").await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        ch.exchange_delete(exchange.as_str().into(), Default::default())
+            .await
+            .unwrap();
+        conn.close(200, "OK".into()).await.unwrap();
+    });
+}
