@@ -249,10 +249,24 @@ impl<S: Service> Loop<'_, S> {
     async fn on_tick(&mut self) -> anyhow::Result<()> {
         let now = self.clock.now();
         let out = self.service.tick(now);
+        // declared (once) before publishing; through an outage, retried like the publishing
         if let Some(p) = self.publisher.as_mut() {
             for x in &out.declare {
-                p.local().declare_exchange(x).await?;
+                loop {
+                    match p.local().declare_exchange(x).await {
+                        Ok(()) => break,
+                        Err(e) if e.is_transient() => {
+                            tracing::warn!(error = %e, exchange = %x, "cannot declare yet, retrying");
+                            p.local().reset().await;
+                            if !self.backoff.wait(&mut self.shutdown).await {
+                                anyhow::bail!("stopped while declaring {x}");
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
+            self.backoff.reset();
         }
         self.publish(&out.publish).await?;
         let wanted = if self.service.degraded() {
@@ -275,17 +289,22 @@ impl<S: Service> Loop<'_, S> {
             return Ok(());
         }
         let confirms = match self.publisher.as_mut() {
-            Some(p) => match declare_then_send(p, &handled, &handled.publish).await {
-                Ok(c) => Some(c),
-                Err(e) if e.is_transient() => None, // resent by on_confirms' recovery
-                Err(e) => return Err(e.into()),
-            },
+            Some(p) => {
+                match declare_then_send(p, &handled.declare, &handled.bind, &handled.publish).await
+                {
+                    Ok(c) => Some(c),
+                    Err(e) if e.is_transient() => None, // resent by on_confirms' recovery
+                    Err(e) => return Err(e.into()),
+                }
+            }
             None => anyhow::bail!("{} has nothing to publish with", self.service.tool()),
         };
         let failed = confirms.is_none();
         self.pending.push_back(Pending {
             delivery: d,
             publish: handled.publish,
+            declare: handled.declare,
+            bind: handled.bind,
             verdict,
             confirms,
         });
@@ -325,7 +344,7 @@ impl<S: Service> Loop<'_, S> {
         'again: loop {
             p.reset().await;
             for entry in self.pending.iter_mut() {
-                match p.send(&entry.publish).await {
+                match declare_then_send(p, &entry.declare, &entry.bind, &entry.publish).await {
                     Ok(c) => entry.confirms = Some(c),
                     Err(e) if e.is_transient() => {
                         tracing::warn!(error = %e, "cannot publish yet, retrying");
@@ -454,13 +473,14 @@ impl<S: Service> Loop<'_, S> {
 
 async fn declare_then_send(
     p: &mut Publishers,
-    topology: &Handled,
+    declare: &[String],
+    bind: &[HeadersBinding],
     publish: &[Outgoing],
 ) -> Result<Confirms, crate::broker::BrokerError> {
-    for x in &topology.declare {
+    for x in declare {
         p.local().declare_exchange(x).await?;
     }
-    for b in &topology.bind {
+    for b in bind {
         p.local().bind_headers(b).await?;
     }
     p.send(publish).await
@@ -489,6 +509,10 @@ async fn settle(d: &Delivery, verdict: Verdict) {
 struct Pending {
     delivery: Delivery,
     publish: Vec<Outgoing>,
+    /// Exchanges to declare and bindings to make before publishing (again after a
+    /// reconnection: a first attempt may have failed before they were made).
+    declare: Vec<String>,
+    bind: Vec<HeadersBinding>,
     verdict: Verdict,
     confirms: Option<Confirms>,
 }
