@@ -5,6 +5,7 @@
 //! ```text
 //! o <node> <client> <url> <source> <flow> <started ms> <opened ms> <bytes>   a transfer opened
 //! c <node>\x1f<client>\x1f<url>                                               closed
+//! s <node>\x1f<client>\x1f<url>                                               reported stuck
 //! d <node> <ms>                                                                node down
 //! u <node> <ms>                                                                node up again
 //! ```
@@ -27,6 +28,8 @@ pub struct Journal {
     file: File,
     fsync: bool,
     lines: u64,
+    /// A write failed: the file may end in a torn line.
+    torn: bool,
     /// Bytes written since it was opened.
     pub written: u64,
     /// Compactions done.
@@ -73,6 +76,10 @@ fn apply(table: &mut Table, line: &str) -> bool {
             table.restore_close(f[1]);
             true
         }
+        Some("s") if f.len() == 2 => {
+            table.restore_stuck(f[1]);
+            true
+        }
         Some(kind @ ("d" | "u")) if f.len() == 3 => match f[2].parse::<i64>() {
             Ok(ms) => {
                 table.restore_node(f[1], (kind == "d").then_some(ms), ms);
@@ -91,20 +98,20 @@ impl Journal {
         match File::open(path) {
             Ok(f) => {
                 let mut r = BufReader::with_capacity(1 << 16, f);
-                let mut line = String::new();
+                let mut line = Vec::new();
                 loop {
                     line.clear();
-                    if r.read_line(&mut line)? == 0 {
+                    if r.read_until(b'\n', &mut line)? == 0 {
                         break;
                     }
                     // a last line without its newline was cut by a crash: not applied
-                    let Some(l) = line.strip_suffix('\n') else {
+                    let Some(l) = line.strip_suffix(b"\n") else {
                         break;
                     };
-                    if apply(table, l) {
-                        loaded.lines += 1;
-                    } else {
-                        loaded.bad += 1;
+                    // (bytes, not a String: a crash may cut inside a multi-byte character)
+                    match std::str::from_utf8(l) {
+                        Ok(l) if apply(table, l) => loaded.lines += 1,
+                        _ => loaded.bad += 1,
                     }
                 }
             }
@@ -116,6 +123,7 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             fsync,
+            torn: false,
             lines: loaded.lines,
             written: 0,
             compactions: 0,
@@ -125,14 +133,28 @@ impl Journal {
         Ok((j, loaded))
     }
 
-    /// Append a batch of lines (made by the table).
-    pub fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+    /// Append a batch of lines (made by the table). After a failed write (a full disk: the
+    /// file may end in a torn line) the next successful call starts with a compaction.
+    pub fn write(&mut self, buf: &[u8], table: &Table) -> std::io::Result<()> {
+        if self.torn {
+            self.compact(table)?;
+            self.torn = false;
+            // the snapshot already holds what `buf` says
+            return Ok(());
+        }
         if buf.is_empty() {
             return Ok(());
         }
-        self.file.write_all(buf)?;
-        if self.fsync {
-            self.file.sync_data()?;
+        let written = self.file.write_all(buf).and_then(|()| {
+            if self.fsync {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            self.torn = true;
+            return Err(e);
         }
         self.lines += buf.iter().filter(|b| **b == b'\n').count() as u64;
         self.written += buf.len() as u64;
@@ -159,10 +181,11 @@ impl Journal {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
+        // the new file at once: never append to the old inode after the rename
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)?.sync_all()?;
         }
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.lines = buf.iter().filter(|b| **b == b'\n').count() as u64;
         self.compactions += 1;
         Ok(())

@@ -23,7 +23,7 @@ use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
 use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shutdown, serve};
 use crate::record::{MalformedTally, Parsed};
 
-pub use table::{Event, Limits, Table};
+pub use table::{Event, INPUT_SILENCE_MS, Limits, Table};
 
 /// dd_watchdog's command line.
 #[derive(Debug, Parser)]
@@ -308,13 +308,33 @@ impl WatchdogService {
             return Ok(());
         };
         let buf = self.table.take_journal();
-        j.write(&buf).context("cannot write the journal")?;
-        if j.maybe_compact(&self.table)
-            .context("cannot compact the journal")?
-        {
-            tracing::info!(open = self.table.len(), "journal compacted");
+        // on failure the lines are not lost: the next write starts with a full snapshot
+        let outcome = j
+            .write(&buf, &self.table)
+            .context("cannot write the journal")
+            .and_then(|()| {
+                j.maybe_compact(&self.table)
+                    .context("cannot compact the journal")
+            });
+        match outcome {
+            Ok(compacted) => {
+                if compacted {
+                    tracing::info!(open = self.table.len(), "journal compacted");
+                }
+                if self.journal_error.take().is_some() {
+                    tracing::info!("journal written again");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if self.journal_error.as_deref() != Some(msg.as_str()) {
+                    tracing::error!("{msg}");
+                }
+                self.journal_error = Some(msg);
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     fn publish(&mut self, events: Vec<Event>) -> anyhow::Result<Handled> {
@@ -352,6 +372,7 @@ impl Service for WatchdogService {
     }
 
     fn handle(&mut self, d: &Delivery, now: DateTime<Utc>) -> anyhow::Result<Handled> {
+        self.table.input(now);
         let events = match self.tally.parse(&d.routing_key, &d.headers, &d.body, now) {
             Ok(Parsed::Log(r)) => self.table.observe(&r, now),
             Ok(Parsed::Event(body)) if d.routing_key.starts_with("v01.alive.") => {
@@ -375,15 +396,18 @@ impl Service for WatchdogService {
 
     fn tick(&mut self, now: DateTime<Utc>) -> Handled {
         let events = self.table.tick(now);
-        match self.publish(events) {
+        match self.publish(events.clone()) {
             Ok(h) => h,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                if self.journal_error.as_deref() != Some(msg.as_str()) {
-                    tracing::error!("{msg}");
+            // the journal failed (logged, degraded): the reports still go out; deliveries are
+            // not acknowledged until a journal write succeeds (flush fails until then)
+            Err(_) => {
+                let publish = self.cfg.outgoing(&events);
+                self.reports += publish.len() as u64;
+                Handled {
+                    publish,
+                    declare: vec![self.cfg.output_exchange.clone()],
+                    ..Handled::default()
                 }
-                self.journal_error = Some(msg);
-                Handled::default()
             }
         }
     }

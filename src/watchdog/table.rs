@@ -77,6 +77,9 @@ pub struct Node {
     pub count: u64,
     /// Their bytes.
     pub bytes: u64,
+    /// It has sent `102`s (so an early final may be a reordered one).
+    #[serde(skip)]
+    pub starts: bool,
 }
 
 /// What the table says happened.
@@ -155,12 +158,30 @@ pub struct Table {
     early: HashMap<Box<str>, i64>,
     started_ms: i64,
     last_scan_ms: i64,
+    /// Last delivery of any kind (records, heartbeats, ddmon's own alive messages): while
+    /// nothing at all arrives, the broker path is in doubt and no node is declared down.
+    last_input_ms: i64,
+    /// When input came back after such a silence: every node gets its timeout from there.
+    resumed_ms: i64,
     key: String,
     /// Journal lines not written yet (when journaling is on).
     journal: Option<Vec<u8>>,
     /// What happened.
     pub counts: Counts,
 }
+
+/// With no delivery at all for this long, the input (not the nodes) is in doubt: no node is
+/// declared down until deliveries come back, and then every node gets its timeout afresh.
+/// ddmon's daemons publish alive messages every 30 s by default (the watchdog's own too), so a
+/// working broker path is never this quiet.
+pub const INPUT_SILENCE_MS: i64 = 75_000;
+
+/// An `inflight` answer lists at most this many transfers (the counts are always whole).
+pub const MAX_LISTED: usize = 10_000;
+
+/// At most this many early finals are remembered (a component that never sends `102` must
+/// not grow the table without bound).
+pub const MAX_EARLY: usize = 100_000;
 
 /// Escape a journal field (tab, newline, backslash).
 pub fn esc(out: &mut Vec<u8>, s: &str) {
@@ -189,6 +210,8 @@ impl Table {
             early: HashMap::new(),
             started_ms: now.timestamp_millis(),
             last_scan_ms: now.timestamp_millis(),
+            last_input_ms: now.timestamp_millis(),
+            resumed_ms: now.timestamp_millis(),
             key: String::new(),
             journal: journal.then(Vec::new),
             counts: Counts::default(),
@@ -226,10 +249,18 @@ impl Table {
     }
 
     fn make_key(&mut self, node: &str, client: &str, url: &str) {
+        // the separator cannot occur inside a name (a control character in a node or client
+        // name is replaced in the key only)
+        let clean = |s: &str, out: &mut String| {
+            out.extend(
+                s.chars()
+                    .map(|c| if c == '\u{1f}' { '\u{fffd}' } else { c }),
+            )
+        };
         self.key.clear();
-        self.key.push_str(node);
+        clean(node, &mut self.key);
         self.key.push('\u{1f}');
-        self.key.push_str(client);
+        clean(client, &mut self.key);
         self.key.push('\u{1f}');
         self.key.push_str(url);
     }
@@ -241,6 +272,7 @@ impl Table {
             down_since_ms: None,
             count: 0,
             bytes: 0,
+            starts: false,
         });
         n.last_seen_ms = n.last_seen_ms.max(now_ms);
         if let Some(since) = n.down_since_ms.take() {
@@ -259,8 +291,18 @@ impl Table {
         }
     }
 
+    /// Any delivery arrived at `now` (records, heartbeats, other messages).
+    pub fn input(&mut self, now: DateTime<Utc>) {
+        let now_ms = now.timestamp_millis();
+        if now_ms - self.last_input_ms > INPUT_SILENCE_MS {
+            self.resumed_ms = now_ms;
+        }
+        self.last_input_ms = self.last_input_ms.max(now_ms);
+    }
+
     /// A heartbeat (`v01.alive`) from `node`.
     pub fn heartbeat(&mut self, node: &str, now: DateTime<Utc>) -> Vec<Event> {
+        self.input(now);
         let mut out = Vec::new();
         let id = self.names.id(node);
         self.seen(id, now.timestamp_millis(), &mut out);
@@ -269,6 +311,7 @@ impl Table {
 
     /// A log record that arrived at `now`.
     pub fn observe(&mut self, r: &LogRecord, now: DateTime<Utc>) -> Vec<Event> {
+        self.input(now);
         let now_ms = now.timestamp_millis();
         let mut out = Vec::new();
         let node = self.names.id(&r.node);
@@ -300,16 +343,17 @@ impl Table {
                     journal_open(j, &self.key, &t, &self.names);
                 }
                 let n = self.nodes.get_mut(&node).expect("seen above");
+                n.starts = true;
                 match self.transfers.get_mut(self.key.as_str()) {
                     Some(old) => {
                         self.counts.restarted += 1;
-                        n.bytes = n.bytes - old.bytes + t.bytes;
+                        n.bytes = n.bytes.saturating_sub(old.bytes).saturating_add(t.bytes);
                         *old = t;
                     }
                     None => {
                         self.counts.opened += 1;
                         n.count += 1;
-                        n.bytes += t.bytes;
+                        n.bytes = n.bytes.saturating_add(t.bytes);
                         self.transfers.insert(self.key.as_str().into(), t);
                     }
                 }
@@ -318,9 +362,9 @@ impl Table {
             _ => match self.transfers.remove(self.key.as_str()) {
                 Some(t) => {
                     self.counts.closed += 1;
-                    if let Some(n) = self.nodes.get_mut(&node) {
-                        n.count -= 1;
-                        n.bytes -= t.bytes.min(n.bytes);
+                    if let Some(n) = self.nodes.get_mut(&t.node) {
+                        n.count = n.count.saturating_sub(1);
+                        n.bytes = n.bytes.saturating_sub(t.bytes);
                     }
                     if let Some(j) = self.journal.as_mut() {
                         j.extend_from_slice(b"c\t");
@@ -330,7 +374,9 @@ impl Table {
                 }
                 None => {
                     self.counts.unmatched_finals += 1;
-                    if self.limits.reorder_window_ms > 0 {
+                    // remembered only for nodes that send 102s at all, and boundedly
+                    let starts = self.nodes.get(&node).is_some_and(|n| n.starts);
+                    if self.limits.reorder_window_ms > 0 && starts && self.early.len() < MAX_EARLY {
                         self.early.insert(self.key.as_str().into(), now_ms);
                     }
                 }
@@ -350,7 +396,9 @@ impl Table {
             .iter()
             .filter(|(_, n)| {
                 n.down_since_ms.is_none()
-                    && now_ms - n.last_seen_ms.max(self.started_ms) > self.limits.node_timeout_ms
+                    && now_ms - self.last_input_ms <= INPUT_SILENCE_MS
+                    && now_ms - n.last_seen_ms.max(self.started_ms).max(self.resumed_ms)
+                        > self.limits.node_timeout_ms
             })
             .map(|(id, _)| *id)
             .collect();
@@ -379,15 +427,26 @@ impl Table {
             self.last_scan_ms = now_ms;
             if self.limits.stuck_after_ms > 0 {
                 let limit = self.limits.stuck_after_ms;
+                let nodes = &self.nodes;
+                // a down node's transfers were reported with it: not stuck one by one
                 let mut stuck: Vec<(&Box<str>, &mut Transfer)> = self
                     .transfers
                     .iter_mut()
-                    .filter(|(_, t)| !t.stuck && now_ms - t.opened_ms > limit)
+                    .filter(|(_, t)| {
+                        !t.stuck
+                            && now_ms - t.opened_ms > limit
+                            && nodes.get(&t.node).is_none_or(|n| n.down_since_ms.is_none())
+                    })
                     .collect();
                 stuck.sort_by(|a, b| a.1.opened_ms.cmp(&b.1.opened_ms).then(a.0.cmp(b.0)));
                 for (key, t) in stuck {
                     t.stuck = true;
                     self.counts.stuck += 1;
+                    if let Some(j) = self.journal.as_mut() {
+                        j.extend_from_slice(b"s\t");
+                        esc(j, key);
+                        j.push(b'\n');
+                    }
                     out.push(Event::Stuck {
                         node: self.names.name(t.node).to_string(),
                         transfer: view(&self.names, key, t, now_ms),
@@ -424,25 +483,29 @@ impl Table {
                 && client.is_none_or(|c| t.client == c)
                 && source.is_none_or(|s| t.source == s)
         };
+        let limit = limit.min(MAX_LISTED);
+        // one pass over the transfers: the oldest per node
+        let mut oldest: HashMap<u32, i64> = HashMap::new();
+        for t in self.transfers.values().filter(|t| keep(t)) {
+            let o = oldest.entry(t.node).or_insert(t.started_ms);
+            *o = (*o).min(t.started_ms);
+        }
         let mut nodes: Vec<(&str, &Node, Option<i64>)> = self
             .nodes
             .iter()
             .filter(|(id, _)| node.is_none_or(|n| **id == n))
-            .map(|(id, n)| {
-                let oldest = self
-                    .transfers
-                    .values()
-                    .filter(|t| t.node == *id && keep(t))
-                    .map(|t| t.started_ms)
-                    .min();
-                (self.names.name(*id), n, oldest)
-            })
+            .map(|(id, n)| (self.names.name(*id), n, oldest.get(id).copied()))
             .collect();
         nodes.sort_by(|a, b| a.0.cmp(b.0));
         let mut transfers: Vec<(&Box<str>, &Transfer)> =
             self.transfers.iter().filter(|(_, t)| keep(t)).collect();
         let total = transfers.len();
-        transfers.sort_by(|a, b| a.1.started_ms.cmp(&b.1.started_ms).then(a.0.cmp(b.0)));
+        if limit == 0 {
+            transfers.clear();
+        } else {
+            transfers
+                .sort_unstable_by(|a, b| a.1.started_ms.cmp(&b.1.started_ms).then(a.0.cmp(b.0)));
+        }
         json!({
             "time": now,
             "total": total,
@@ -484,6 +547,7 @@ impl Table {
             down_since_ms: None,
             count: 0,
             bytes: 0,
+            starts: false,
         });
         n.last_seen_ms = n.last_seen_ms.max(opened_ms);
         let t = Transfer {
@@ -496,12 +560,13 @@ impl Table {
             bytes,
             stuck: false,
         };
+        n.starts = true;
         if let Some(old) = self.transfers.insert(self.key.as_str().into(), t) {
-            n.bytes -= old.bytes.min(n.bytes);
+            n.bytes = n.bytes.saturating_sub(old.bytes);
         } else {
             n.count += 1;
         }
-        n.bytes += bytes;
+        n.bytes = n.bytes.saturating_add(bytes);
         true
     }
 
@@ -509,9 +574,16 @@ impl Table {
     pub fn restore_close(&mut self, key: &str) {
         if let Some(t) = self.transfers.remove(key) {
             if let Some(n) = self.nodes.get_mut(&t.node) {
-                n.count -= 1;
-                n.bytes -= t.bytes.min(n.bytes);
+                n.count = n.count.saturating_sub(1);
+                n.bytes = n.bytes.saturating_sub(t.bytes);
             }
+        }
+    }
+
+    /// Put back a transfer's stuck mark from the journal (not reported again).
+    pub fn restore_stuck(&mut self, key: &str) {
+        if let Some(t) = self.transfers.get_mut(key) {
+            t.stuck = true;
         }
     }
 
@@ -523,6 +595,7 @@ impl Table {
             down_since_ms: None,
             count: 0,
             bytes: 0,
+            starts: false,
         });
         n.down_since_ms = down_since_ms;
         n.last_seen_ms = n.last_seen_ms.max(at_ms);
@@ -530,14 +603,25 @@ impl Table {
 
     /// Every open transfer and down node as journal lines (compaction).
     pub fn snapshot(&self, out: &mut Vec<u8>) {
+        // every node first (an up node with nothing in flight is still watched after a
+        // restart), then the transfers, then their stuck marks
+        for (id, n) in &self.nodes {
+            let (kind, ms) = match n.down_since_ms {
+                Some(since) => (b"d\t", since),
+                None => (b"u\t", n.last_seen_ms),
+            };
+            out.extend_from_slice(kind);
+            esc(out, self.names.name(*id));
+            out.extend_from_slice(format!("\t{ms}\n").as_bytes());
+        }
         for (k, t) in &self.transfers {
             journal_open(out, k, t, &self.names);
         }
-        for (id, n) in &self.nodes {
-            if let Some(since) = n.down_since_ms {
-                out.extend_from_slice(b"d\t");
-                esc(out, self.names.name(*id));
-                out.extend_from_slice(format!("\t{since}\n").as_bytes());
+        for (k, t) in &self.transfers {
+            if t.stuck {
+                out.extend_from_slice(b"s\t");
+                esc(out, k);
+                out.push(b'\n');
             }
         }
     }
