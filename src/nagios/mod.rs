@@ -168,6 +168,10 @@ pub struct Args {
     /// Speedo data older than this is UNKNOWN [default: 2 intervals + 30 s].
     #[arg(long, value_name = "SECONDS")]
     pub stale: Option<f64>,
+    /// Per-name perfdata for at most this many names; with more, only the offenders' (plus the
+    /// totals), so that the output stays within what Nagios keeps.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub max_perfdata: usize,
     /// Bound on the whole run, connect included; the state given when it runs out.
     #[arg(
         short = 't',
@@ -245,6 +249,8 @@ pub struct Check {
     pub critical_states: Vec<String>,
     /// Staleness bound, seconds (`None`: 2 intervals + 30 s).
     pub stale: Option<f64>,
+    /// Per-name perfdata for at most this many names (else the offenders only).
+    pub max_perfdata: usize,
 }
 
 /// The plugin's verdict and output.
@@ -443,16 +449,19 @@ pub fn evaluate(stats: &Value, check: &Check, now: DateTime<Utc>) -> Outcome {
                 .unwrap_or_default(),
         );
         let max = if m == Metric::ErrorRatio { "1" } else { "" };
-        perfdata.push(perf(
-            &format!("{kind}.{name}"),
-            value,
-            m.uom(),
-            &w,
-            &c,
-            "0",
-            max,
+        perfdata.push((
+            out,
+            perf(&format!("{kind}.{name}"), value, m.uom(), &w, &c, "0", max),
         ));
     }
+    // many names: only the offenders' figures (the counts are in the totals)
+    let many = perfdata.len() > check.max_perfdata;
+    let mut perfdata: Vec<String> = perfdata
+        .into_iter()
+        .filter(|(out, _)| !many || *out)
+        .take(check.max_perfdata)
+        .map(|(_, p)| p)
+        .collect();
     if picked.is_empty() {
         return Outcome::only(
             Status::Unknown,
@@ -628,6 +637,7 @@ fn check_of(args: &Args) -> Result<Check, String> {
         warning_states,
         critical_states,
         stale: args.stale,
+        max_perfdata: args.max_perfdata,
     })
 }
 

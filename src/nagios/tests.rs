@@ -197,3 +197,21 @@ fn command_line_is_consistent() {
     use clap::CommandFactory;
     Args::command().debug_assert();
 }
+
+#[test]
+fn many_names_keep_only_the_offenders_perfdata() {
+    let o = evaluate(&stats(), &check(&["--max-perfdata", "2"]), now());
+    let perf = o
+        .text
+        .lines()
+        .next()
+        .unwrap()
+        .split(" | ")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        perf,
+        "clients_out=2;;;0;3 sources_out=0;;;0;1 client.bob=0;;;0 'client.wx o'=2;;;0"
+    );
+}
