@@ -794,6 +794,8 @@ pub struct Publisher {
     backoff: Backoff,
     live: Option<(Connection, Channel)>,
     declared: std::collections::BTreeSet<String>,
+    /// Exchanges that exist with other properties: used as they are, never declared again.
+    as_is: std::collections::BTreeSet<String>,
     bound: std::collections::BTreeSet<HeadersBinding>,
 }
 
@@ -811,6 +813,7 @@ impl Publisher {
             backoff: Backoff::new(cfg),
             live: None,
             declared: Default::default(),
+            as_is: Default::default(),
             bound: Default::default(),
         };
         p.ensure().await?;
@@ -839,11 +842,34 @@ impl Publisher {
     /// Declare a durable topic exchange now and again after every reconnection (once: an
     /// exchange already declared by this publisher is not declared again).
     pub async fn declare_exchange(&mut self, name: &str) -> Result<(), BrokerError> {
-        if self.declared.contains(name) && self.live.is_some() {
+        if (self.declared.contains(name) && self.live.is_some()) || self.as_is.contains(name) {
             return Ok(());
         }
         let ch = self.ensure().await?;
-        declare_topic_exchange(ch, name).await?;
+        match declare_topic_exchange(ch, name).await {
+            Ok(()) => {}
+            // It exists, with other properties (a fanout, not durable...): no reason to stop
+            // a daemon (and crash-loop it on every restart). The broker closed the channel:
+            // open a new one, check that it exists, and publish to it as it is.
+            Err(BrokerError::Refused(m)) if m.contains("(406)") => {
+                self.reset().await;
+                let ch = self.ensure().await?;
+                bounded(ch.exchange_declare(
+                    name.into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ))
+                .await?;
+                tracing::warn!(exchange = %name, "exchange exists with other properties than a durable topic exchange: used as it is");
+                self.as_is.insert(name.to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         self.declared.insert(name.to_string());
         Ok(())
     }

@@ -588,3 +588,79 @@ fn replay_reads_json_captures_and_stdin() {
     let body = last_all["body"].as_str().unwrap().to_string();
     assert_eq!(counts_of(&body)[0], good);
 }
+
+#[tokio::test]
+async fn a_source_exchange_of_another_type_is_used_as_it_is() {
+    let sb = sandbox("fanout").await;
+    let conn = connect_to(&sb.vhost).await;
+    // someone made log_ec a fanout exchange: declaring it as a topic exchange gets a 406
+    let ch = conn.create_channel().await.unwrap();
+    ddmon::broker::declare_exchange(
+        &ch,
+        "log_ec",
+        lapin::ExchangeKind::Fanout,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut on_source = listen_fanout(&conn, "log_ec").await;
+    let mut c = dd_speedo(&sb.vhost);
+    c.args(["--interval", "1", "--instance", "fan"]);
+    let run = Running::spawn(c);
+    wait_for_consumers(&conn, "q_guest.dd_speedo.log", 1).await;
+    let mut records = sim_records(20, 8);
+    for r in &mut records {
+        r.source = Some("ec".into());
+    }
+    publish_on(
+        &url("guest", "guest", &sb.vhost),
+        "log",
+        v02_messages(&records),
+    )
+    .await;
+    let got = collect(&mut on_source, 3000).await;
+    assert!(
+        got.iter()
+            .any(|d| d.routing_key.as_str() == "v01.speedo.source.ec"),
+        "the source's speedos reach its (fanout) exchange"
+    );
+    run.terminate();
+    let (code, _, err) = run.finish(15);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("used as it is"), "{err}");
+}
+
+/// A private queue bound to a fanout exchange.
+async fn listen_fanout(conn: &lapin::Connection, exchange: &str) -> lapin::Consumer {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        exchange.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    ch.basic_consume(
+        q.name().clone(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
