@@ -7,62 +7,16 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ddmon::broker::{Outgoing, Publisher};
+use common::*;
+use ddmon::broker::Outgoing;
 use ddmon::config::BrokerConfig;
-use futures_lite::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn fill(cfg: &BrokerConfig, exchange: &str, msgs: &[Outgoing]) {
-    let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
-    let mut p = Publisher::connect(cfg, "bench-fill", shutdown)
-        .await
-        .unwrap();
-    for chunk in msgs.chunks(5000) {
-        p.publish_all(chunk).await.unwrap();
-    }
-    p.close().await;
-    let _ = exchange;
-}
-
-/// The baseline: consume `n` messages, ack each, nothing else.
-async fn baseline(cfg: &BrokerConfig, queue: &str, n: usize) -> Duration {
-    let started = Instant::now();
-    let conn = ddmon::broker::connect(cfg, "bench-baseline").await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "baseline".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut got = 0;
-    while got < n {
-        let d = consumer.next().await.unwrap().unwrap();
-        d.acker.ack(BasicAckOptions::default()).await.unwrap();
-        got += 1;
-    }
-    let took = started.elapsed();
-    conn.close(200, "OK".into()).await.unwrap();
-    took
-}
+use lapin::options::QueueDeleteOptions;
 
 /// dd_log into a pipe that this process reads and counts.
 fn dd_log(exchange: &str, name: &str, n: usize) -> Duration {
@@ -94,11 +48,6 @@ fn dd_log(exchange: &str, name: &str, n: usize) -> Duration {
     let took = started.elapsed();
     assert_eq!(lines, n);
     took
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -134,9 +83,9 @@ fn main() {
 
     let (mut base, mut ours) = (Vec::new(), Vec::new());
     for run in 1..=runs {
-        rt.block_on(fill(&cfg, &exchange, &msgs));
+        rt.block_on(fill(&cfg, &msgs));
         let b = rt.block_on(baseline(&cfg, &queue, n)).as_secs_f64();
-        rt.block_on(fill(&cfg, &exchange, &msgs));
+        rt.block_on(fill(&cfg, &msgs));
         let d = dd_log(&exchange, &name, n).as_secs_f64();
         println!(
             "run {run}: baseline {:.0} msg/s ({b:.2}s), dd_log {:.0} msg/s ({d:.2}s)",

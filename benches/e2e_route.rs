@@ -9,9 +9,12 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{env_num, median};
 use ddmon::broker::{Outgoing, Publisher};
 use ddmon::config::BrokerConfig;
 use futures_lite::StreamExt;
@@ -22,18 +25,6 @@ use lapin::options::{
 use lapin::types::FieldTable;
 
 const SOURCES: [&str; 3] = ["source00", "source01", "source02"];
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Destination queues, one per source exchange; returns their names.
 async fn destinations(conn: &lapin::Connection, prefix: &str) -> Vec<String> {

@@ -8,120 +8,20 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ddmon::broker::{Outgoing, Publisher};
+use common::*;
+use ddmon::broker::Outgoing;
 use ddmon::config::BrokerConfig;
-use futures_lite::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
 
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn fill(cfg: &BrokerConfig, msgs: &[Outgoing]) {
-    let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
-    let mut p = Publisher::connect(cfg, "bench-fill", shutdown)
-        .await
-        .unwrap();
-    for chunk in msgs.chunks(5000) {
-        p.publish_all(chunk).await.unwrap();
-    }
-    p.close().await;
-}
-
-/// The queue as dd_speedo declares it (durable, bound to v02.# and v03.#).
-async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
-    let conn = ddmon::broker::connect(cfg, "bench-declare").await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ddmon::broker::declare_topic_exchange(&ch, exchange)
-        .await
-        .unwrap();
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    for key in ["v02.#", "v03.#"] {
-        ch.queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    }
-    conn.close(200, "OK".into()).await.unwrap();
-}
-
-async fn baseline(cfg: &BrokerConfig, queue: &str, n: usize) -> Duration {
-    let started = Instant::now();
-    let conn = ddmon::broker::connect(cfg, "bench-baseline").await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "baseline".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    for _ in 0..n {
-        let d = consumer.next().await.unwrap().unwrap();
-        d.acker.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    let took = started.elapsed();
-    conn.close(200, "OK".into()).await.unwrap();
-    took
-}
-
-/// Messages left in the queue (ready + unacknowledged), from the management-free passive
-/// declare (ready only) and dd_speedo's own count.
+/// How many records dd_speedo has handled.
 async fn counted(conn: &lapin::Connection, exchange: &str, instance: &str) -> Option<u64> {
-    let key = format!("v01.rpc.dd_speedo.{instance}.stats");
-    let r = ddmon::broker::request(
-        conn,
-        exchange,
-        &key,
-        b"{}",
-        Duration::from_millis(500),
-        Some(1),
-    )
-    .await
-    .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&r.first()?.body).ok()?;
-    let c = &v["result"]["counters"];
+    let r = stats(conn, exchange, "dd_speedo", instance).await?;
+    let c = &r["counters"];
     Some(c["counted"].as_u64()? + c["neutral"].as_u64()? + c["skipped"].as_u64()?)
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// dd_speedo on the queue until it counted `n`; its time and peak RSS.
@@ -156,18 +56,13 @@ async fn speedo(cfg: &BrokerConfig, exchange: &str, name: &str, n: usize) -> (Du
         // a light poll: one small request every 100 ms (at most 0.5% of a 20 s run late)
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let rss = peak_rss_kib(child.id());
+    let rss = proc_kib(&child.id().to_string(), "VmHWM:");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     assert!(child.wait().unwrap().success());
     conn.close(200, "OK".into()).await.unwrap();
     (took, rss)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -214,15 +109,5 @@ fn main() {
         mo / mb,
         median(rss)
     );
-    rt.block_on(async {
-        let conn = ddmon::broker::connect(&cfg, "bench-cleanup").await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .unwrap();
-        ch.exchange_delete(exchange.as_str().into(), Default::default())
-            .await
-            .unwrap();
-        conn.close(200, "OK".into()).await.unwrap();
-    });
+    rt.block_on(clean_up(&cfg, &queue, &exchange));
 }

@@ -9,37 +9,21 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use common::*;
 use ddmon::record::{Encoding, LogRecord};
 use ddmon::speedo::{Settings, Speedo, Thresholds, ThresholdsConfig};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let secs = env_num("SPEEDO_MEMORY_SECS", 600);
-    let rate = env_num("SPEEDO_MEMORY_RATE", 50_000);
+    let secs = env_num("SPEEDO_MEMORY_SECS", 600) as u64;
+    let rate = env_num("SPEEDO_MEMORY_RATE", 50_000) as u64;
     const CLIENTS: u64 = 100_000;
     const SOURCES: u64 = 200;
     const SUBJECTS: u64 = 1_000_000;

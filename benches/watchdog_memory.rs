@@ -6,21 +6,12 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use chrono::Utc;
+use common::*;
 use ddmon::record::{Encoding, LogRecord};
 use ddmon::watchdog::{Limits, Table, WatchdogConfig};
-
-fn rss_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -68,16 +59,19 @@ fn main() {
     );
     // node07 goes silent: its 10,000 transfers in one report, split in parts
     let started = std::time::Instant::now();
-    let mut events = Vec::new();
-    for n in 0..100 {
-        if n != 7 {
-            events.extend(t.heartbeat(
-                &format!("node{n:02}.pump.example"),
-                now + chrono::Duration::hours(2),
-            ));
+    // the other nodes keep speaking, every minute for an hour (an hour of silence everywhere
+    // would put the input in doubt, not the nodes)
+    let t1 = now + chrono::Duration::hours(2);
+    let t2 = t1 + chrono::Duration::seconds(3660);
+    for minute in 0..=61 {
+        let at = t1 + chrono::Duration::minutes(minute);
+        for n in 0..100 {
+            if n != 7 {
+                t.heartbeat(&format!("node{n:02}.pump.example"), at);
+            }
         }
     }
-    let events = t.tick(now + chrono::Duration::hours(2) + chrono::Duration::seconds(1));
+    let events = t.tick(t2);
     let cfg = WatchdogConfig::default();
     let msgs = cfg.outgoing(&events);
     println!(

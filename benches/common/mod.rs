@@ -1,0 +1,150 @@
+//! Shared by the end-to-end benches: a queue filled with confirms, the baseline consumer
+//! (one ack per message, nothing else), medians, memory readings, requests and clean-up.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use ddmon::broker::{Outgoing, Publisher};
+use ddmon::config::BrokerConfig;
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+
+/// A number from the environment, or the default.
+pub fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median of the runs.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Publish `msgs` (their own exchange) with confirms, in chunks.
+pub async fn fill(cfg: &BrokerConfig, msgs: &[Outgoing]) {
+    let (_tx, shutdown) = ddmon::daemon::Shutdown::manual();
+    let mut p = Publisher::connect(cfg, "bench-fill", shutdown)
+        .await
+        .unwrap();
+    for chunk in msgs.chunks(5000) {
+        p.publish_all(chunk).await.unwrap();
+    }
+    p.close().await;
+}
+
+/// A durable queue bound to `exchange` on v02.# and v03.# (as the daemons declare theirs).
+pub async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
+    let conn = ddmon::broker::connect(cfg, "bench-declare").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ddmon::broker::declare_topic_exchange(&ch, exchange)
+        .await
+        .unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for key in ["v02.#", "v03.#"] {
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    conn.close(200, "OK".into()).await.unwrap();
+}
+
+/// The baseline: consume `n` messages from `queue`, ack each, nothing else.
+pub async fn baseline(cfg: &BrokerConfig, queue: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    let conn = ddmon::broker::connect(cfg, "bench-baseline").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..n {
+        let d = consumer.next().await.unwrap().unwrap();
+        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let took = started.elapsed();
+    conn.close(200, "OK".into()).await.unwrap();
+    took
+}
+
+/// A daemon's `stats` result (`None` when none answered within 500 ms).
+pub async fn stats(
+    conn: &lapin::Connection,
+    exchange: &str,
+    tool: &str,
+    instance: &str,
+) -> Option<serde_json::Value> {
+    let key = format!("v01.rpc.{tool}.{instance}.stats");
+    let r = ddmon::broker::request(
+        conn,
+        exchange,
+        &key,
+        b"{}",
+        Duration::from_millis(500),
+        Some(1),
+    )
+    .await
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&r.first()?.body).ok()?;
+    Some(v["result"].clone())
+}
+
+/// A field of /proc/<pid>/status in KiB (`VmHWM:` the peak resident memory).
+pub fn proc_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// This process's `VmRSS:` or `VmHWM:` in MiB.
+pub fn rss_mib(field: &str) -> f64 {
+    proc_kib("self", field) as f64 / 1024.0
+}
+
+/// Remove the bench's queue and exchange.
+pub async fn clean_up(cfg: &BrokerConfig, queue: &str, exchange: &str) {
+    let conn = ddmon::broker::connect(cfg, "bench-cleanup").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let _ = ch
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = ch
+        .exchange_delete(exchange.into(), Default::default())
+        .await;
+    let _ = conn.close(200, "OK".into()).await;
+}
