@@ -930,16 +930,17 @@ impl Publisher {
                 mandatory: m.mandatory,
                 ..BasicPublishOptions::default()
             };
-            let c = ch
-                .basic_publish(
-                    m.exchange.as_str().into(),
-                    m.routing_key.as_str().into(),
-                    opts,
-                    &m.body,
-                    props,
-                )
-                .await
-                .map_err(classify)?;
+            // Bounded: on a connection that died under it, lapin may never finish a publish
+            // (seen after a broker restart: a daemon publishing every second hung there, no
+            // error, no log); the timeout makes it an error, and the caller reconnects.
+            let c = bounded(ch.basic_publish(
+                m.exchange.as_str().into(),
+                m.routing_key.as_str().into(),
+                opts,
+                &m.body,
+                props,
+            ))
+            .await?;
             confirms.push(c);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -211,3 +211,207 @@ async fn dd_log2source_loses_nothing_across_a_broker_restart() {
         "no restart seen: {err}"
     );
 }
+
+/// dd_speedo and dd_watchdog through a broker restart: both come back on their own (new
+/// consumers, requests answered), nothing is lost (counts at least what was published;
+/// redelivered records may count twice, at-least-once), and the watchdog's table is exactly
+/// the transfers the stream leaves open (a redelivered 102 restarts its transfer, a redelivered
+/// final is an unmatched final).
+#[tokio::test]
+#[ignore = "restarts the broker: run alone (scripts/test does)"]
+async fn dd_speedo_and_dd_watchdog_survive_a_broker_restart() {
+    let n = 6_000;
+    let s = Scratch::new();
+    let exchange = s.exchange.clone();
+    let tag = format!("{:08x}", ddmon::broker::random_u64() as u32);
+    let (speedo_q, watchdog_q) = (
+        format!("q_guest.dd_speedo.r{tag}"),
+        format!("q_guest.dd_watchdog.r{tag}"),
+    );
+    s.track_queue(&speedo_q);
+    s.track_queue(&watchdog_q);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("wd.journal");
+    let common = |tool: &str| {
+        let mut c = Command::new(match tool {
+            "dd_speedo" => env!("CARGO_BIN_EXE_dd_speedo"),
+            _ => env!("CARGO_BIN_EXE_dd_watchdog"),
+        });
+        c.env("DD_BROKER", broker_url())
+            .env_remove("RUST_LOG")
+            .args([
+                "--exchange",
+                &exchange,
+                "--output-exchange",
+                &exchange,
+                "--daemon-exchange",
+                &exchange,
+                "--queue",
+                &format!("r{tag}"),
+                "--instance",
+                &format!("r{tag}"),
+            ]);
+        c
+    };
+    let mut c = common("dd_speedo");
+    c.args(["--interval", "1", "--no-source-copies"]);
+    let speedo = Running::spawn(c);
+    let mut c = common("dd_watchdog");
+    c.args([
+        "--journal",
+        journal.to_str().unwrap(),
+        "--node-timeout",
+        "600",
+    ]);
+    let watchdog = Running::spawn(c);
+    let conn = connect().await;
+    wait_for_consumers(&conn, &speedo_q, 1).await;
+    wait_for_consumers(&conn, &watchdog_q, 1).await;
+    let _ = conn.close(200, "OK".into()).await;
+
+    // the stream dd_sim will publish, to know what to expect
+    let start = chrono::DateTime::from_timestamp(1_763_790_000, 0).unwrap();
+    let rate = 300.0;
+    let mut pump = ddmon::sim::Pump::new(
+        ddmon::sim::PumpModel {
+            transfers_per_second: rate / 2.0,
+            seed: 21,
+            ..Default::default()
+        },
+        start,
+    );
+    let records: Vec<_> = (0..n).map_while(|_| pump.next_record()).collect();
+    let mut open: HashSet<(String, String, String)> = HashSet::new();
+    for r in &records {
+        let key = (r.node.clone(), r.client.clone(), r.url());
+        if r.status == 102 {
+            open.insert(key);
+        } else {
+            open.remove(&key);
+        }
+    }
+    let counted_records = records
+        .iter()
+        .filter(|r| r.status >= 200 && !(300..400).contains(&r.status))
+        .count() as u64;
+    let sim = std::thread::spawn({
+        let exchange = exchange.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_dd_sim"))
+                .env("DD_BROKER", broker_url())
+                .args([
+                    "--exchange",
+                    &exchange,
+                    "--seed",
+                    "21",
+                    "--rate",
+                    "300",
+                    "--count",
+                    "6000",
+                    "--start",
+                    "2025-11-22T05:40:00Z",
+                    "-q",
+                ])
+                .status()
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    rabbitmqctl(&["stop_app"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rabbitmqctl(&["start_app"]);
+    assert!(sim.join().unwrap().success());
+
+    // both drain their queues again, and answer requests
+    let conn = reconnect().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for q in [&speedo_q, &watchdog_q] {
+        loop {
+            let counts = queue_counts(&conn, q).await;
+            if counts.is_some_and(|(m, c)| m == 0 && c == 1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{q} not drained: {counts:?}; speedo: {}; watchdog: {}",
+                speedo.stderr.lock().unwrap(),
+                watchdog.stderr.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ask = |tool: &'static str| {
+        let key = format!("v01.rpc.{tool}.r{tag}.stats");
+        let exchange = exchange.clone();
+        let conn = &conn;
+        async move {
+            for _ in 0..20 {
+                let r = ddmon::broker::request(
+                    conn,
+                    &exchange,
+                    &key,
+                    b"{}",
+                    Duration::from_secs(2),
+                    Some(1),
+                )
+                .await
+                .unwrap();
+                if let Some(r) = r.first() {
+                    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                    return v["result"].clone();
+                }
+            }
+            panic!("{tool} does not answer after the restart");
+        }
+    };
+    let sp = ask("dd_speedo").await;
+    let counted = sp["counted"].as_u64().unwrap();
+    assert!(
+        counted >= counted_records,
+        "speedo lost records: {counted} < {counted_records}"
+    );
+    let wd = ask("dd_watchdog").await;
+    let c = &wd["counts"];
+    println!(
+        "speedo counted {counted} of {counted_records} (duplicates {}); watchdog opened {} closed {} restarted {} unmatched {}",
+        counted - counted_records,
+        c["opened"],
+        c["closed"],
+        c["restarted"],
+        c["unmatched_finals"]
+    );
+    let table = ddmon::broker::request(
+        &conn,
+        &exchange,
+        &format!("v01.rpc.dd_watchdog.r{tag}.inflight"),
+        b"{\"limit\": 100000}",
+        Duration::from_secs(5),
+        Some(1),
+    )
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&table[0].body).unwrap();
+    let got: HashSet<(String, String, String)> = v["result"]["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["node"].as_str().unwrap().into(),
+                t["client"].as_str().unwrap().into(),
+                t["url"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got, open,
+        "the watchdog's table is exactly what the stream left open"
+    );
+    let _ = conn.close(200, "OK".into()).await;
+    for run in [speedo, watchdog] {
+        run.terminate();
+        let (code, _, err) = run.finish(20);
+        assert_eq!(code, 0, "{err}");
+    }
+}
