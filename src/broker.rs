@@ -232,6 +232,24 @@ impl QueueSpec {
     pub fn name_for(user: &str, tool: &str, name: &str) -> String {
         crate::topic::cut(&format!("q_{user}.{tool}.{name}")).to_string()
     }
+
+    /// A durable, shared queue `q_<user>.<tool>.<name>` (capture, routing, a daemon's input):
+    /// nothing is lost while its consumer is away.
+    pub fn durable(
+        user: &str,
+        tool: &str,
+        name: &str,
+        quorum: bool,
+        dead_letter_exchange: Option<String>,
+    ) -> QueueSpec {
+        QueueSpec {
+            name: QueueSpec::name_for(user, tool, name),
+            durable: true,
+            exclusive: false,
+            quorum,
+            dead_letter_exchange,
+        }
+    }
 }
 
 /// What a consumer needs declared: its queue, bound to an exchange with some keys.

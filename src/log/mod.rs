@@ -200,13 +200,13 @@ impl LogConfig {
     pub fn subscription(&self) -> Subscription {
         let user = self.broker.user();
         let queue = match &self.queue {
-            Some(name) => QueueSpec {
-                name: QueueSpec::name_for(&user, "dd_log", name),
-                durable: true,
-                exclusive: false,
-                quorum: self.quorum,
-                dead_letter_exchange: self.dead_letter_exchange.clone(),
-            },
+            Some(name) => QueueSpec::durable(
+                &user,
+                "dd_log",
+                name,
+                self.quorum,
+                self.dead_letter_exchange.clone(),
+            ),
             None => QueueSpec {
                 name: QueueSpec::name_for(
                     &user,

@@ -260,13 +260,13 @@ impl RouteConfig {
         Subscription {
             exchange,
             bindings,
-            queue: QueueSpec {
-                name: QueueSpec::name_for(&self.broker.user(), "dd_log2source", &self.queue),
-                durable: true,
-                exclusive: false,
-                quorum: self.quorum,
-                dead_letter_exchange: self.dead_letter_exchange.clone(),
-            },
+            queue: QueueSpec::durable(
+                &self.broker.user(),
+                "dd_log2source",
+                &self.queue,
+                self.quorum,
+                self.dead_letter_exchange.clone(),
+            ),
         }
     }
 }

@@ -264,13 +264,13 @@ impl SpeedoConfig {
         Subscription {
             exchange: self.exchange.clone(),
             bindings: self.topics.clone(),
-            queue: QueueSpec {
-                name: QueueSpec::name_for(&self.broker.user(), "dd_speedo", name),
-                durable: true,
-                exclusive: false,
-                quorum: self.quorum,
-                dead_letter_exchange: self.dead_letter_exchange.clone(),
-            },
+            queue: QueueSpec::durable(
+                &self.broker.user(),
+                "dd_speedo",
+                name,
+                self.quorum,
+                self.dead_letter_exchange.clone(),
+            ),
         }
     }
 

@@ -209,13 +209,13 @@ impl WatchdogConfig {
         Subscription {
             exchange: self.exchange.clone(),
             bindings: self.topics.clone(),
-            queue: QueueSpec {
-                name: QueueSpec::name_for(&self.broker.user(), "dd_watchdog", name),
-                durable: true,
-                exclusive: false,
-                quorum: self.quorum,
-                dead_letter_exchange: self.dead_letter_exchange.clone(),
-            },
+            queue: QueueSpec::durable(
+                &self.broker.user(),
+                "dd_watchdog",
+                name,
+                self.quorum,
+                self.dead_letter_exchange.clone(),
+            ),
         }
     }
 
@@ -337,12 +337,13 @@ impl WatchdogService {
         }
     }
 
-    fn publish(&mut self, events: Vec<Event>) -> anyhow::Result<Handled> {
+    /// The reports of `events`, and whether the journal lines that led to them were written
+    /// (first: a report is published, and its delivery acknowledged, before the next flush).
+    fn publish(&mut self, events: Vec<Event>) -> (Handled, anyhow::Result<()>) {
         if events.is_empty() {
-            return Ok(Handled::ack());
+            return (Handled::ack(), Ok(()));
         }
-        // published (and then acknowledged) before the next flush: the journal first
-        self.write_journal()?;
+        let journaled = self.write_journal();
         for e in &events {
             match e {
                 Event::Down {
@@ -358,11 +359,12 @@ impl WatchdogService {
         }
         let publish = self.cfg.outgoing(&events);
         self.reports += publish.len() as u64;
-        Ok(Handled {
+        let handled = Handled {
             publish,
             declare: vec![self.cfg.output_exchange.clone()],
             ..Handled::default()
-        })
+        };
+        (handled, journaled)
     }
 }
 
@@ -391,25 +393,17 @@ impl Service for WatchdogService {
             }
             Err(_) => return Ok(Handled::reject()),
         };
-        self.publish(events)
+        let (handled, journaled) = self.publish(events);
+        journaled?;
+        Ok(handled)
     }
 
     fn tick(&mut self, now: DateTime<Utc>) -> Handled {
         let events = self.table.tick(now);
-        match self.publish(events.clone()) {
-            Ok(h) => h,
-            // the journal failed (logged, degraded): the reports still go out; deliveries are
-            // not acknowledged until a journal write succeeds (flush fails until then)
-            Err(_) => {
-                let publish = self.cfg.outgoing(&events);
-                self.reports += publish.len() as u64;
-                Handled {
-                    publish,
-                    declare: vec![self.cfg.output_exchange.clone()],
-                    ..Handled::default()
-                }
-            }
-        }
+        // A journal that failed is logged and makes the daemon degraded; the reports still go
+        // out, and deliveries are not acknowledged until a journal write succeeds (flush fails
+        // until then).
+        self.publish(events).0
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
