@@ -10,59 +10,33 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use ddmon::broker::Outgoing;
 use ddmon::config::BrokerConfig;
 
-/// How many records dd_speedo has handled.
-async fn counted(conn: &lapin::Connection, exchange: &str, instance: &str) -> Option<u64> {
-    let r = stats(conn, exchange, "dd_speedo", instance).await?;
-    let c = &r["counters"];
-    Some(c["counted"].as_u64()? + c["neutral"].as_u64()? + c["skipped"].as_u64()?)
-}
-
 /// dd_speedo on the queue until it counted `n`; its time and peak RSS.
 async fn speedo(cfg: &BrokerConfig, exchange: &str, name: &str, n: usize) -> (Duration, u64) {
     let instance = format!("bench{:06x}", ddmon::broker::random_u64() as u32 & 0xffffff);
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dd_speedo"))
-        .args([
-            "--exchange",
-            exchange,
-            "--output-exchange",
-            exchange,
-            "--daemon-exchange",
-            exchange,
-            "--no-source-copies",
-            "--queue",
-            name,
-            "--interval",
-            "1",
-            "--instance",
-            &instance,
-            "-q",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let conn = ddmon::broker::connect(cfg, "bench-poll").await.unwrap();
-    let took = loop {
-        if counted(&conn, exchange, &instance).await == Some(n as u64) {
-            break started.elapsed();
-        }
-        // a light poll: one small request every 100 ms (at most 0.5% of a 20 s run late)
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let rss = proc_kib(&child.id().to_string(), "VmHWM:");
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
-    conn.close(200, "OK".into()).await.unwrap();
-    (took, rss)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dd_speedo"));
+    cmd.args([
+        "--exchange",
+        exchange,
+        "--output-exchange",
+        exchange,
+        "--no-source-copies",
+        "--queue",
+        name,
+        "--interval",
+        "1",
+    ]);
+    run_until_handled(cfg, cmd, "dd_speedo", exchange, &instance, n, |r| {
+        let c = &r["counters"];
+        Some(c["counted"].as_u64()? + c["neutral"].as_u64()? + c["skipped"].as_u64()?)
+    })
+    .await
 }
 
 fn main() {

@@ -10,30 +10,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use ddmon::broker::Outgoing;
 use ddmon::config::BrokerConfig;
-
-/// How many records dd_watchdog has handled.
-async fn counted(conn: &lapin::Connection, exchange: &str, instance: &str) -> Option<u64> {
-    let r = stats(conn, exchange, "dd_watchdog", instance).await?;
-    let c = &r["counts"];
-    let n: u64 = [
-        "opened",
-        "closed",
-        "restarted",
-        "unmatched_finals",
-        "reordered",
-        "informational",
-    ]
-    .iter()
-    .map(|k| c[*k].as_u64().unwrap_or(0))
-    .sum();
-    Some(n + r["skipped"].as_u64()?)
-}
 
 /// dd_watchdog (journal on, `fsync` or not) on the queue until it handled `n`; its time and
 /// peak RSS.
@@ -47,14 +29,11 @@ async fn watchdog(
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("wd.journal");
     let instance = format!("bench{:06x}", ddmon::broker::random_u64() as u32 & 0xffffff);
-    let started = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"));
     cmd.args([
         "--exchange",
         exchange,
         "--output-exchange",
-        exchange,
-        "--daemon-exchange",
         exchange,
         "--queue",
         name,
@@ -62,29 +41,24 @@ async fn watchdog(
         journal.to_str().unwrap(),
         "--node-timeout",
         "3600",
-        "--instance",
-        &instance,
-        "-q",
     ]);
     if fsync {
         cmd.arg("--fsync");
     }
-    let mut child = cmd.stdout(Stdio::null()).spawn().unwrap();
-    let conn = ddmon::broker::connect(cfg, "bench-poll").await.unwrap();
-    let took = loop {
-        if counted(&conn, exchange, &instance).await == Some(n as u64) {
-            break started.elapsed();
-        }
-        // a light poll: one small request every 100 ms (at most 0.5% of a 20 s run late)
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let rss = proc_kib(&child.id().to_string(), "VmHWM:");
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
-    conn.close(200, "OK".into()).await.unwrap();
-    (took, rss)
+    run_until_handled(cfg, cmd, "dd_watchdog", exchange, &instance, n, |r| {
+        let c = &r["counts"];
+        let kinds = [
+            "opened",
+            "closed",
+            "restarted",
+            "unmatched_finals",
+            "reordered",
+            "informational",
+        ];
+        let n: u64 = kinds.iter().map(|k| c[*k].as_u64().unwrap_or(0)).sum();
+        Some(n + r["skipped"].as_u64()?)
+    })
+    .await
 }
 
 fn main() {
