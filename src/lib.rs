@@ -19,3 +19,4 @@ pub mod speedo;
 pub mod status;
 pub mod topic;
 pub mod watchdog;
+pub mod web;

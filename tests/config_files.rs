@@ -67,6 +67,17 @@ fn dd_watchdog_example_parses() {
 }
 
 #[test]
+fn dd_web_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dd_web.toml");
+    let cfg: ddmon::web::WebConfig = ddmon::config::load_file(Some(&path)).unwrap();
+    assert_eq!(cfg.listen, "127.0.0.1:8080");
+    assert_eq!((cfg.poll, cfg.tail_timeout), (5.0, 30.0));
+    assert_eq!(cfg.max_tails_per_user, 3);
+    assert_eq!(cfg.speedo_instance, None);
+    assert!(ddmon::config::to_toml(&cfg).contains("dd_web:****@localhost"));
+}
+
+#[test]
 fn every_example_is_checked_by_a_test() {
     // A new example file must get its own test above.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -83,7 +94,8 @@ fn every_example_is_checked_by_a_test() {
             "dd_log.toml",
             "dd_log2source.toml",
             "dd_speedo.toml",
-            "dd_watchdog.toml"
+            "dd_watchdog.toml",
+            "dd_web.toml"
         ]
     );
 }

@@ -559,21 +559,9 @@ fn replay_reads_json_captures_and_stdin() {
             ddmon::record::render_json(&k, &parsed).unwrap() + "\n"
         })
         .collect();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dd_speedo"))
-        .args(["--replay", "-", "--format", "json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dd_speedo"));
+    cmd.args(["--replay", "-", "--format", "json"]);
+    let out = run_with_stdin(cmd, lines.as_bytes());
     assert!(out.status.success());
     assert!(out.stderr.is_empty(), "quiet by default");
     let text = String::from_utf8(out.stdout).unwrap();

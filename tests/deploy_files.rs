@@ -22,6 +22,7 @@ fn check_command(argv: &[String]) {
         "dd_log2source" => ddmon::route::Args::try_parse_from(argv).map(|_| ()),
         "dd_speedo" => ddmon::speedo::Args::try_parse_from(argv).map(|_| ()),
         "dd_watchdog" => ddmon::watchdog::Args::try_parse_from(argv).map(|_| ()),
+        "dd_web" => ddmon::web::Args::try_parse_from(argv).map(|_| ()),
         other => panic!("{other} is not a ddmon binary"),
     };
     if let Err(e) = r {
@@ -48,6 +49,7 @@ fn compose_file_parses_and_its_commands_are_valid() {
             "log2source",
             "speedo",
             "watchdog",
+            "web",
             "sim",
             "tail",
             "status"
@@ -71,9 +73,9 @@ fn compose_file_parses_and_its_commands_are_valid() {
             commands += 1;
         }
     }
-    assert_eq!(commands, 7);
+    assert_eq!(commands, 8);
     // the daemons stop on SIGTERM and are restarted on failure
-    for svc in ["capture", "log2source", "speedo", "watchdog", "sim"] {
+    for svc in ["capture", "log2source", "speedo", "watchdog", "web", "sim"] {
         assert_eq!(services[svc]["stop_signal"].as_str(), Some("SIGTERM"));
         assert_eq!(services[svc]["restart"].as_str(), Some("on-failure"));
     }

@@ -17,25 +17,14 @@ async fn a_source_reads_only_its_own_exchange() {
     let sandbox = Sandbox::new(&id, vec![format!("{id}-a"), format!("{id}-b")]).await;
     let admin = url("guest", "guest", &sandbox.vhost);
     let dir = tempfile::tempdir().unwrap();
-    for (user, pw) in [(&sandbox.users[0], "pw-A-1"), (&sandbox.users[1], "pw-B-2")] {
-        let file = dir.path().join(user);
-        std::fs::write(&file, format!("{pw}\n")).unwrap();
-        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        let out = dd_log2source()
-            .env("DD_BROKER", &admin)
-            .args(["--declare-source", user, "--password-file"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.stdout.is_empty());
-    }
+    declare_sources(
+        &admin,
+        &[
+            (sandbox.users[0].as_str(), "pw-A-1"),
+            (sandbox.users[1].as_str(), "pw-B-2"),
+        ],
+        dir.path(),
+    );
     let (a, b) = (&sandbox.users[0], &sandbox.users[1]);
     let a_url = url(a, "pw-A-1", &sandbox.vhost);
 

@@ -1,5 +1,5 @@
 //! The live suite with the real Sarracenia programs (pinned, pip-installed into virtual
-//! environments by `scripts/sarracenia-venvs`): a local HTTP server serves files, the real
+//! environments by `scripts/python-venvs`): a local HTTP server serves files, the real
 //! `sr_post` / `sr3_post` announce them, the real `sr_subscribe` (2.24) and `sr3 subscribe`
 //! (3.3.1) download them, some failing (announced, then absent from what the server serves),
 //! and ddmon consumes what they emit. Each program's own log is the truth: dd_log prints one
@@ -19,7 +19,6 @@ use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -29,25 +28,6 @@ use serde_json::Value;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The two virtual environments (installed once per target dir; fails loudly without them).
-fn venvs() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = root().join("target/sarracenia");
-        let st = Command::new(root().join("scripts/sarracenia-venvs"))
-            .arg(&dir)
-            .status()
-            .expect("run scripts/sarracenia-venvs");
-        assert!(
-            st.success(),
-            "SARRACENIA NOT INSTALLED: scripts/sarracenia-venvs failed (python3 with venv and \
-             pip, and PyPI, are needed)"
-        );
-        dir
-    })
-    .clone()
 }
 
 /// A Python program of the suite, in a process group of its own (sr3 forks), its stdout and
@@ -265,7 +245,7 @@ fn good_err(s: &BTreeMap<String, Vec<u64>>, key: &str) -> Option<(u64, u64, u64)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sarracenia2_reports_are_printed_counted_and_routed_as_sr_subscribe_logged_them() {
-    let venv = venvs().join("sr2");
+    let venv = python_venvs().join("sr2");
     // Sarracenia 2 takes the URL's whole path as the vhost: "/ddmon-sr2..." is the vhost
     // named with its leading slash.
     let name = unique("ddmon-sr2");
@@ -481,7 +461,7 @@ async fn sarracenia2_reports_are_printed_counted_and_routed_as_sr_subscribe_logg
 /// sr3 3.3.1 with its own `callback report` and ddmon's plugin in the same flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sr3_reports_and_ddmon_plugin_records_match_what_sr3_logged() {
-    let venv = venvs().join("sr3");
+    let venv = python_venvs().join("sr3");
     // sr3 strips the URL path's slashes to get the vhost
     let name = unique("ddmon-sr3");
     let sb = Sandbox::new(&name, vec![]).await;

@@ -452,3 +452,61 @@ impl Drop for Running {
         }
     }
 }
+
+/// The tests' Python virtual environments (`scripts/python-venvs`: Sarracenia 2 and 3, the
+/// OpenMetrics parser), installed once per target dir; fails loudly without them.
+pub fn python_venvs() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("target/python");
+        let st = Command::new(root.join("scripts/python-venvs"))
+            .arg(&dir)
+            .status()
+            .expect("run scripts/python-venvs");
+        assert!(
+            st.success(),
+            "PYTHON TOOLS NOT INSTALLED: scripts/python-venvs failed (python3 with venv and \
+             pip, and PyPI, are needed)"
+        );
+        dir
+    })
+    .clone()
+}
+
+/// Declare sources with `dd_log2source --declare-source` (user with its password, exchange,
+/// permissions), as the administrator at `admin`; the password files go in `dir`.
+pub fn declare_sources(admin: &str, users: &[(&str, &str)], dir: &std::path::Path) {
+    for (user, pw) in users {
+        let file = dir.join(user);
+        std::fs::write(&file, format!("{pw}\n")).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let out = dd_log2source()
+            .env("DD_BROKER", admin)
+            .args(["--declare-source", user, "--password-file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+/// Run `cmd` with `input` on its stdin; its output.
+pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}

@@ -1,0 +1,480 @@
+//! `dd_web`: the web side. An HTTP server (axum) with
+//!
+//! - `/metrics`: OpenMetrics text (speedo counters, rates, states, lag; the daemons' own
+//!   counters; dd_web's) through the `prometheus-client` crate;
+//! - `/api/speedos` (JSON) and `/api/events` (Server-Sent Events, one `speedos` event per
+//!   poll): what dd_speedo's `stats` request answers, with a short rate history per name;
+//! - `/`: one page (HTML/JS/SVG compiled into the binary) with a dial and a sparkline per
+//!   client and source, coloured by threshold state;
+//! - `/tail`: a live tail of the log stream for a user signed in with **their broker
+//!   credentials** (`/api/login`): the tail's queue is declared and bound on a connection
+//!   opened as that user, so the broker alone decides what they may read.
+//!
+//! dd_web is its own binary rather than an `--http` on dd_speedo: the process that faces
+//! browsers holds no counts (restart it, run several, put it elsewhere), dd_speedo keeps no
+//! HTTP surface, and dd_web reads dd_speedo through the request channel every daemon already
+//! answers (`v01.rpc.dd_speedo.<instance>.stats`), as check_dd_speedo does.
+
+pub mod board;
+pub mod metrics;
+pub mod tail;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::cli::CommonOpts;
+use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
+use crate::daemon::Shutdown;
+
+use board::Board;
+use metrics::{Metrics, WebCounters};
+
+/// dd_web's command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "dd_web",
+    version,
+    about = "Live speedometers, a live tail the broker authorises, and Prometheus metrics, on the web",
+    after_help = "Binds 127.0.0.1 unless --listen says otherwise.\n\
+                  Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
+)]
+pub struct Args {
+    /// Address to serve on [default: 127.0.0.1:8080] (port 0: any free port; the address is
+    /// logged).
+    #[arg(long, env = "DD_WEB_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Exchange the daemons take requests on, and the admins' tail reads [default: log].
+    #[arg(long, env = "DD_EXCHANGE", value_name = "NAME")]
+    pub exchange: Option<String>,
+    /// A source's exchange, for `/tail?source=NAME` [default: log_{source}].
+    #[arg(long, value_name = "TEMPLATE")]
+    pub source_exchange_template: Option<String>,
+    /// The dd_speedo instance to show [default: the first that answers].
+    #[arg(long, value_name = "NAME")]
+    pub speedo_instance: Option<String>,
+    /// Seconds between stats requests to dd_speedo (and events to the pages) [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    pub poll: Option<f64>,
+    /// Seconds between health requests to every daemon (for /metrics) [default: 15].
+    #[arg(long, value_name = "SECONDS")]
+    pub health_interval: Option<f64>,
+    /// Points of history per name (the sparkline) [default: 60].
+    #[arg(long, value_name = "N")]
+    pub history: Option<usize>,
+    /// Live tails one user may have open at once [default: 3].
+    #[arg(long, value_name = "N")]
+    pub max_tails_per_user: Option<usize>,
+    /// Lines kept for a tail's browser before lines are dropped (and counted) [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub tail_buffer: Option<usize>,
+    /// Seconds without a sign of life from a tail's page before the tail is closed
+    /// [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub tail_timeout: Option<f64>,
+    /// Flags shared by every command. The broker URL's user is dd_web's own (stats and
+    /// health requests); a tail runs as the user who signed in.
+    #[command(flatten)]
+    pub common: CommonOpts,
+}
+
+/// dd_web's effective configuration (the `--config` file has the same keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Address to serve on.
+    pub listen: String,
+    /// Exchange of requests and of the admins' tail.
+    pub exchange: String,
+    /// A source's exchange (`{source}` replaced).
+    pub source_exchange_template: String,
+    /// The dd_speedo instance shown (none: the first that answers).
+    pub speedo_instance: Option<String>,
+    /// Seconds between stats requests.
+    pub poll: f64,
+    /// Seconds between health requests.
+    pub health_interval: f64,
+    /// Points of history per name.
+    pub history: usize,
+    /// Tails per user.
+    pub max_tails_per_user: usize,
+    /// Lines buffered per tail.
+    pub tail_buffer: usize,
+    /// Seconds without a sign of life before a tail is closed.
+    pub tail_timeout: f64,
+    /// How to reach the broker (dd_web's own user).
+    pub broker: BrokerConfig,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: "127.0.0.1:8080".into(),
+            exchange: "log".into(),
+            source_exchange_template: "log_{source}".into(),
+            speedo_instance: None,
+            poll: 5.0,
+            health_interval: 15.0,
+            history: 60,
+            max_tails_per_user: 3,
+            tail_buffer: 1000,
+            tail_timeout: 30.0,
+            broker: BrokerConfig::default(),
+        }
+    }
+}
+
+impl WebConfig {
+    /// Merge the layers: defaults < file < environment < flags.
+    pub fn from_args(args: &Args) -> Result<WebConfig, ConfigError> {
+        let mut cfg: WebConfig = load_file(args.common.config.as_deref())?;
+        args.common.apply_broker(&mut cfg.broker);
+        overlay(&mut cfg.listen, args.listen.clone());
+        overlay(&mut cfg.exchange, args.exchange.clone());
+        overlay(
+            &mut cfg.source_exchange_template,
+            args.source_exchange_template.clone(),
+        );
+        if args.speedo_instance.is_some() {
+            cfg.speedo_instance = args.speedo_instance.clone();
+        }
+        overlay(&mut cfg.poll, args.poll);
+        overlay(&mut cfg.health_interval, args.health_interval);
+        overlay(&mut cfg.history, args.history);
+        overlay(&mut cfg.max_tails_per_user, args.max_tails_per_user);
+        overlay(&mut cfg.tail_buffer, args.tail_buffer);
+        overlay(&mut cfg.tail_timeout, args.tail_timeout);
+        cfg.broker.validate()?;
+        cfg.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| ConfigError::Invalid {
+                field: "listen",
+                message: format!(
+                    "{e}: {:?} (want host:port, e.g. 127.0.0.1:8080)",
+                    cfg.listen
+                ),
+            })?;
+        for (field, v, min) in [
+            ("poll", cfg.poll, 0.1),
+            ("health_interval", cfg.health_interval, 1.0),
+            ("tail_timeout", cfg.tail_timeout, 5.0),
+        ] {
+            if !(v.is_finite() && v >= min) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: format!("must be a number of seconds >= {min}, not {v}"),
+                });
+            }
+        }
+        for (field, v) in [
+            ("history", cfg.history),
+            ("max_tails_per_user", cfg.max_tails_per_user),
+            ("tail_buffer", cfg.tail_buffer),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        if !cfg.source_exchange_template.contains("{source}") {
+            return Err(ConfigError::Invalid {
+                field: "source_exchange_template",
+                message: "must contain {source}".into(),
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+/// What every handler shares.
+pub struct App {
+    /// The configuration.
+    pub cfg: WebConfig,
+    /// The board.
+    pub board: Arc<Mutex<Board>>,
+    /// The latest snapshot to every `/api/events` stream.
+    pub events: broadcast::Sender<Arc<str>>,
+    /// dd_web's counters.
+    pub web: Arc<WebCounters>,
+    /// Signed-in users and their tails.
+    pub tails: tail::Tails,
+    /// Fires on SIGINT/SIGTERM: every stream ends, so that the server can stop.
+    pub shutdown: Shutdown,
+}
+
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        PAGE,
+    )
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let text = metrics::render(Metrics {
+        board: app.board.clone(),
+        web: app.web.clone(),
+        poll_s: app.cfg.poll,
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+fn snapshot(app: &App) -> Value {
+    let board = match app.board.lock() {
+        Ok(b) => b.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    board.snapshot(Utc::now(), app.cfg.poll)
+}
+
+async fn speedos(State(app): State<Arc<App>>) -> impl IntoResponse {
+    axum::Json(snapshot(&app))
+}
+
+async fn events(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let first: Arc<str> = snapshot(&app).to_string().into();
+    let rx = app.events.subscribe();
+    let state = (Some(first), rx, app.shutdown.clone());
+    let stream = futures_lite::stream::unfold(state, |(first, mut rx, mut stop)| async move {
+        if let Some(f) = first {
+            let ev = Event::default().event("speedos").data(&*f);
+            return Some((Ok::<_, Infallible>(ev), (None, rx, stop)));
+        }
+        loop {
+            let next = tokio::select! {
+                n = rx.recv() => n,
+                _ = stop.requested() => return None,
+            };
+            match next {
+                Ok(s) => {
+                    let ev = Event::default().event("speedos").data(&*s);
+                    return Some((Ok(ev), (None, rx, stop)));
+                }
+                // a slow page skips to the newest snapshot
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}
+
+/// A JSON error with a status.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({"error": message.into()});
+    (status, axum::Json(body)).into_response()
+}
+
+fn security_headers(mut r: Response) -> Response {
+    let h: &mut HeaderMap = r.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+/// The router (also used by the tests).
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics_text))
+        .route("/api/speedos", get(speedos))
+        .route("/api/events", get(events))
+        .route("/api/login", post(tail::login))
+        .route("/api/logout", post(tail::logout))
+        .route("/api/me", get(tail::me))
+        .route("/api/tails/{id}/alive", post(tail::alive))
+        .route("/tail", get(tail::open))
+        .layer(axum::middleware::map_response(|r: Response| async move {
+            security_headers(r)
+        }))
+        .with_state(app)
+}
+
+/// Ask dd_speedo for its stats every `poll` seconds, and every daemon for its health every
+/// `health_interval`; reconnect with backoff when the broker goes away.
+async fn poller(app: Arc<App>, mut shutdown: Shutdown) {
+    let cfg = &app.cfg;
+    let key = match &cfg.speedo_instance {
+        Some(i) => format!("v01.rpc.dd_speedo.{}.stats", crate::topic::escape_word(i)),
+        None => "v01.rpc.dd_speedo.all.stats".to_string(),
+    };
+    let poll = Duration::from_secs_f64(cfg.poll);
+    let mut backoff = crate::broker::Backoff::new(&cfg.broker);
+    let mut last_health: Option<std::time::Instant> = None;
+    let mut warned_many = false;
+    'connect: loop {
+        let conn = match crate::broker::connect_with_retry(
+            &cfg.broker,
+            "dd_web",
+            &mut backoff,
+            &mut shutdown,
+        )
+        .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "dd_web cannot use the broker; dials and metrics stay empty");
+                return;
+            }
+        };
+        tracing::info!("connected; asking dd_speedo for stats every {:?}", poll);
+        loop {
+            let started = std::time::Instant::now();
+            let wait = poll.min(Duration::from_secs(2));
+            let max = if cfg.speedo_instance.is_some() {
+                Some(1)
+            } else {
+                None
+            };
+            let replies = tokio::select! {
+                r = crate::broker::request(&conn, &cfg.exchange, &key, b"{}", wait, max) => r,
+                _ = shutdown.requested() => return,
+            };
+            let replies = match replies {
+                Ok(r) => r,
+                Err(e) => {
+                    // no exchange yet, or the connection went: wait, then start again
+                    tracing::warn!(error = %e, "stats request failed; trying again");
+                    if !backoff.wait(&mut shutdown).await {
+                        return;
+                    }
+                    continue 'connect;
+                }
+            };
+            let answers: Vec<Value> = replies
+                .iter()
+                .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+                .filter(|v| v["ok"] == true)
+                .collect();
+            if answers.len() > 1 && !warned_many {
+                tracing::warn!(
+                    instances = answers.len(),
+                    "several dd_speedo instances answer; showing the first (pick one with --speedo-instance)"
+                );
+                warned_many = true;
+            }
+            let snapshot = {
+                let mut board = match app.board.lock() {
+                    Ok(b) => b,
+                    Err(p) => p.into_inner(),
+                };
+                board.polls[0] += 1;
+                match answers.first() {
+                    Some(a) => {
+                        board.polls[1] += 1;
+                        let inst = a["instance"].as_str().unwrap_or("");
+                        board.update(&a["result"], inst, Utc::now());
+                    }
+                    None => board.polls[2] += 1,
+                }
+                board.snapshot(Utc::now(), cfg.poll).to_string()
+            };
+            let _ = app.events.send(snapshot.into());
+            if last_health.is_none_or(|t| t.elapsed().as_secs_f64() >= cfg.health_interval) {
+                last_health = Some(std::time::Instant::now());
+                let health = crate::broker::request(
+                    &conn,
+                    &cfg.exchange,
+                    "v01.rpc.all.health",
+                    b"{}",
+                    Duration::from_secs(1),
+                    None,
+                )
+                .await;
+                if let Ok(h) = health {
+                    let daemons: Vec<Value> = h
+                        .iter()
+                        .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+                        .collect();
+                    match app.board.lock() {
+                        Ok(mut b) => b.daemons = daemons,
+                        Err(p) => p.into_inner().daemons = daemons,
+                    }
+                }
+            }
+            let left = poll.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(left) => {}
+                _ = shutdown.requested() => return,
+            }
+        }
+    }
+}
+
+/// Serve until SIGINT/SIGTERM.
+pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let (events, _) = broadcast::channel(4);
+    let app = Arc::new(App {
+        board: Arc::new(Mutex::new(Board::new(cfg.history))),
+        events,
+        web: Arc::default(),
+        tails: tail::Tails::default(),
+        shutdown: shutdown.clone(),
+        cfg,
+    });
+    tracing::info!("dd_web serving http://{addr}/");
+    let poll = tokio::spawn(poller(app.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(tail::sweep(app.clone(), shutdown.clone()));
+    let mut stop = shutdown.clone();
+    axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(async move { stop.requested().await })
+        .await
+        .context("HTTP server failed")?;
+    poll.abort();
+    let _ = sweeper.await;
+    app.tails.close_all().await;
+    tracing::info!("dd_web stopped");
+    Ok(())
+}
+
+/// Entry point of the `dd_web` binary.
+pub fn main(args: Args) -> std::process::ExitCode {
+    let config = || Ok(WebConfig::from_args(&args)?);
+    crate::cli::main("dd_web", &args.common, 3, config, |cfg| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+            run(cfg, shutdown).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        })
+    })
+}

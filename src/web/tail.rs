@@ -1,0 +1,522 @@
+//! Sign-in and live tails. A user signs in with their broker user and password; dd_web
+//! opens an AMQP connection as that user (the broker checks the password) and keeps it for
+//! the session (its id in an HttpOnly cookie; the password is kept nowhere). A tail declares
+//! an exclusive, auto-delete queue `q_<user>.dd_web.tail.<id>` on that connection and binds
+//! it to `log` (no `source`) or to the source's exchange: the broker decides, with the user's
+//! own permissions, whether they may read it.
+//!
+//! A tail ends when its browser goes away: the stream is dropped (a keep-alive comment every
+//! 10 s makes a dead connection show), or the page stops saying it is alive (every 10 s;
+//! none for `tail_timeout`, default 30 s). Its queue is then deleted. A browser too slow to
+//! take the lines gets `dropped` events with the count; memory stays bounded by
+//! `tail_buffer` lines per tail.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{Mutex, Notify, mpsc};
+
+use super::metrics::WebCounters;
+use super::{App, error};
+use crate::broker::BrokerError;
+use crate::record::render_line;
+
+const COOKIE: &str = "ddmon_session";
+
+/// A signed-in user: their own connection.
+pub struct Session {
+    /// The broker user.
+    pub user: String,
+    conn: lapin::Connection,
+}
+
+/// One open tail.
+pub struct TailCtl {
+    user: String,
+    session: String,
+    alive: std::sync::Mutex<Instant>,
+    stop: Notify,
+}
+
+/// Sessions and tails.
+#[derive(Default)]
+pub struct Tails {
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    tails: Mutex<HashMap<String, Arc<TailCtl>>>,
+}
+
+impl Tails {
+    /// Stop every tail and close every session (dd_web is stopping).
+    pub async fn close_all(&self) {
+        for t in self.tails.lock().await.values() {
+            t.stop.notify_one();
+        }
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().await.drain().map(|e| e.1).collect();
+        for s in sessions {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                s.conn.close(200, "dd_web stopping".into()),
+            )
+            .await;
+        }
+    }
+}
+
+/// 128 random bits from the kernel, in hex: session and tail ids.
+fn token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if ok.is_err() {
+        // never a guessable id: fall back on two independently keyed hashes
+        b[..8].copy_from_slice(&crate::broker::random_u64().to_le_bytes());
+        b[8..].copy_from_slice(&crate::broker::random_u64().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Percent-encode a URL's user or password.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `url` with its user information replaced by `user:password`.
+pub fn with_credentials(url: &str, user: &str, password: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let host = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!(
+        "{}{}:{}@{}",
+        &url[..scheme_end + 3],
+        encode(user),
+        encode(password),
+        host
+    )
+}
+
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+async fn session(app: &App, headers: &HeaderMap) -> Option<(String, Arc<Session>)> {
+    let id = session_id(headers)?;
+    let s = app.tails.sessions.lock().await.get(&id).cloned()?;
+    Some((id, s))
+}
+
+/// The sign-in form.
+#[derive(Deserialize)]
+pub struct Login {
+    user: String,
+    password: String,
+}
+
+/// `POST /api/login {user, password}`: the broker checks them.
+pub async fn login(State(app): State<Arc<App>>, Json(form): Json<Login>) -> Response {
+    if form.user.is_empty() || form.user.chars().any(char::is_control) {
+        return error(StatusCode::BAD_REQUEST, "a user name is needed");
+    }
+    let mut broker = app.cfg.broker.clone();
+    broker.url = with_credentials(&broker.url, &form.user, &form.password);
+    let name = format!("dd_web tail for {}", form.user);
+    match crate::broker::connect(&broker, &name).await {
+        Ok(conn) => {
+            WebCounters::bump(&app.web.logins[0]);
+            let id = token();
+            tracing::info!(user = %form.user, "signed in");
+            app.tails.sessions.lock().await.insert(
+                id.clone(),
+                Arc::new(Session {
+                    user: form.user.clone(),
+                    conn,
+                }),
+            );
+            let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/");
+            (
+                [(header::SET_COOKIE, cookie)],
+                Json(json!({"user": form.user})),
+            )
+                .into_response()
+        }
+        Err(BrokerError::Refused(m)) => {
+            WebCounters::bump(&app.web.logins[1]);
+            tracing::info!(user = %form.user, "sign-in refused by the broker");
+            error(
+                StatusCode::UNAUTHORIZED,
+                format!("the broker refused {}: {m}", form.user),
+            )
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot reach the broker: {e}"),
+        ),
+    }
+}
+
+/// `POST /api/logout`: the session's tails stop and its connection closes.
+pub async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some((id, s)) = session(&app, &headers).await {
+        app.tails.sessions.lock().await.remove(&id);
+        for t in app.tails.tails.lock().await.values() {
+            if t.session == id {
+                t.stop.notify_one();
+            }
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            s.conn.close(200, "signed out".into()),
+        )
+        .await;
+    }
+    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response()
+}
+
+/// `GET /api/me`: who is signed in.
+pub async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    match session(&app, &headers).await {
+        Some((_, s)) => Json(json!({"user": s.user})).into_response(),
+        None => error(StatusCode::UNAUTHORIZED, "not signed in"),
+    }
+}
+
+/// `POST /api/tails/{id}/alive`: the page is still there.
+pub async fn alive(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((sid, _)) = session(&app, &headers).await else {
+        return error(StatusCode::UNAUTHORIZED, "not signed in");
+    };
+    match app.tails.tails.lock().await.get(&id) {
+        Some(t) if t.session == sid => {
+            if let Ok(mut a) = t.alive.lock() {
+                *a = Instant::now();
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such tail"),
+    }
+}
+
+/// `/tail?pattern=REGEX&exclude=REGEX&source=NAME`.
+#[derive(Deserialize)]
+pub struct TailQuery {
+    pattern: Option<String>,
+    exclude: Option<String>,
+    source: Option<String>,
+}
+
+fn status_of(e: &lapin::Error) -> (StatusCode, String) {
+    let text = e.to_string();
+    let status = if text.contains("ACCESS_REFUSED") || text.contains("403") {
+        StatusCode::FORBIDDEN
+    } else if text.contains("NOT_FOUND") || text.contains("404") {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    (status, text)
+}
+
+enum Out {
+    Line(String),
+    Dropped(u64),
+    Closed(String),
+}
+
+/// `GET /tail`: a Server-Sent Events stream: `tail` (its id), then `line` events, `dropped`
+/// when the browser was too slow, `closed` at the end.
+pub async fn open(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<TailQuery>,
+) -> Response {
+    let Some((sid, s)) = session(&app, &headers).await else {
+        return error(StatusCode::UNAUTHORIZED, "sign in first");
+    };
+    let patterns: Vec<String> = q.pattern.into_iter().filter(|p| !p.is_empty()).collect();
+    let exclude = q.exclude.filter(|e| !e.is_empty());
+    let filter = match crate::log::Filter::new(&patterns, exclude.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad pattern: {e}")),
+    };
+    let exchange = match q.source.as_deref().filter(|s| !s.is_empty()) {
+        Some(src) => app.cfg.source_exchange_template.replace("{source}", src),
+        None => app.cfg.exchange.clone(),
+    };
+    {
+        let tails = app.tails.tails.lock().await;
+        let mine = tails.values().filter(|t| t.user == s.user).count();
+        if mine >= app.cfg.max_tails_per_user {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} has {mine} tails open, the most allowed; close one first",
+                    s.user
+                ),
+            );
+        }
+    }
+    let ch = match s.conn.create_channel().await {
+        Ok(c) => c,
+        Err(e) => {
+            app.tails.sessions.lock().await.remove(&sid);
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!("the session's connection is gone ({e}); sign in again"),
+            );
+        }
+    };
+    let id = token();
+    let queue =
+        crate::broker::QueueSpec::name_for(&s.user, "dd_web", &format!("tail.{}", &id[..12]));
+    let setup = async {
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        ch.basic_qos(200, BasicQosOptions::default()).await?;
+        ch.basic_consume(
+            queue.as_str().into(),
+            format!("dd_web.{}", &id[..12]).as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    };
+    let consumer = match setup.await {
+        Ok(c) => c,
+        Err(e) => {
+            let (status, text) = status_of(&e);
+            tracing::info!(user = %s.user, exchange = %exchange, "tail refused: {text}");
+            // the refusal closed the channel; the exclusive queue lives with the connection
+            // until deleted
+            if let Ok(c) = s.conn.create_channel().await {
+                let _ = c
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+                let _ = c.close(200, "tail refused".into()).await;
+            }
+            return error(
+                status,
+                format!("the broker refused {}'s tail on {exchange}: {text}", s.user),
+            );
+        }
+    };
+    let ctl = Arc::new(TailCtl {
+        user: s.user.clone(),
+        session: sid,
+        alive: std::sync::Mutex::new(Instant::now()),
+        stop: Notify::new(),
+    });
+    app.tails.tails.lock().await.insert(id.clone(), ctl.clone());
+    WebCounters::bump(&app.web.tails_opened);
+    WebCounters::bump(&app.web.tails_open);
+    tracing::info!(user = %s.user, exchange = %exchange, queue = %queue, "tail opened");
+    let (tx, rx) = mpsc::channel(app.cfg.tail_buffer);
+    tokio::spawn(run_tail(
+        app.clone(),
+        id.clone(),
+        ctl,
+        ch,
+        consumer,
+        queue,
+        filter,
+        tx,
+    ));
+    let first = Event::default()
+        .event("tail")
+        .data(json!({"id": id, "exchange": exchange}).to_string());
+    let stream = futures_lite::stream::once(Ok::<_, Infallible>(first)).chain(
+        futures_lite::stream::unfold(rx, |mut rx| async move {
+            let ev = match rx.recv().await? {
+                Out::Line(l) => Event::default().event("line").data(l),
+                Out::Dropped(n) => Event::default().event("dropped").data(n.to_string()),
+                Out::Closed(why) => Event::default().event("closed").data(why),
+            };
+            Some((Ok(ev), rx))
+        }),
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .into_response()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_tail(
+    app: Arc<App>,
+    id: String,
+    ctl: Arc<TailCtl>,
+    ch: lapin::Channel,
+    mut consumer: lapin::Consumer,
+    queue: String,
+    filter: crate::log::Filter,
+    tx: mpsc::Sender<Out>,
+) {
+    let timeout = Duration::from_secs_f64(app.cfg.tail_timeout);
+    let mut stop = app.shutdown.clone();
+    let mut dropped: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let why = loop {
+        tokio::select! {
+            d = consumer.next() => match d {
+                Some(Ok(d)) => {
+                    let headers = d
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .map(crate::broker::headers_from_table)
+                        .unwrap_or_default();
+                    let line = crate::record::parse(d.routing_key.as_str(), &headers, &d.data)
+                        .ok()
+                        .and_then(|p| render_line(d.routing_key.as_str(), &p));
+                    let _ = d.acker.ack(BasicAckOptions::default()).await;
+                    let Some(line) = line.filter(|l| filter.accepts(l)) else {
+                        continue;
+                    };
+                    if dropped > 0 && tx.try_send(Out::Dropped(dropped)).is_ok() {
+                        dropped = 0;
+                    }
+                    match tx.try_send(Out::Line(line)) {
+                        Ok(()) => WebCounters::bump(&app.web.tail_lines),
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            dropped += 1;
+                            WebCounters::bump(&app.web.tail_dropped);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break "browser gone",
+                    }
+                }
+                _ => {
+                    let _ = tx.try_send(Out::Closed("the broker closed the tail".into()));
+                    break "broker closed it";
+                }
+            },
+            _ = ctl.stop.notified() => {
+                let _ = tx.try_send(Out::Closed("stopped".into()));
+                break "stopped";
+            }
+            _ = stop.requested() => {
+                let _ = tx.try_send(Out::Closed("dd_web is stopping".into()));
+                break "dd_web stopping";
+            }
+            _ = tick.tick() => {
+                if tx.is_closed() {
+                    break "browser gone";
+                }
+                let quiet = ctl.alive.lock().map(|a| a.elapsed()).unwrap_or_default();
+                if quiet > timeout {
+                    let _ = tx.try_send(Out::Closed("no sign of life from the page".into()));
+                    break "page silent";
+                }
+            }
+        }
+    };
+    if why == "browser gone" || why == "page silent" {
+        WebCounters::bump(&app.web.tails_expired);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = ch
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = ch.close(200, "tail closed".into()).await;
+    })
+    .await;
+    app.tails.tails.lock().await.remove(&id);
+    app.web.tails_open.fetch_sub(1, Ordering::Relaxed);
+    tracing::info!(user = %ctl.user, queue = %queue, why, "tail closed");
+}
+
+/// Close sessions whose connection died (the broker restarted, the user was deleted).
+pub async fn sweep(app: Arc<App>, mut shutdown: crate::daemon::Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.requested() => return,
+        }
+        let mut sessions = app.tails.sessions.lock().await;
+        sessions.retain(|_, s| s.conn.status().connected());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_replace_the_urls_and_are_encoded() {
+        assert_eq!(
+            with_credentials("amqp://guest:guest@h:5672/%2f", "src a", "p@ss:w/d"),
+            "amqp://src%20a:p%40ss%3Aw%2Fd@h:5672/%2f"
+        );
+        assert_eq!(with_credentials("amqps://h/v", "u", "p"), "amqps://u:p@h/v");
+    }
+
+    #[test]
+    fn tokens_are_128_bits_and_differ() {
+        let (a, b) = (token(), token());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            "a=1; ddmon_session=abc; b=2".parse().unwrap(),
+        );
+        assert_eq!(session_id(&h).as_deref(), Some("abc"));
+    }
+}
