@@ -26,6 +26,10 @@ pub struct CommonOpts {
     /// PEM file of the CA that signs the broker's certificate (amqps://).
     #[arg(long, env = "DD_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// File whose first line is the broker password (keep it mode 600). Beats DD_PASSWORD,
+    /// which beats a password in the URL; a password on the command line is visible in ps.
+    #[arg(long, env = "DD_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// More log output on stderr (repeat for more). RUST_LOG wins over -v/-q.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -43,17 +47,40 @@ impl CommonOpts {
     pub fn broker_config(&self) -> Result<crate::config::BrokerConfig, ConfigError> {
         let mut broker: crate::config::BrokerConfig =
             crate::config::load_file(self.config.as_deref())?;
-        self.apply_broker(&mut broker);
+        self.apply_broker(&mut broker)?;
         broker.validate()?;
         Ok(broker)
     }
 
-    /// Lay the broker flags over a broker config from the file layer.
-    pub fn apply_broker(&self, broker: &mut crate::config::BrokerConfig) {
+    /// Lay the broker flags over a broker config from the file layer: the URL, the CA, and
+    /// the password (`--password-file`, else `DD_PASSWORD`, else the URL's own).
+    pub fn apply_broker(
+        &self,
+        broker: &mut crate::config::BrokerConfig,
+    ) -> Result<(), ConfigError> {
         crate::config::overlay(&mut broker.url, self.broker.clone());
         if self.tls_ca.is_some() {
             broker.tls_ca = self.tls_ca.clone();
         }
+        if let Some(file) = &self.password_file {
+            let password = crate::config::read_password_file(file)?;
+            broker.url = crate::config::with_password(&broker.url, &password);
+        } else if let Ok(password) = std::env::var("DD_PASSWORD") {
+            if !password.is_empty() {
+                broker.url = crate::config::with_password(&broker.url, &password);
+            }
+        }
+        if let Some(url) = &self.broker {
+            if crate::config::url_has_password(url)
+                && std::env::args().any(|a| a.contains(url.as_str()))
+            {
+                tracing::warn!(
+                    "the broker password is on the command line, where ps shows it: \
+                     use DD_BROKER, DD_PASSWORD or --password-file"
+                );
+            }
+        }
+        Ok(())
     }
 }
 

@@ -129,6 +129,78 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+/// Percent-encode a URL's user or password.
+fn encode_userinfo(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `url` with its user information replaced by `user:password` (percent-encoded).
+pub fn with_credentials(url: &str, user: &str, password: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let host = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!(
+        "{}{}:{}@{}",
+        &url[..scheme_end + 3],
+        encode_userinfo(user),
+        encode_userinfo(password),
+        host
+    )
+}
+
+/// `url` with its password replaced, its user kept (`guest` when it names none).
+pub fn with_password(url: &str, password: &str) -> String {
+    let user = url
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|u| u.authority.userinfo.username)
+        .unwrap_or_else(|_| "guest".to_string());
+    with_credentials(url, &user, password)
+}
+
+/// Does `url` carry a password?
+pub fn url_has_password(url: &str) -> bool {
+    mask_url(url) != url
+}
+
+/// Read a password file (its first line), warning when others may read it. The password is
+/// never part of an error or a log line.
+pub fn read_password_file(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |message: String| ConfigError::Invalid {
+        field: "password file",
+        message,
+    };
+    let meta =
+        std::fs::metadata(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "password file is readable by others: chmod 600 it"
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+    let password = text.lines().next().unwrap_or("").to_string();
+    if password.is_empty() {
+        return Err(bad(format!("{} is empty", path.display())));
+    }
+    Ok(password)
+}
+
 /// Read the file layer: `T::default()` when no file is given, else the file's keys over the
 /// defaults. Unknown keys are errors that name the key and the file.
 pub fn load_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigError> {

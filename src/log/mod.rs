@@ -143,7 +143,7 @@ impl LogConfig {
     /// Merge the layers: defaults < file < environment < flags.
     pub fn from_args(args: &Args) -> Result<LogConfig, ConfigError> {
         let mut cfg: LogConfig = load_file(args.common.config.as_deref())?;
-        args.common.apply_broker(&mut cfg.broker);
+        args.common.apply_broker(&mut cfg.broker)?;
         overlay(&mut cfg.exchange, args.exchange.clone());
         if !args.topics.is_empty() {
             cfg.topics = args.topics.clone();

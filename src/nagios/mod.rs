@@ -129,6 +129,10 @@ pub struct Args {
     /// PEM file of the CA that signs the broker's certificate (amqps://).
     #[arg(long, env = "DD_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// File whose first line is the broker password (Nagios shows command lines: keep the
+    /// password out of them). Beats DD_PASSWORD, which beats the URL's.
+    #[arg(long, env = "DD_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Exchange dd_speedo takes requests on.
     #[arg(long, default_value = "log", value_name = "NAME")]
     pub exchange: String,
@@ -525,6 +529,16 @@ pub fn run(args: &Args) -> Outcome {
         broker.url = replace_host(&broker.url, host);
     }
     broker.tls_ca = args.tls_ca.clone();
+    if let Some(file) = &args.password_file {
+        match crate::config::read_password_file(file) {
+            Ok(p) => broker.url = crate::config::with_password(&broker.url, &p),
+            Err(e) => return Outcome::only(Status::Unknown, &e.to_string()),
+        }
+    } else if let Ok(p) = std::env::var("DD_PASSWORD") {
+        if !p.is_empty() {
+            broker.url = crate::config::with_password(&broker.url, &p);
+        }
+    }
     let key = match &args.instance {
         Some(i) => format!("v01.rpc.dd_speedo.{}.stats", crate::topic::escape_word(i)),
         None => "v01.rpc.dd_speedo.all.stats".to_string(),
@@ -669,6 +683,7 @@ pub fn main(args: Args) -> std::process::ExitCode {
             broker: None,
             config: None,
             tls_ca: None,
+            password_file: None,
             verbose: args.verbose,
             quiet: 0,
             print_config: false,

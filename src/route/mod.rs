@@ -87,9 +87,9 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub declare_source: Option<String>,
     /// With --declare-source: create the user NAME with the password in this file (first
-    /// line; keep it mode 600).
+    /// line; keep it mode 600). (`--password-file` is dd_log2source's own broker password.)
     #[arg(long, value_name = "FILE", requires = "declare_source")]
-    pub password_file: Option<PathBuf>,
+    pub source_password_file: Option<PathBuf>,
     /// RabbitMQ management API.
     #[arg(
         long,
@@ -172,7 +172,7 @@ impl RouteConfig {
     /// Merge the layers: defaults < file < environment < flags.
     pub fn from_args(args: &Args) -> Result<RouteConfig, ConfigError> {
         let mut cfg: RouteConfig = load_file(args.common.config.as_deref())?;
-        args.common.apply_broker(&mut cfg.broker);
+        args.common.apply_broker(&mut cfg.broker)?;
         args.daemon.apply(&mut cfg.daemon);
         overlay(&mut cfg.exchange, args.exchange.clone());
         overlay(
@@ -502,9 +502,9 @@ pub fn main(args: Args) -> std::process::ExitCode {
     crate::cli::main("dd_log2source", &args.common, 3, config, |cfg| {
         if let Some(source) = &args.declare_source {
             let password = args
-                .password_file
+                .source_password_file
                 .as_deref()
-                .map(permissions::read_password_file)
+                .map(crate::config::read_password_file)
                 .transpose()?;
             let api = permissions::client(&args.management_url, &cfg.broker)?;
             let vhost = permissions::vhost(&cfg.broker);

@@ -5,8 +5,6 @@
 //! queues, and nothing else: it cannot bind to `log` or another source's exchange, cannot
 //! create exchanges, cannot publish anywhere.
 
-use std::path::Path;
-
 use anyhow::Context as _;
 use rabbitmq_http_client::api::Client;
 use rabbitmq_http_client::commons::ExchangeType;
@@ -49,25 +47,6 @@ pub fn vhost(broker: &BrokerConfig) -> String {
         .parse::<lapin::uri::AMQPUri>()
         .map(|u| u.vhost)
         .unwrap_or_else(|_| "/".to_string())
-}
-
-/// Read a password file (first line), warning when others may read it.
-pub fn read_password_file(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read password file {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(file = %path.display(), "password file is readable by others: chmod 600 it");
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read password file {}", path.display()))?;
-    let password = text.lines().next().unwrap_or("").to_string();
-    anyhow::ensure!(
-        !password.is_empty(),
-        "password file {} is empty",
-        path.display()
-    );
-    Ok(password)
 }
 
 /// Create (when `password` is given) the user `source`, declare its exchange, and set its

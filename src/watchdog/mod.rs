@@ -151,7 +151,7 @@ impl WatchdogConfig {
     /// Merge the layers: defaults < file < environment < flags.
     pub fn from_args(args: &Args) -> Result<WatchdogConfig, ConfigError> {
         let mut cfg: WatchdogConfig = load_file(args.common.config.as_deref())?;
-        args.common.apply_broker(&mut cfg.broker);
+        args.common.apply_broker(&mut cfg.broker)?;
         args.daemon.apply(&mut cfg.daemon);
         overlay(&mut cfg.exchange, args.exchange.clone());
         overlay(&mut cfg.output_exchange, args.output_exchange.clone());

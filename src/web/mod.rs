@@ -140,7 +140,7 @@ impl WebConfig {
     /// Merge the layers: defaults < file < environment < flags.
     pub fn from_args(args: &Args) -> Result<WebConfig, ConfigError> {
         let mut cfg: WebConfig = load_file(args.common.config.as_deref())?;
-        args.common.apply_broker(&mut cfg.broker);
+        args.common.apply_broker(&mut cfg.broker)?;
         overlay(&mut cfg.listen, args.listen.clone());
         overlay(&mut cfg.exchange, args.exchange.clone());
         overlay(

@@ -91,38 +91,6 @@ fn token() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Percent-encode a URL's user or password.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// `url` with its user information replaced by `user:password`.
-pub fn with_credentials(url: &str, user: &str, password: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let host = match rest[..authority_end].rfind('@') {
-        Some(at) => &rest[at + 1..],
-        None => rest,
-    };
-    format!(
-        "{}{}:{}@{}",
-        &url[..scheme_end + 3],
-        encode(user),
-        encode(password),
-        host
-    )
-}
-
 fn session_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -153,7 +121,7 @@ pub async fn login(State(app): State<Arc<App>>, Json(form): Json<Login>) -> Resp
         return error(StatusCode::BAD_REQUEST, "a user name is needed");
     }
     let mut broker = app.cfg.broker.clone();
-    broker.url = with_credentials(&broker.url, &form.user, &form.password);
+    broker.url = crate::config::with_credentials(&broker.url, &form.user, &form.password);
     let name = format!("dd_web tail for {}", form.user);
     match crate::broker::connect(&broker, &name).await {
         Ok(conn) => {
@@ -496,11 +464,17 @@ mod tests {
 
     #[test]
     fn credentials_replace_the_urls_and_are_encoded() {
+        use crate::config::{with_credentials, with_password};
         assert_eq!(
             with_credentials("amqp://guest:guest@h:5672/%2f", "src a", "p@ss:w/d"),
             "amqp://src%20a:p%40ss%3Aw%2Fd@h:5672/%2f"
         );
         assert_eq!(with_credentials("amqps://h/v", "u", "p"), "amqps://u:p@h/v");
+        assert_eq!(
+            with_password("amqp://bob@h/v", "p w"),
+            "amqp://bob:p%20w@h/v"
+        );
+        assert_eq!(with_password("amqp://h/v", "x"), "amqp://guest:x@h/v");
     }
 
     #[test]

@@ -484,7 +484,7 @@ pub fn declare_sources(admin: &str, users: &[(&str, &str)], dir: &std::path::Pat
             .unwrap();
         let out = dd_log2source()
             .env("DD_BROKER", admin)
-            .args(["--declare-source", user, "--password-file"])
+            .args(["--declare-source", user, "--source-password-file"])
             .arg(&file)
             .output()
             .unwrap();
