@@ -60,8 +60,25 @@ fn classify(e: lapin::Error) -> BrokerError {
     }
     match e.kind() {
         lapin::ErrorKind::AuthProviderError(msg) => BrokerError::Refused(msg.clone()),
-        _ => BrokerError::Unreachable(e.to_string()),
+        _ => {
+            let text = e.to_string();
+            // A certificate that cannot be verified (unknown CA, wrong host name, expired)
+            // will not verify on the next try either.
+            if is_certificate_error(&text) {
+                BrokerError::Refused(format!(
+                    "TLS: the broker's certificate was refused ({text}); give the CA that \
+                     signs it with --tls-ca, and a host name it names"
+                ))
+            } else {
+                BrokerError::Unreachable(text)
+            }
+        }
     }
+}
+
+/// Does a connection error say the broker's certificate could not be verified?
+fn is_certificate_error(text: &str) -> bool {
+    text.contains("invalid peer certificate") || text.contains("certificate verify failed")
 }
 
 /// A pseudo-random number from the process's hasher keys: enough for jitter and unique names

@@ -16,14 +16,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn tool(bin: &str, broker: &str, args: &[&str]) -> Running {
     let path = match bin {
         "dd_web" => env!("CARGO_BIN_EXE_dd_web"),
