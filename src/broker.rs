@@ -168,7 +168,27 @@ async fn close_quietly(conn: &Connection, why: &str) {
 }
 
 /// Open one connection, named after the tool so the broker's view shows who is connected.
+/// With several URLs (the nodes of a cluster) each is tried in turn: a node that cannot be
+/// reached passes to the next; a refusal (login, certificate) is final.
 pub async fn connect(cfg: &BrokerConfig, name: &str) -> Result<Connection, BrokerError> {
+    let urls = cfg.urls();
+    let mut last = BrokerError::Setup("no broker URL".into());
+    for (i, url) in urls.iter().enumerate() {
+        match connect_one(cfg, url, name).await {
+            Ok(c) => {
+                if i > 0 {
+                    tracing::info!(node = %mask_url(url), "connected to another node of the cluster");
+                }
+                return Ok(c);
+            }
+            Err(e) if e.is_transient() => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+async fn connect_one(cfg: &BrokerConfig, url: &str, name: &str) -> Result<Connection, BrokerError> {
     let tls = match &cfg.tls_ca {
         None => lapin::tcp::OwnedTLSConfig::default(),
         Some(path) => lapin::tcp::OwnedTLSConfig {
@@ -183,7 +203,7 @@ pub async fn connect(cfg: &BrokerConfig, name: &str) -> Result<Connection, Broke
         lapin::runtime::default_runtime().map_err(|e| BrokerError::Setup(e.to_string()))?;
     // A broker that accepts the TCP connection but never answers (booting, wedged) must not
     // hang the tool: the attempt fails and the backoff retries.
-    let attempt = Connection::connect_with_config(&cfg.url, props, tls, runtime);
+    let attempt = Connection::connect_with_config(url, props, tls, runtime);
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
         .map_err(|_| BrokerError::Unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))
@@ -191,11 +211,9 @@ pub async fn connect(cfg: &BrokerConfig, name: &str) -> Result<Connection, Broke
         .map_err(|e| match e {
             // lapin reports a login refused by the broker as a closed socket on some paths;
             // name the URL (masked) so the operator knows which broker said no.
-            BrokerError::Refused(m) => {
-                BrokerError::Refused(format!("{m} at {}", mask_url(&cfg.url)))
-            }
+            BrokerError::Refused(m) => BrokerError::Refused(format!("{m} at {}", mask_url(url))),
             BrokerError::Unreachable(m) => {
-                BrokerError::Unreachable(format!("{m} at {}", mask_url(&cfg.url)))
+                BrokerError::Unreachable(format!("{m} at {}", mask_url(url)))
             }
             other => other,
         })
@@ -924,13 +942,19 @@ impl Publisher {
     /// connection breaks before every confirm arrived, the whole batch is published again after
     /// reconnecting (at-least-once: the broker may see some twice).
     pub async fn publish_all(&mut self, msgs: &[Outgoing]) -> Result<Confirmed, BrokerError> {
+        // once stopping, one more connection is still tried (the connection may have died
+        // quietly, as when a cluster node stops), then no more
+        let mut last_chance = true;
         loop {
             let outcome = match self.send(msgs).await {
                 Ok(mut confirms) => confirms.wait().await,
                 Err(e) => Err(e),
             };
             match outcome {
-                Err(e) if e.is_transient() && !self.shutdown.is_requested() => {
+                Err(e) if e.is_transient() && (!self.shutdown.is_requested() || last_chance) => {
+                    if self.shutdown.is_requested() {
+                        last_chance = false;
+                    }
                     tracing::warn!(error = %e, "publish interrupted, reconnecting");
                     self.reset().await;
                 }

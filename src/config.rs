@@ -49,7 +49,8 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// Broker URL, `amqp://user:password@host:port/vhost` or `amqps://` for TLS. The vhost is
-    /// URL-encoded (`%2f` is `/`). Env `DD_BROKER`, flag `--broker`.
+    /// URL-encoded (`%2f` is `/`). Several, separated by commas, are the nodes of a cluster,
+    /// tried in turn. Env `DD_BROKER`, flag `--broker`.
     #[serde(serialize_with = "serialize_masked_url")]
     pub url: String,
     /// Messages the broker may send before they are acknowledged (AMQP prefetch).
@@ -75,9 +76,17 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// The user name in the URL (`guest` when none is given, as RabbitMQ does).
+    /// The URLs, in order (several for the nodes of a cluster).
+    pub fn urls(&self) -> Vec<&str> {
+        split_urls(&self.url)
+    }
+
+    /// The user name in the (first) URL (`guest` when none is given, as RabbitMQ does).
     pub fn user(&self) -> String {
-        self.url
+        self.urls()
+            .first()
+            .copied()
+            .unwrap_or_default()
             .parse::<lapin::uri::AMQPUri>()
             .map(|u| u.authority.userinfo.username)
             .unwrap_or_else(|_| "guest".to_string())
@@ -85,13 +94,20 @@ impl BrokerConfig {
 
     /// Check the URL parses, so a typo is a configuration error and not a retry loop.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.url
-            .parse::<lapin::uri::AMQPUri>()
-            .map(|_| ())
-            .map_err(|e| ConfigError::Invalid {
+        if self.urls().is_empty() {
+            return Err(ConfigError::Invalid {
                 field: "broker url",
-                message: format!("{e} in {}", mask_url(&self.url)),
-            })?;
+                message: "no URL".into(),
+            });
+        }
+        for url in self.urls() {
+            url.parse::<lapin::uri::AMQPUri>()
+                .map(|_| ())
+                .map_err(|e| ConfigError::Invalid {
+                    field: "broker url",
+                    message: format!("{e} in {}", mask_url(url)),
+                })?;
+        }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return Err(ConfigError::Invalid {
                 field: "broker reconnect_min_ms",
@@ -106,8 +122,27 @@ fn serialize_masked_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(&mask_url(url))
 }
 
-/// Replace the password of a URL's user information with `****`.
+/// The URLs of a comma-separated list, trimmed.
+pub fn split_urls(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Replace the password of each URL's user information with `****` (a list stays a list).
 pub fn mask_url(url: &str) -> String {
+    if url.contains(',') {
+        return split_urls(url)
+            .into_iter()
+            .map(mask_one)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    mask_one(url)
+}
+
+fn mask_one(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
@@ -141,8 +176,16 @@ fn encode_userinfo(s: &str) -> String {
         .collect()
 }
 
-/// `url` with its user information replaced by `user:password` (percent-encoded).
+/// `url` (each of a list) with its user information replaced by `user:password`
+/// (percent-encoded).
 pub fn with_credentials(url: &str, user: &str, password: &str) -> String {
+    if url.contains(',') {
+        return split_urls(url)
+            .into_iter()
+            .map(|u| with_credentials(u, user, password))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
@@ -161,8 +204,16 @@ pub fn with_credentials(url: &str, user: &str, password: &str) -> String {
     )
 }
 
-/// `url` with its password replaced, its user kept (`guest` when it names none).
+/// `url` (each of a list) with its password replaced, its user kept (`guest` when it names
+/// none).
 pub fn with_password(url: &str, password: &str) -> String {
+    if url.contains(',') {
+        return split_urls(url)
+            .into_iter()
+            .map(|u| with_password(u, password))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let user = url
         .parse::<lapin::uri::AMQPUri>()
         .map(|u| u.authority.userinfo.username)
@@ -248,6 +299,33 @@ mod tests {
         assert_eq!(mask_url("amqps://u:p@ss@h/v"), "amqps://u:****@h/v");
         assert_eq!(mask_url("amqp://h:5672/"), "amqp://h:5672/");
         assert_eq!(mask_url("amqp://user@h"), "amqp://user@h");
+    }
+
+    #[test]
+    fn a_list_of_urls_is_the_nodes_of_a_cluster() {
+        let cfg = BrokerConfig {
+            url: "amqp://u:pw@n1:5672/%2f, amqp://u:pw@n2:5673/%2f,".into(),
+            ..BrokerConfig::default()
+        };
+        assert_eq!(
+            cfg.urls(),
+            ["amqp://u:pw@n1:5672/%2f", "amqp://u:pw@n2:5673/%2f"]
+        );
+        assert_eq!(cfg.user(), "u");
+        cfg.validate().unwrap();
+        assert_eq!(
+            mask_url(&cfg.url),
+            "amqp://u:****@n1:5672/%2f,amqp://u:****@n2:5673/%2f"
+        );
+        assert_eq!(
+            with_password("amqp://u@n1/v,amqp://u@n2/v", "s"),
+            "amqp://u:s@n1/v,amqp://u:s@n2/v"
+        );
+        let bad = BrokerConfig {
+            url: "amqp://n1,nonsense://x".into(),
+            ..BrokerConfig::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

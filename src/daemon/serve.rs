@@ -175,7 +175,10 @@ pub async fn serve<S: Service>(
     loop_.alive_if_due().await?;
     let outcome = loop_.run(&mut input, &mut requests).await;
     if outcome.is_ok() {
-        loop_.set_state(State::Stopping).await?;
+        // the work is done and acknowledged: a `stopping` that cannot be said is a warning
+        if let Err(e) = loop_.set_state(State::Stopping).await {
+            tracing::warn!(error = %e, "could not publish the stopping message");
+        }
     }
     input.close().await;
     if let Some(r) = requests {

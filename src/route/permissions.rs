@@ -30,7 +30,10 @@ pub fn client(
     broker: &BrokerConfig,
 ) -> anyhow::Result<Client<String, String, String>> {
     let uri: lapin::uri::AMQPUri = broker
-        .url
+        .urls()
+        .first()
+        .copied()
+        .unwrap_or_default()
         .parse()
         .map_err(|e| anyhow::anyhow!("bad broker URL: {e}"))?;
     Ok(Client::new(
@@ -43,7 +46,10 @@ pub fn client(
 /// The vhost of the broker URL.
 pub fn vhost(broker: &BrokerConfig) -> String {
     broker
-        .url
+        .urls()
+        .first()
+        .copied()
+        .unwrap_or_default()
         .parse::<lapin::uri::AMQPUri>()
         .map(|u| u.vhost)
         .unwrap_or_else(|_| "/".to_string())
