@@ -8,40 +8,26 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::node::RabbitNode;
 use common::*;
 
-const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
-const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
-
-struct Node {
-    name: String,
-    port: u16,
-    child: Child,
-}
-
+/// Three nodes of one cluster (one cookie, classic peer discovery).
 struct Cluster {
-    dir: PathBuf,
-    nodes: Vec<Node>,
+    nodes: Vec<RabbitNode>,
 }
 
 impl Cluster {
     async fn start(dir: &Path) -> Cluster {
-        assert!(
-            Path::new(SERVER).exists(),
-            "NO RABBITMQ SERVER at {SERVER}: scripts/broker-up installs it"
-        );
         let tag = free_port();
         let names: Vec<String> = (1..=3)
             .map(|i| format!("ddmon-c{i}-{tag}@localhost"))
             .collect();
         let home = dir.join("home");
         std::fs::create_dir_all(&home).unwrap();
-        // one cookie for the three nodes and rabbitmqctl
         let cookie = home.join(".erlang.cookie");
         std::fs::write(&cookie, format!("DDMONCLUSTER{tag}")).unwrap();
         std::fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400))
@@ -51,48 +37,15 @@ impl Cluster {
             .enumerate()
             .map(|(i, n)| format!("cluster_formation.classic_config.nodes.{} = {n}\n", i + 1))
             .collect();
-        let mut nodes = Vec::new();
-        for name in &names {
-            let (port, dist) = (free_port(), free_port());
-            let nd = dir.join(name.split('@').next().unwrap());
-            for sub in ["mnesia", "log"] {
-                std::fs::create_dir_all(nd.join(sub)).unwrap();
-            }
-            std::fs::write(
-                nd.join("rabbitmq.conf"),
-                format!(
-                    "listeners.tcp.default = {port}\n\
-                     cluster_formation.peer_discovery_backend = classic_config\n{peers}"
-                ),
-            )
-            .unwrap();
-            std::fs::write(nd.join("enabled_plugins"), "[].\n").unwrap();
-            let child = Command::new(SERVER)
-                .current_dir(&nd)
-                .env("HOME", &home)
-                .env("RABBITMQ_NODENAME", name)
-                .env("RABBITMQ_DIST_PORT", dist.to_string())
-                .env("RABBITMQ_CONFIG_FILE", nd.join("rabbitmq.conf"))
-                .env("RABBITMQ_MNESIA_BASE", nd.join("mnesia"))
-                .env("RABBITMQ_LOG_BASE", nd.join("log"))
-                .env("RABBITMQ_ENABLED_PLUGINS_FILE", nd.join("enabled_plugins"))
-                .env("RABBITMQ_PID_FILE", nd.join("pid"))
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(nd.join("out")).unwrap())
-                .stderr(std::fs::File::create(nd.join("err")).unwrap())
-                .process_group(0)
-                .spawn()
-                .unwrap();
-            nodes.push(Node {
-                name: name.clone(),
-                port,
-                child,
-            });
+        let conf = format!("cluster_formation.peer_discovery_backend = classic_config\n{peers}");
+        let mut nodes: Vec<RabbitNode> = names
+            .iter()
+            .map(|n| RabbitNode::new(dir, &home, n, &conf))
+            .collect();
+        for n in &mut nodes {
+            n.spawn();
         }
-        let cluster = Cluster {
-            dir: dir.to_path_buf(),
-            nodes,
-        };
+        let cluster = Cluster { nodes };
         // every node answers, and sees the three running
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
@@ -111,12 +64,7 @@ impl Cluster {
     }
 
     fn ctl(&self, node: usize, args: &[&str]) -> std::process::Output {
-        Command::new(CTL)
-            .env("HOME", self.dir.join("home"))
-            .args(["-n", &self.nodes[node].name])
-            .args(args)
-            .output()
-            .unwrap()
+        self.nodes[node].ctl(args)
     }
 
     /// How many nodes `node` sees running (0 when it does not answer).
@@ -130,15 +78,7 @@ impl Cluster {
     }
 
     fn url(&self, node: usize) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.nodes[node].port)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            stop_group(&mut n.child, 30);
-        }
+        self.nodes[node].url("%2f")
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 
 fn rabbitmqctl(args: &[&str]) {
@@ -69,25 +69,7 @@ async fn dd_log2source_loses_nothing_across_a_broker_restart() {
             .await
             .unwrap();
         let q = format!("{}.dest.{src}", s.exchange);
-        ch.queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            q.as_str().into(),
-            x.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        durable_tap(&conn, &q, &x, "#").await;
         s.track_queue(&q);
         dest.push(q);
     }

@@ -7,11 +7,11 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::node::RabbitNode;
 use common::*;
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -49,20 +49,15 @@ fn make_ca(dir: &Path, name: &str) {
     );
 }
 
-/// A RabbitMQ node with a TLS listener, run from its own directory; stopped when dropped.
+/// A RabbitMQ node with a TLS listener whose certificate the test's CA signs.
 struct TlsBroker {
-    child: Child,
+    _node: RabbitNode,
     dir: PathBuf,
     tls_port: u16,
 }
 
 impl TlsBroker {
     async fn start(dir: &Path) -> TlsBroker {
-        let server = "/usr/lib/rabbitmq/bin/rabbitmq-server";
-        assert!(
-            Path::new(server).exists(),
-            "NO RABBITMQ SERVER at {server}: scripts/broker-up installs it"
-        );
         make_ca(dir, "ca");
         make_ca(dir, "other-ca");
         openssl(
@@ -105,54 +100,31 @@ impl TlsBroker {
                 "ext",
             ],
         );
-        let (tcp, tls, dist) = (free_port(), free_port(), free_port());
+        let tls = free_port();
         let d = dir.display();
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!(
-                "listeners.tcp.default = {tcp}\nlisteners.ssl.default = {tls}\n\
+        let mut node = RabbitNode::new(
+            dir,
+            &dir.join("home"),
+            &format!("ddmon-tls-{tls}@localhost"),
+            &format!(
+                "listeners.ssl.default = {tls}\n\
                  ssl_options.cacertfile = {d}/ca.pem\nssl_options.certfile = {d}/server.pem\n\
                  ssl_options.keyfile = {d}/server.key\nssl_options.verify = verify_none\n\
                  ssl_options.fail_if_no_peer_cert = false\n"
             ),
-        )
-        .unwrap();
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
-        for sub in ["mnesia", "log", "home"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        let node = format!("ddmon-tls-{tls}@localhost");
-        let child = Command::new(server)
-            .current_dir(dir)
-            .env("HOME", dir.join("home"))
-            .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_DIST_PORT", dist.to_string())
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
-            .env("RABBITMQ_PID_FILE", dir.join("pid"))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("out")).unwrap())
-            .stderr(std::fs::File::create(dir.join("err")).unwrap())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let broker = TlsBroker {
-            child,
-            dir: dir.to_path_buf(),
-            tls_port: tls,
-        };
-        let deadline = Instant::now() + Duration::from_secs(90);
+        );
+        node.spawn();
+        node.wait_up(120).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the TLS node did not start: {}",
-                std::fs::read_to_string(dir.join("out")).unwrap_or_default()
-            );
+            assert!(Instant::now() < deadline, "the TLS listener did not open");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        broker
+        TlsBroker {
+            _node: node,
+            dir: dir.to_path_buf(),
+            tls_port: tls,
+        }
     }
 
     fn url(&self, host: &str) -> String {
@@ -161,12 +133,6 @@ impl TlsBroker {
 
     fn ca(&self, name: &str) -> String {
         self.dir.join(format!("{name}.pem")).display().to_string()
-    }
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        stop_group(&mut self.child, 20);
     }
 }
 

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod node;
+
 use ddmon::broker::{Outgoing, Publisher};
 use ddmon::config::BrokerConfig;
 use ddmon::record::Headers;
@@ -534,4 +536,33 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A durable queue `name` bound to `exchange` (declared a durable topic exchange when missing)
+/// for `key`: a test's own tap on what an exchange receives.
+pub async fn durable_tap(conn: &lapin::Connection, name: &str, exchange: &str, key: &str) {
+    let ch = conn.create_channel().await.unwrap();
+    ddmon::broker::declare_topic_exchange(&ch, exchange)
+        .await
+        .unwrap();
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        name.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = ch.close(200, "tapped".into()).await;
 }
