@@ -85,7 +85,7 @@ fn main() {
         let t = started.elapsed();
         if t >= next_save {
             let t0 = Instant::now();
-            save_bytes = ddmon::speedo::state::save(&state, &s, Utc::now()).unwrap();
+            save_bytes = ddmon::speedo::state::save(&state, &s, Utc::now(), 0).unwrap();
             save_ms.push(t0.elapsed().as_millis());
             next_save += Duration::from_secs(60);
         }

@@ -5,6 +5,7 @@
 //! (consume `log`, publish speedos to `log` and each source's to `log_<source>`, keep the
 //! state file) and `--replay` (a capture file in, speedo lines out).
 
+pub mod journal;
 mod meter;
 pub mod replay;
 pub mod state;
@@ -318,10 +319,12 @@ impl SpeedoConfig {
     }
 }
 
-/// The state file's bookkeeping.
-#[derive(Debug, Default)]
+/// The state file's bookkeeping, and the count journal that covers what the last state file
+/// does not yet hold.
+#[derive(Default)]
 struct Keeper {
     path: Option<PathBuf>,
+    journal: Option<journal::CountJournal>,
     last: Option<DateTime<Utc>>,
     writes: u64,
     bytes: u64,
@@ -329,23 +332,51 @@ struct Keeper {
 }
 
 impl Keeper {
+    fn failed(&mut self, msg: String) {
+        if self.error.as_deref() != Some(msg.as_str()) {
+            tracing::error!("{msg}");
+        }
+        self.error = Some(msg);
+    }
+
     fn save(&mut self, speedo: &Speedo, now: DateTime<Utc>) {
-        let Some(path) = &self.path else { return };
+        let Some(path) = self.path.clone() else {
+            return;
+        };
         self.last = Some(now);
-        match state::save(path, speedo, now) {
+        let seq = self.journal.as_ref().map_or(0, journal::CountJournal::seq);
+        match state::save(&path, speedo, now, seq) {
             Ok(n) => {
                 if self.error.take().is_some() {
                     tracing::info!(file = %path.display(), "state file written again");
                 }
                 self.writes += 1;
                 self.bytes = n;
-            }
-            Err(e) => {
-                let msg = format!("cannot write state file {}: {e}", path.display());
-                if self.error.as_deref() != Some(msg.as_str()) {
-                    tracing::error!("{msg}");
+                // the state file holds every count the journal held
+                if let Some(j) = self.journal.as_mut() {
+                    if let Err(e) = j.truncate() {
+                        let msg = format!("cannot empty {}: {e}", j.path().display());
+                        self.failed(msg);
+                    }
                 }
-                self.error = Some(msg);
+            }
+            Err(e) => self.failed(format!("cannot write state file {}: {e}", path.display())),
+        }
+    }
+
+    /// Note a counted record in the journal.
+    fn note(&mut self, r: &crate::record::LogRecord, at: DateTime<Utc>) {
+        if let Some(j) = self.journal.as_mut() {
+            j.record(r, at);
+        }
+    }
+
+    /// Write the journal before the records are acknowledged.
+    fn flush(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            if let Err(e) = j.flush() {
+                let msg = format!("cannot write {}: {e}", j.path().display());
+                self.failed(msg);
             }
         }
     }
@@ -404,7 +435,13 @@ impl Service for SpeedoService {
         // Close what ended before this record arrived, then count it.
         let outputs = self.speedo.advance(now);
         self.speedo.observe(&record, now);
+        self.keeper.note(&record, now);
         Ok(self.publish(outputs))
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.keeper.flush();
+        Ok(())
     }
 
     fn tick(&mut self, now: DateTime<Utc>) -> Handled {
@@ -519,6 +556,7 @@ pub fn run_replay(
 /// Run the daemon until a stop is asked for.
 pub async fn run(cfg: &SpeedoConfig, shutdown: Shutdown, clock: &dyn Clock) -> anyhow::Result<()> {
     let mut speedo = cfg.speedo(clock.now())?;
+    let mut covered = 0;
     match &cfg.state_file {
         None => {
             tracing::warn!("no --state-file: counters and learning start from zero at every start")
@@ -531,6 +569,7 @@ pub async fn run(cfg: &SpeedoConfig, shutdown: Shutdown, clock: &dyn Clock) -> a
             }
             state::Loaded::State(saved) => {
                 tracing::info!(file = %path.display(), saved_at = %saved.saved_at, clients = saved.clients.len(), sources = saved.sources.len(), "state restored");
+                covered = saved.journal_seq;
                 speedo.restore(*saved);
             }
             state::Loaded::Unreadable(why, aside) => tracing::error!(
@@ -538,6 +577,24 @@ pub async fn run(cfg: &SpeedoConfig, shutdown: Shutdown, clock: &dyn Clock) -> a
                 "state file unreadable ({why}): moved aside, starting from zero"
             ),
         },
+    }
+    // the records counted after the last state file, from the count journal
+    let mut journal = None;
+    if let Some(path) = &cfg.state_file {
+        let jpath = journal::CountJournal::path_for(path);
+        let lines = journal::CountJournal::replay(&jpath, covered)
+            .with_context(|| format!("cannot read count journal {}", jpath.display()))?;
+        let last = lines.last().map_or(covered, |l| l.0);
+        if !lines.is_empty() {
+            tracing::info!(file = %jpath.display(), records = lines.len(), "counting again what the state file did not hold yet");
+        }
+        for (_, at, r) in &lines {
+            speedo.observe(r, *at);
+        }
+        journal = Some(
+            journal::CountJournal::open(&jpath, last)
+                .with_context(|| format!("cannot open count journal {}", jpath.display()))?,
+        );
     }
     let mut service = SpeedoService {
         cfg: cfg.clone(),
@@ -548,9 +605,12 @@ pub async fn run(cfg: &SpeedoConfig, shutdown: Shutdown, clock: &dyn Clock) -> a
         alerts: 0,
         keeper: Keeper {
             path: cfg.state_file.clone(),
+            journal,
             ..Keeper::default()
         },
     };
+    // the replayed counts go into a state file at once, and the journal starts afresh
+    service.keeper.save(&service.speedo, clock.now());
     let serve_cfg = ServeConfig {
         broker: &cfg.broker,
         input: cfg.subscription(),

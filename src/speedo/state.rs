@@ -95,12 +95,16 @@ pub struct Saved {
     pub clients: BTreeMap<String, SavedEntry>,
     /// Per source.
     pub sources: BTreeMap<String, SavedEntry>,
+    /// The last count-journal record this file covers (0: none).
+    #[serde(default)]
+    pub journal_seq: u64,
 }
 
 /// Serialises a speedo without copying it whole.
 struct View<'a> {
     speedo: &'a Speedo,
     now: DateTime<Utc>,
+    seq: u64,
 }
 
 struct Names<'a>(&'a Speedo, Kind);
@@ -119,19 +123,21 @@ impl Serialize for View<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let (client_all, sources_all) = self.speedo.totals();
-        let mut st = s.serialize_struct("Saved", 6)?;
+        let mut st = s.serialize_struct("Saved", 7)?;
         st.serialize_field("version", &VERSION)?;
         st.serialize_field("saved_at", &self.now)?;
         st.serialize_field("client_all", &client_all)?;
         st.serialize_field("sources_all", &sources_all)?;
         st.serialize_field("clients", &Names(self.speedo, Kind::Client))?;
         st.serialize_field("sources", &Names(self.speedo, Kind::Source))?;
+        st.serialize_field("journal_seq", &self.seq)?;
         st.end()
     }
 }
 
-/// Write the state file atomically. Returns the bytes written.
-pub fn save(path: &Path, speedo: &Speedo, now: DateTime<Utc>) -> std::io::Result<u64> {
+/// Write the state file atomically, covering the count journal up to `seq`. Returns the bytes
+/// written.
+pub fn save(path: &Path, speedo: &Speedo, now: DateTime<Utc>, seq: u64) -> std::io::Result<u64> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -144,7 +150,7 @@ pub fn save(path: &Path, speedo: &Speedo, now: DateTime<Utc>) -> std::io::Result
     let outcome = (|| {
         let file = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
-        serde_json::to_writer(&mut w, &View { speedo, now })?;
+        serde_json::to_writer(&mut w, &View { speedo, now, seq })?;
         w.write_all(b"\n")?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;

@@ -397,7 +397,7 @@ fn state_file_keeps_counters_times_states_and_learning() {
             .any(|a| a.name == "bob" && a.new == Health::Late)
     );
     let at = minute(3) + secs(400.0);
-    state::save(&path, &s, at).unwrap();
+    state::save(&path, &s, at, 0).unwrap();
     let saved = match state::load(&path, at).unwrap() {
         state::Loaded::State(s) => s,
         other => panic!("{other:?}"),
