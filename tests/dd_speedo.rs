@@ -26,11 +26,7 @@ fn dd_speedo(vhost: &str) -> Command {
 }
 
 async fn connect_to(vhost: &str) -> lapin::Connection {
-    let cfg = ddmon::config::BrokerConfig {
-        url: url("guest", "guest", vhost),
-        ..ddmon::config::BrokerConfig::default()
-    };
-    ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap()
+    connect_url(&url("guest", "guest", vhost)).await
 }
 
 async fn sandbox(tag: &str) -> Sandbox {

@@ -23,11 +23,7 @@ fn watchdog(vhost: &str, args: &[&str]) -> Running {
 }
 
 async fn connect_to(vhost: &str) -> lapin::Connection {
-    let cfg = ddmon::config::BrokerConfig {
-        url: url("guest", "guest", vhost),
-        ..Default::default()
-    };
-    ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap()
+    connect_url(&url("guest", "guest", vhost)).await
 }
 
 /// The `inflight` answer (JSON) through `dd_watchdog --query --json`; `Null` when none came.

@@ -521,14 +521,6 @@ async fn the_page_in_a_real_browser_dials_states_tails_and_metrics() {
     }
 }
 
-async fn connect_url(url: &str) -> lapin::Connection {
-    let cfg = ddmon::config::BrokerConfig {
-        url: url.to_string(),
-        ..Default::default()
-    };
-    ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap()
-}
-
 /// An HTTP client that keeps cookies (one browser's worth).
 fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -139,14 +139,6 @@ fn ddmon(bin: &str, broker: &str, args: &[&str]) -> Running {
     Running::spawn(c)
 }
 
-async fn connect_url(url: &str) -> lapin::Connection {
-    let cfg = ddmon::config::BrokerConfig {
-        url: url.to_string(),
-        ..Default::default()
-    };
-    ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap()
-}
-
 /// The product files: `name -> bytes`, each of its own size.
 fn write_products(dir: &Path, names: &[&str]) -> BTreeMap<String, u64> {
     fs::create_dir_all(dir).unwrap();

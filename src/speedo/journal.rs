@@ -32,6 +32,7 @@ pub struct CountJournal {
     path: PathBuf,
     file: File,
     buf: Vec<u8>,
+    buffered: u64,
     seq: u64,
     /// Lines written since start.
     pub written: u64,
@@ -52,6 +53,7 @@ impl CountJournal {
             path: path.to_path_buf(),
             file,
             buf: Vec::with_capacity(1 << 16),
+            buffered: 0,
             seq,
             written: 0,
         })
@@ -86,6 +88,7 @@ impl CountJournal {
         let line = LineOut { s: self.seq, at, r };
         if serde_json::to_writer(&mut self.buf, &line).is_ok() {
             self.buf.push(b'\n');
+            self.buffered += 1;
         }
     }
 
@@ -100,7 +103,8 @@ impl CountJournal {
             return Ok(());
         }
         self.file.write_all(&self.buf)?;
-        self.written += self.buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        self.written += self.buffered;
+        self.buffered = 0;
         self.buf.clear();
         Ok(())
     }
@@ -108,6 +112,7 @@ impl CountJournal {
     /// A state file now covers every record noted: start the journal afresh.
     pub fn truncate(&mut self) -> std::io::Result<()> {
         self.buf.clear();
+        self.buffered = 0;
         self.file.set_len(0)
     }
 

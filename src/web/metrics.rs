@@ -118,10 +118,7 @@ fn numeric_leaves(prefix: &str, v: &Value, out: &mut Vec<(String, u64)>) {
 
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let board = match self.board.lock() {
-            Ok(b) => b.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let board = super::lock_board(&self.board).clone();
         let now = chrono::Utc::now();
         let names: Vec<&Name> = board.names().collect();
         let mut files = Vec::new();

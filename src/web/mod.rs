@@ -216,6 +216,20 @@ pub struct App {
     pub shutdown: Shutdown,
 }
 
+impl App {
+    /// The board (a panic elsewhere while it was held leaves it as it was: still shown).
+    pub fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        lock_board(&self.board)
+    }
+}
+
+/// Lock the board, taking it back from a poisoned lock.
+pub fn lock_board(board: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
+    board
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 const PAGE: &str = include_str!("page.html");
 
 async fn page() -> impl IntoResponse {
@@ -244,11 +258,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
 }
 
 fn snapshot(app: &App) -> Value {
-    let board = match app.board.lock() {
-        Ok(b) => b.clone(),
-        Err(p) => p.into_inner().clone(),
-    };
-    board.snapshot(Utc::now(), app.cfg.poll)
+    app.board().snapshot(Utc::now(), app.cfg.poll)
 }
 
 async fn speedos(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -386,10 +396,7 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) {
                 warned_many = true;
             }
             let snapshot = {
-                let mut board = match app.board.lock() {
-                    Ok(b) => b,
-                    Err(p) => p.into_inner(),
-                };
+                let mut board = app.board();
                 board.polls[0] += 1;
                 match answers.first() {
                     Some(a) => {
@@ -418,10 +425,7 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) {
                         .iter()
                         .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
                         .collect();
-                    match app.board.lock() {
-                        Ok(mut b) => b.daemons = daemons,
-                        Err(p) => p.into_inner().daemons = daemons,
-                    }
+                    app.board().daemons = daemons;
                 }
             }
             let left = poll.saturating_sub(started.elapsed());

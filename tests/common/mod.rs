@@ -48,6 +48,15 @@ pub async fn connect() -> lapin::Connection {
     }
 }
 
+/// A connection to the broker at `url` (a sandbox vhost's, a node of a test's own).
+pub async fn connect_url(url: &str) -> lapin::Connection {
+    let cfg = BrokerConfig {
+        url: url.to_string(),
+        ..BrokerConfig::default()
+    };
+    ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap()
+}
+
 /// A unique name for this test run.
 pub fn unique(prefix: &str) -> String {
     format!(
