@@ -150,6 +150,13 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// connection.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long declaring a queue, binding it and subscribing may take (quorum queues in a
+/// cluster missing a node are slow to declare).
+pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an ack or reject may take to be handed to the connection.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Run a broker operation with [`OPERATION_TIMEOUT`].
 async fn bounded<T>(
     op: impl std::future::Future<Output = Result<T, lapin::Error>>,
@@ -318,18 +325,16 @@ pub async fn declare_exchange(
     kind: ExchangeKind,
     args: &Headers,
 ) -> Result<(), BrokerError> {
-    channel
-        .exchange_declare(
-            name.into(),
-            kind,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            table_from_headers(args),
-        )
-        .await
-        .map_err(classify)
+    bounded(channel.exchange_declare(
+        name.into(),
+        kind,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        table_from_headers(args),
+    ))
+    .await
 }
 
 /// Bind exchange `destination` to exchange `source` (an exchange-to-exchange binding).
@@ -340,16 +345,14 @@ pub async fn bind_exchange(
     routing_key: &str,
     args: &Headers,
 ) -> Result<(), BrokerError> {
-    channel
-        .exchange_bind(
-            destination.into(),
-            source.into(),
-            routing_key.into(),
-            lapin::options::ExchangeBindOptions::default(),
-            table_from_headers(args),
-        )
-        .await
-        .map_err(classify)
+    bounded(channel.exchange_bind(
+        destination.into(),
+        source.into(),
+        routing_key.into(),
+        lapin::options::ExchangeBindOptions::default(),
+        table_from_headers(args),
+    ))
+    .await
 }
 
 /// Bind `b.destination` to its headers exchange on `x-match: all, <header>: <value>`.
@@ -376,8 +379,9 @@ pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> Result<(),
 
 /// Declare the queue and its bindings on a fresh channel. A binding to an exchange that does
 /// not exist yet declares the exchange (durable topic) and tries again, so a reader can start
-/// before any writer; a user who may not create it gets the broker's refusal.
-async fn declare(conn: &Connection, sub: &Subscription) -> Result<Channel, BrokerError> {
+/// before any writer; a user who may not create it gets the broker's refusal. Returns the
+/// channel it was declared on.
+pub async fn declare_queue(conn: &Connection, sub: &Subscription) -> Result<Channel, BrokerError> {
     let channel = conn.create_channel().await.map_err(classify)?;
     let mut args = FieldTable::default();
     if sub.queue.quorum {
@@ -457,17 +461,41 @@ impl Delivery {
     /// Acknowledge: its effect is durable. If the channel it came on is gone, the broker
     /// redelivers it (at-least-once); that is logged, not an error.
     pub async fn ack(&self) {
-        if let Err(e) = self.inner.acker.ack(BasicAckOptions::default()).await {
-            tracing::debug!(error = %e, "ack on a closed channel: the broker will redeliver");
-        }
+        self.settle("ack", self.inner.acker.ack(BasicAckOptions::default()))
+            .await;
+    }
+
+    /// Acknowledge this delivery and every earlier one of its channel not yet settled (one
+    /// frame for a batch). Only for a caller that knows every earlier delivery of the channel
+    /// is settled or meant to be acknowledged now.
+    pub async fn ack_up_to(&self) {
+        let opts = BasicAckOptions { multiple: true };
+        self.settle("ack", self.inner.acker.ack(opts)).await;
     }
 
     /// Reject without requeue: it can never succeed (dead-lettered where the queue has a
     /// dead-letter exchange, else dropped by the broker after being counted by the tool).
     pub async fn reject(&self) {
         let opts = BasicRejectOptions { requeue: false };
-        if let Err(e) = self.inner.acker.reject(opts).await {
-            tracing::debug!(error = %e, "reject on a closed channel: the broker will redeliver");
+        self.settle("reject", self.inner.acker.reject(opts)).await;
+    }
+
+    /// Bounded by [`SETTLE_TIMEOUT`]: lapin may never settle an ack asked for just as its
+    /// connection died (seen after a broker restart: dd_speedo waited there forever, its
+    /// consumers gone and nothing logged). Not settled means redelivered by the broker.
+    async fn settle(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<bool, lapin::Error>>,
+    ) {
+        match tokio::time::timeout(SETTLE_TIMEOUT, op).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "{what} on a closed channel: the broker will redeliver")
+            }
+            Err(_) => tracing::warn!(
+                "{what} not sent within {SETTLE_TIMEOUT:?} (connection lost?): the broker will redeliver"
+            ),
         }
     }
 }
@@ -486,6 +514,8 @@ pub struct Consumer {
     establishing: Option<Establishing>,
     /// The last connection was lost: back off before the next attempt.
     lost: bool,
+    /// When to look whether the connection is still open.
+    watch: tokio::time::Interval,
 }
 
 type Establishing = tokio::task::JoinHandle<(Backoff, Result<Option<Live>, BrokerError>)>;
@@ -515,6 +545,11 @@ impl Consumer {
             live: None,
             establishing: None,
             lost: false,
+            watch: {
+                let mut i = tokio::time::interval(Duration::from_secs(1));
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            },
         };
         if c.establish().await? {
             Ok(Some(c))
@@ -581,18 +616,28 @@ impl Consumer {
             let item = tokio::select! {
                 biased;
                 _ = self.shutdown.requested() => return Ok(None),
-                item = live.stream.next() => item,
+                item = live.stream.next() => Some(item),
+                // lapin may miss telling a consumer that its connection died: look as well
+                _ = self.watch.tick() => {
+                    if live.channel.status().connected() && live.conn.status().connected() {
+                        continue;
+                    }
+                    None
+                }
             };
             match item {
-                Some(Ok(d)) => return Ok(Some(convert(d))),
-                Some(Err(e)) => {
+                Some(Some(Ok(d))) => return Ok(Some(convert(d))),
+                Some(Some(Err(e))) => {
                     let e = classify(e);
                     if !e.is_transient() {
                         return Err(e);
                     }
                     tracing::warn!(error = %e, "lost the broker, reconnecting");
                 }
-                None => tracing::warn!("consumer cancelled or connection closed, reconnecting"),
+                Some(None) => {
+                    tracing::warn!("consumer cancelled or connection closed, reconnecting")
+                }
+                None => tracing::warn!("the connection is no longer open, reconnecting"),
             }
             if let Some(old) = self.live.take() {
                 // closed in the background: this wait may itself be dropped by a select
@@ -612,10 +657,11 @@ impl Consumer {
             }
         }
         if let Some(live) = self.live.take() {
-            let _ = live
-                .channel
-                .basic_cancel(live.tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+            let _ = bounded(
+                live.channel
+                    .basic_cancel(live.tag.as_str().into(), BasicCancelOptions::default()),
+            )
+            .await;
             let _ = bounded(live.channel.close(200, "OK".into())).await;
             close_quietly(&live.conn, "OK").await;
         }
@@ -638,15 +684,29 @@ async fn establish(
         let Some(conn) = connect_with_retry(cfg, &conn_name, backoff, shutdown).await? else {
             return Ok(None);
         };
-        // Not bounded by a timeout: a consumer registered by a late answer on a connection
-        // given up would hold its deliveries unacknowledged.
-        match subscribe(cfg, name, sub, conn).await {
-            Ok(live) => {
+        // Bounded (a connection opened while the broker boots may never answer), and the
+        // connection given up is closed: a consumer registered by a late answer goes with it
+        // instead of holding deliveries unacknowledged.
+        let subscribed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(cfg, name, sub, &conn))
+            .await
+            .unwrap_or_else(|_| {
+                Err(BrokerError::Unreachable(format!(
+                    "the broker did not answer the subscription within {SUBSCRIBE_TIMEOUT:?}"
+                )))
+            });
+        match subscribed {
+            Ok((channel, stream, tag)) => {
                 tracing::info!(queue = %sub.queue.name, exchange = %sub.exchange, "consuming");
-                return Ok(Some(live));
+                return Ok(Some(Live {
+                    conn,
+                    channel,
+                    stream,
+                    tag,
+                }));
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "cannot subscribe, retrying");
+                close_quietly(&conn, "subscription failed").await;
                 if !backoff.wait(shutdown).await {
                     return Ok(None);
                 }
@@ -660,9 +720,9 @@ async fn subscribe(
     cfg: &BrokerConfig,
     name: &str,
     sub: &Subscription,
-    conn: Connection,
-) -> Result<Live, BrokerError> {
-    let channel = declare(&conn, sub).await?;
+    conn: &Connection,
+) -> Result<(Channel, lapin::Consumer, String), BrokerError> {
+    let channel = declare_queue(conn, sub).await?;
     channel
         .basic_qos(cfg.prefetch, BasicQosOptions::default())
         .await
@@ -677,23 +737,13 @@ async fn subscribe(
         )
         .await
         .map_err(classify)?;
-    Ok(Live {
-        conn,
-        channel,
-        stream,
-        tag,
-    })
+    Ok((channel, stream, tag))
 }
 
 fn convert(mut d: lapin::message::Delivery) -> Delivery {
     // The body moves out of lapin's delivery: no copy on the hot path.
     let body = std::mem::take(&mut d.data);
-    let headers = d
-        .properties
-        .headers()
-        .as_ref()
-        .map(headers_from_table)
-        .unwrap_or_default();
+    let headers = headers_of(&d.properties);
     Delivery {
         routing_key: d.routing_key.to_string(),
         exchange: d.exchange.to_string(),
@@ -708,6 +758,15 @@ fn convert(mut d: lapin::message::Delivery) -> Delivery {
             .map(|s| s.to_string()),
         inner: d,
     }
+}
+
+/// A message's headers, converted (none: empty).
+pub fn headers_of(props: &BasicProperties) -> Headers {
+    props
+        .headers()
+        .as_ref()
+        .map(headers_from_table)
+        .unwrap_or_default()
 }
 
 /// Convert an AMQP table to [`Headers`].
@@ -833,6 +892,18 @@ impl Confirms {
             Err(_) => Err(BrokerError::Unreachable(
                 "confirms lost with the connection".into(),
             )),
+        }
+    }
+
+    /// Their outcome if it is already here (`None`: not yet). Once taken, it is gone.
+    pub fn ready(&mut self) -> Option<Result<Confirmed, BrokerError>> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        match self.0.try_recv() {
+            Ok(r) => Some(r),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Closed) => Some(Err(BrokerError::Unreachable(
+                "confirms lost with the connection".into(),
+            ))),
         }
     }
 }

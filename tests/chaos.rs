@@ -143,8 +143,8 @@ fn daemon(tool: &str, url: &str, args: &[&str]) -> Running {
         other => panic!("{other}"),
     };
     let mut c = Command::new(path);
-    c.env("DD_BROKER", url)
-        .env_remove("RUST_LOG")
+    daemon_log(&mut c)
+        .env("DD_BROKER", url)
         .env_remove("DD_SPEEDO_STATE")
         .env_remove("DD_WATCHDOG_JOURNAL")
         .args(args);
@@ -181,12 +181,7 @@ async fn drain_queue(conn: &lapin::Connection, queue: &str) -> Vec<RawMessage> {
         .unwrap();
     let mut out = Vec::new();
     while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(1500), c.next()).await {
-        let headers = d
-            .properties
-            .headers()
-            .as_ref()
-            .map(ddmon::broker::headers_from_table)
-            .unwrap_or_default();
+        let headers = ddmon::broker::headers_of(&d.properties);
         out.push((d.routing_key.to_string(), headers, d.data.clone()));
         d.acker.ack(BasicAckOptions::default()).await.unwrap();
     }
@@ -196,27 +191,23 @@ async fn drain_queue(conn: &lapin::Connection, queue: &str) -> Vec<RawMessage> {
 
 /// Every daemon's input queue has its consumer and nothing waiting.
 async fn all_caught_up(conn: &lapin::Connection) -> bool {
-    for q in [
-        "q_guest.dd_log2source.chaos",
-        "q_guest.dd_speedo.chaos",
-        "q_guest.dd_watchdog.chaos",
-    ] {
-        match queue_counts(conn, q).await {
-            Some((messages, consumers)) if messages == 0 && consumers >= 1 => {}
-            _ => return false,
-        }
-    }
-    true
+    every_input(conn, |messages, consumers| messages == 0 && consumers >= 1).await
 }
 
+/// Every daemon's input queue has its consumer.
 async fn all_consuming(conn: &lapin::Connection) -> bool {
+    every_input(conn, |_, consumers| consumers >= 1).await
+}
+
+/// `ok(messages, consumers)` holds for every daemon's input queue.
+async fn every_input(conn: &lapin::Connection, ok: impl Fn(u32, u32) -> bool) -> bool {
     for q in [
         "q_guest.dd_log2source.chaos",
         "q_guest.dd_speedo.chaos",
         "q_guest.dd_watchdog.chaos",
     ] {
         match queue_counts(conn, q).await {
-            Some((_, consumers)) if consumers >= 1 => {}
+            Some((messages, consumers)) if ok(messages, consumers) => {}
             _ => return false,
         }
     }

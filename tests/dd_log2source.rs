@@ -331,3 +331,65 @@ async fn records_from_another_cluster_go_back_to_its_broker() {
         there_conn.close(200, "OK".into()).await,
     );
 }
+
+/// With a dead-letter exchange, malformed records are rejected there, one by one, while the
+/// good ones around them are copied and acknowledged (several at a time once their confirms
+/// are in): a bad record first, in the middle and last of a stream; none lost, none left.
+#[tokio::test]
+async fn malformed_records_between_copies_are_dead_lettered_and_the_rest_acknowledged() {
+    let conn = connect().await;
+    let s = Scratch::new();
+    let dlx = format!("{}.dlx", s.exchange);
+    for x in [
+        "src_source00",
+        "src_source01",
+        "src_source02",
+        "unknown",
+        "dlx",
+    ] {
+        s.track_exchange(&format!("{}.{x}", s.exchange));
+    }
+    let mut copies = Vec::new();
+    for src in ["source00", "source01", "source02"] {
+        let x = format!("{}.src_{src}", s.exchange);
+        copies.push(listen(&conn, &x, &["#"]).await);
+    }
+    let mut dead = listen(&conn, &dlx, &["#"]).await;
+    let router = start(
+        &conn,
+        &s,
+        &[
+            "--sources",
+            "source00,source01,source02",
+            "--dead-letter-exchange",
+            &dlx,
+        ],
+    )
+    .await;
+    let records = sim_records(600, 5);
+    let good = v02_messages(&records);
+    let bad = |body: &[u8]| ("v02.log.x".to_string(), good[0].1.clone(), body.to_vec());
+    let mut msgs = vec![bad(b"first")];
+    msgs.extend(good[..300].iter().cloned());
+    msgs.push(bad(b"middle"));
+    msgs.extend(good[300..].iter().cloned());
+    msgs.push(bad(b"last"));
+    publish(&s.exchange, msgs).await;
+
+    let mut copied = 0;
+    for c in copies.iter_mut() {
+        copied += drain(c, 1500).await.len();
+    }
+    assert_eq!(copied, good.len(), "every good record copied once");
+    let rejected: Vec<Vec<u8>> = drain(&mut dead, 1000)
+        .await
+        .into_iter()
+        .map(|d| d.data)
+        .collect();
+    assert_eq!(rejected, [&b"first"[..], b"middle", b"last"]);
+    router.run.terminate();
+    let (code, _, err) = router.run.finish(10);
+    assert_eq!(code, 0, "{err}");
+    // nothing came back to the queue when it stopped: every good one was acknowledged
+    assert_eq!(queue_counts(&conn, &router.input_queue).await, Some((0, 0)));
+}

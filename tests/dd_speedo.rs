@@ -445,30 +445,32 @@ async fn malformed_records_are_counted_and_dead_lettered_never_fatal() {
     let run = Running::spawn(c);
     wait_for_consumers(&conn, "q_guest.dd_speedo.log", 1).await;
     let records = sim_records(20, 2);
-    let mut msgs = vec![
-        (
-            "v02.log.x".to_string(),
-            Default::default(),
-            b"garbage".to_vec(),
-        ),
-        (
-            "v02.log.x".to_string(),
-            Default::default(),
-            vec![0xff, 0xfe],
-        ),
-    ];
-    msgs.extend(v02_messages(&records));
+    // first, in the middle and last of a batch: each rejected, none acknowledged with the
+    // good ones around it
+    let bad = |body: &[u8]| ("v02.log.x".to_string(), Default::default(), body.to_vec());
+    let mut msgs = vec![bad(b"garbage")];
+    let good = v02_messages(&records);
+    let half = good.len() / 2;
+    msgs.extend(good[..half].iter().cloned());
+    msgs.push(bad(&[0xff, 0xfe]));
+    msgs.extend(good[half..].iter().cloned());
+    msgs.push(bad(b"{\"not\": \"a record\"}"));
     publish_on(&url("guest", "guest", &sb.vhost), "log", msgs).await;
     let (want, _) = expected(&records);
     let n: u64 = want.values().map(|c| c[0] + c[1]).sum();
     let st = stats_when(&conn, "bad", 20, |s| s["counted"].as_u64() == Some(n)).await;
-    assert_eq!(st["counters"]["malformed"].as_u64(), Some(2), "{st}");
+    assert_eq!(st["counters"]["malformed"].as_u64(), Some(3), "{st}");
     let got = drain(&mut dead, 1000).await;
-    assert_eq!(got.len(), 2);
+    assert_eq!(got.len(), 3);
     run.terminate();
     let (code, _, err) = run.finish(15);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("malformed"), "{err}");
+    // nothing came back to the queue when it stopped: every good one was acknowledged
+    assert_eq!(
+        queue_counts(&conn, "q_guest.dd_speedo.log").await,
+        Some((0, 0))
+    );
 }
 
 #[tokio::test]

@@ -219,20 +219,18 @@ async fn dd_speedo_and_dd_watchdog_survive_a_broker_restart() {
             "dd_speedo" => env!("CARGO_BIN_EXE_dd_speedo"),
             _ => env!("CARGO_BIN_EXE_dd_watchdog"),
         });
-        c.env("DD_BROKER", broker_url())
-            .env_remove("RUST_LOG")
-            .args([
-                "--exchange",
-                &exchange,
-                "--output-exchange",
-                &exchange,
-                "--daemon-exchange",
-                &exchange,
-                "--queue",
-                &format!("r{tag}"),
-                "--instance",
-                &format!("r{tag}"),
-            ]);
+        daemon_log(&mut c).env("DD_BROKER", broker_url()).args([
+            "--exchange",
+            &exchange,
+            "--output-exchange",
+            &exchange,
+            "--daemon-exchange",
+            &exchange,
+            "--queue",
+            &format!("r{tag}"),
+            "--instance",
+            &format!("r{tag}"),
+        ]);
         c
     };
     let mut c = common("dd_speedo");
@@ -395,5 +393,15 @@ async fn dd_speedo_and_dd_watchdog_survive_a_broker_restart() {
         run.terminate();
         let (code, _, err) = run.finish(20);
         assert_eq!(code, 0, "{err}");
+        // how each came back, for whoever reads --nocapture output
+        for what in [
+            "reconnecting",
+            "not sent within",
+            "no longer open",
+            "consuming",
+        ] {
+            let n = err.lines().filter(|l| l.contains(what)).count();
+            println!("daemon log lines with {what:?}: {n}");
+        }
     }
 }

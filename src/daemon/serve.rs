@@ -133,12 +133,7 @@ pub async fn serve<S: Service>(
             p.publish_all(&[m]).await?;
         }
     }
-    let Some(mut input) = Consumer::start(cfg.broker, tool, cfg.input.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("cannot read exchange {:?}", cfg.input.exchange))?
-    else {
-        return Ok(());
-    };
+    // requests first: a daemon seen consuming its input also answers `stats` and `health`
     let mut requests = match &runtime {
         Some(rt) => {
             let sub = Subscription {
@@ -159,6 +154,15 @@ pub async fn serve<S: Service>(
             Consumer::start(cfg.broker, tool, sub, shutdown.clone()).await?
         }
         None => None,
+    };
+    let Some(mut input) = Consumer::start(cfg.broker, tool, cfg.input.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("cannot read exchange {:?}", cfg.input.exchange))?
+    else {
+        if let Some(r) = requests {
+            r.close().await;
+        }
+        return Ok(());
     };
     let mut loop_ = Loop {
         service,
@@ -324,11 +328,47 @@ impl<S: Service> Loop<'_, S> {
     ) -> anyhow::Result<()> {
         match outcome {
             Ok(confirmed) => {
-                if let Some(done) = self.pending.pop_front() {
-                    self.service.confirmed(&done.publish, &confirmed.returned);
+                let Some(done) = self.pending.pop_front() else {
+                    return Ok(());
+                };
+                self.service.confirmed(&done.publish, &confirmed.returned);
+                if done.verdict != Verdict::Ack || !self.unsettled.is_empty() {
                     settle(&done.delivery, done.verdict).await;
+                    return Ok(());
                 }
-                Ok(())
+                // Everything older is settled: the next heads already confirmed join it, and
+                // the run is acknowledged with one frame (`multiple`, on its last).
+                let mut last = done;
+                let mut broke = None;
+                while let Some(head) = self.pending.front_mut() {
+                    if head.verdict != Verdict::Ack {
+                        break;
+                    }
+                    match head.confirms.as_mut().and_then(|c| c.ready()) {
+                        None => break,
+                        Some(Ok(confirmed)) => {
+                            let Some(next) = self.pending.pop_front() else {
+                                break;
+                            };
+                            self.service.confirmed(&next.publish, &confirmed.returned);
+                            last = next;
+                        }
+                        Some(Err(e)) => {
+                            head.confirms = None;
+                            broke = Some(e);
+                            break;
+                        }
+                    }
+                }
+                last.delivery.ack_up_to().await;
+                match broke {
+                    Some(e) if e.is_transient() => {
+                        tracing::warn!(error = %e, pending = self.pending.len(), "publishing interrupted, sending again");
+                        self.resend_pending().await
+                    }
+                    Some(e) => Err(e.into()),
+                    None => Ok(()),
+                }
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, pending = self.pending.len(), "publishing interrupted, sending again");
@@ -391,9 +431,32 @@ impl<S: Service> Loop<'_, S> {
             return Ok(());
         }
         self.service.flush()?;
-        for (d, verdict) in self.unsettled.drain(..) {
-            settle(&d, verdict).await;
+        if !self.pending.is_empty() {
+            // earlier deliveries still await their confirms: one at a time
+            for (d, verdict) in self.unsettled.drain(..) {
+                settle(&d, verdict).await;
+            }
+            return Ok(());
         }
+        // Every earlier delivery of the input's channel is settled: a run of acks is one
+        // frame (`multiple`, on the run's last), a reject ends the run. (A batch that spans a
+        // reconnection acks on the new channel only: the old one's are redelivered anyway.)
+        let mut last_ack: Option<&Delivery> = None;
+        for (d, verdict) in &self.unsettled {
+            match verdict {
+                Verdict::Ack => last_ack = Some(d),
+                Verdict::Reject => {
+                    if let Some(a) = last_ack.take() {
+                        a.ack_up_to().await;
+                    }
+                    d.reject().await;
+                }
+            }
+        }
+        if let Some(a) = last_ack {
+            a.ack_up_to().await;
+        }
+        self.unsettled.clear();
         Ok(())
     }
 

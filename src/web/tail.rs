@@ -381,16 +381,13 @@ async fn run_tail(
         tokio::select! {
             d = consumer.next() => match d {
                 Some(Ok(d)) => {
-                    let headers = d
-                        .properties
-                        .headers()
-                        .as_ref()
-                        .map(crate::broker::headers_from_table)
-                        .unwrap_or_default();
+                    let headers = crate::broker::headers_of(&d.properties);
                     let line = crate::record::parse(d.routing_key.as_str(), &headers, &d.data)
                         .ok()
                         .and_then(|p| render_line(d.routing_key.as_str(), &p));
-                    let _ = d.acker.ack(BasicAckOptions::default()).await;
+                    // bounded: an ack asked for as the connection dies may never settle
+                    let ack = d.acker.ack(BasicAckOptions::default());
+                    let _ = tokio::time::timeout(crate::broker::SETTLE_TIMEOUT, ack).await;
                     let Some(line) = line.filter(|l| filter.accepts(l)) else {
                         continue;
                     };

@@ -6,7 +6,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -274,10 +274,18 @@ impl Running {
                     }
                 }
             }),
+            // line by line, so that a test failing while the tool still runs shows its log
             std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = BufReader::new(err).read_to_string(&mut s);
-                e.lock().unwrap().push_str(&s);
+                for line in BufReader::new(err).lines() {
+                    match line {
+                        Ok(l) => {
+                            let mut s = e.lock().unwrap();
+                            s.push_str(&l);
+                            s.push('\n');
+                        }
+                        Err(_) => break,
+                    }
+                }
             }),
         ];
         Running {
@@ -550,28 +558,26 @@ pub fn free_port() -> u16 {
 /// A durable queue `name` bound to `exchange` (declared a durable topic exchange when missing)
 /// for `key`: a test's own tap on what an exchange receives.
 pub async fn durable_tap(conn: &lapin::Connection, name: &str, exchange: &str, key: &str) {
-    let ch = conn.create_channel().await.unwrap();
-    ddmon::broker::declare_topic_exchange(&ch, exchange)
-        .await
-        .unwrap();
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
+    let sub = ddmon::broker::Subscription {
+        exchange: exchange.into(),
+        bindings: vec![key.into()],
+        queue: ddmon::broker::QueueSpec {
+            name: name.into(),
             durable: true,
-            ..Default::default()
+            exclusive: false,
+            quorum: false,
+            dead_letter_exchange: None,
         },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        name.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    };
+    let ch = ddmon::broker::declare_queue(conn, &sub).await.unwrap();
     let _ = ch.close(200, "tapped".into()).await;
+}
+
+/// The daemons a test starts log at their default level, unless `DD_TEST_RUST_LOG` asks for
+/// more (e.g. `ddmon=debug,lapin=debug` to follow a reconnection): set as their `RUST_LOG`.
+pub fn daemon_log(c: &mut Command) -> &mut Command {
+    match std::env::var("DD_TEST_RUST_LOG") {
+        Ok(level) => c.env("RUST_LOG", level),
+        Err(_) => c.env_remove("RUST_LOG"),
+    }
 }
