@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 use ddmon::broker::{Outgoing, Publisher};
 use ddmon::config::BrokerConfig;
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 
 /// A number from the environment, or the default.
@@ -43,32 +40,19 @@ pub async fn fill(cfg: &BrokerConfig, msgs: &[Outgoing]) {
 /// A durable queue bound to `exchange` on v02.# and v03.# (as the daemons declare theirs).
 pub async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
     let conn = ddmon::broker::connect(cfg, "bench-declare").await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ddmon::broker::declare_topic_exchange(&ch, exchange)
-        .await
-        .unwrap();
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
+    let sub = ddmon::broker::Subscription {
+        exchange: exchange.into(),
+        bindings: vec!["v02.#".into(), "v03.#".into()],
+        queue: ddmon::broker::QueueSpec {
+            name: queue.into(),
             durable: true,
-            ..Default::default()
+            exclusive: false,
+            quorum: false,
+            dead_letter_exchange: None,
         },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    for key in ["v02.#", "v03.#"] {
-        ch.queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    }
-    conn.close(200, "OK".into()).await.unwrap();
+    };
+    ddmon::broker::declare_queue(&conn, &sub).await.unwrap();
+    let _ = conn.close(200, "OK".into()).await;
 }
 
 /// The baseline: consume `n` messages from `queue`, ack each, nothing else.
