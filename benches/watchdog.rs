@@ -27,6 +27,7 @@ fn run(records: &[LogRecord], journal: bool) -> usize {
         node_timeout_ms: 120_000,
         stuck_after_ms: 3_600_000,
         reorder_window_ms: 10_000,
+        forget_after_ms: 0,
     };
     let mut t = Table::new(limits, records[0].time, journal);
     let mut bytes = 0;

@@ -22,6 +22,7 @@ fn main() {
         node_timeout_ms: 3_600_000,
         stuck_after_ms: 0,
         reorder_window_ms: 10_000,
+        forget_after_ms: 0,
     };
     let mut t = Table::new(limits, now, false);
     let mut r = LogRecord {

@@ -224,6 +224,74 @@ async fn kill_9_and_restart_keep_the_table() {
     assert_eq!(code, 0, "{err}");
 }
 
+#[tokio::test]
+async fn what_dead_nodes_left_is_forgotten_after_forget_after_and_stays_forgotten() {
+    let sb = Sandbox::new(&unique("test.watchdog.forget"), Vec::new()).await;
+    let conn = connect_to(&sb.vhost).await;
+    let mut reports = listen(&conn, "log", &["v01.watchdog.down.#"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("wd.journal");
+    let args = [
+        "--instance",
+        "wdf",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--node-timeout",
+        "1",
+        "--forget-after",
+        "2",
+    ];
+    let run = watchdog(&sb.vhost, &args);
+    wait_for_consumers(&conn, "q_guest.dd_watchdog.log", 1).await;
+    // 40 transfers start on their nodes, which then fall silent
+    let starts: Vec<_> = sim_records(2000, 11)
+        .into_iter()
+        .filter(|r| r.status == 102)
+        .take(40)
+        .collect();
+    let nodes: BTreeSet<&str> = starts.iter().map(|r| r.node.as_str()).collect();
+    publish_on(
+        &url("guest", "guest", &sb.vhost),
+        "log",
+        v02_messages(&starts),
+    )
+    .await;
+    // each node is reported down with what it left
+    let mut reported = 0;
+    let mut down = BTreeSet::new();
+    while down.len() < nodes.len() {
+        let (key, body) = next_json(&mut reports, 20).await;
+        down.insert(key.trim_start_matches("v01.watchdog.down.").to_string());
+        reported += body["transfers"].as_array().unwrap().len();
+    }
+    assert_eq!(reported, starts.len());
+    // then forgotten: the table is empty, the counts say why
+    let v = query_until(&sb.vhost, 20, |v| {
+        v["total"] == 0 && v["nodes"] == Value::Array(vec![])
+    })
+    .await;
+    assert_eq!(v["counts"]["forgotten"], starts.len());
+    assert_eq!(v["counts"]["nodes_forgotten"], nodes.len());
+    run.terminate();
+    let (code, _, err) = run.finish(15);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("forgotten"), "{err}");
+    // a restart with the journal does not bring them back, nor report them again
+    let run = watchdog(&sb.vhost, &args);
+    wait_for_consumers(&conn, "q_guest.dd_watchdog.log", 1).await;
+    let v = query_until(&sb.vhost, 20, |v| !v.is_null()).await;
+    assert_eq!(
+        (&v["total"], &v["nodes"]),
+        (&Value::from(0), &Value::Array(vec![]))
+    );
+    assert!(
+        drain(&mut reports, 3000).await.is_empty(),
+        "no second down report"
+    );
+    run.terminate();
+    assert_eq!(run.finish(15).0, 0);
+}
+
 #[test]
 fn query_without_a_watchdog_fails_in_one_line() {
     let out = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"))

@@ -738,3 +738,46 @@ async fn sr3_reports_and_ddmon_plugin_records_match_what_sr3_logged() {
     }
     drop(sb);
 }
+
+/// ddmon's sr3 plugin while its broker is away (tests/sarracenia/plugin_backlog.py drives the
+/// plugin's publisher through a forwarder it refuses, cuts and restarts): what it kept is sent
+/// once and in order when the broker answers again, a full backlog drops the oldest and says
+/// so, and a dead broker never stalls a flush.
+#[tokio::test]
+async fn sr3_plugin_keeps_records_while_its_broker_is_away_and_sends_them_in_order() {
+    let venv = python_venvs().join("sr3");
+    let conn = connect().await;
+    let s = Scratch::new();
+    let mut rx = listen(&conn, &s.exchange, &["v03.report.#"]).await;
+    let out = Command::new(venv.join("bin/python"))
+        .arg(root().join("tests/sarracenia/plugin_backlog.py"))
+        .arg(root().join("contrib/sarracenia"))
+        .arg("5672")
+        .arg(&s.exchange)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"sent\": 160, \"dropped\": 15}\n"
+    );
+    // each outage said once, with what is kept; the end of each said too; the drops counted
+    assert_eq!(err.matches("cannot publish to").count(), 3, "{err}");
+    assert_eq!(err.matches("answers again").count(), 3, "{err}");
+    assert!(
+        err.contains("broker unreachable and backlog full (10): 1 records dropped"),
+        "{err}"
+    );
+    let got: Vec<String> = drain(&mut rx, 2000)
+        .await
+        .iter()
+        .map(|d| d.routing_key.to_string())
+        .collect();
+    let want: Vec<String> = (0..100)
+        .map(|i| format!("v03.report.a.{i}"))
+        .chain((0..50).map(|i| format!("v03.report.b.{i}")))
+        .chain((15..25).map(|i| format!("v03.report.c.{i}")))
+        .collect();
+    assert_eq!(got, want, "every record kept arrives once, in order");
+}

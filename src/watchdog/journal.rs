@@ -6,8 +6,10 @@
 //! o <node> <client> <url> <source> <flow> <started ms> <opened ms> <bytes>   a transfer opened
 //! c <node>\x1f<client>\x1f<url>                                               closed
 //! s <node>\x1f<client>\x1f<url>                                               reported stuck
+//! f <node>\x1f<client>\x1f<url>                                               forgotten
 //! d <node> <ms>                                                                node down
 //! u <node> <ms>                                                                node up again
+//! x <node>                                                                     node forgotten
 //! ```
 //!
 //! The lines of a batch are written (one `write`) before the batch's deliveries are
@@ -72,8 +74,13 @@ fn apply(table: &mut Table, line: &str) -> bool {
     let f: Vec<&str> = fields.iter().map(String::as_str).collect();
     match f.first().copied() {
         Some("o") => table.restore_open(&f[1..]),
-        Some("c") if f.len() == 2 => {
+        // closed, or forgotten
+        Some("c" | "f") if f.len() == 2 => {
             table.restore_close(f[1]);
+            true
+        }
+        Some("x") if f.len() == 2 => {
+            table.restore_forget_node(f[1]);
             true
         }
         Some("s") if f.len() == 2 => {

@@ -55,6 +55,11 @@ pub struct Args {
     /// Seconds after which an open transfer is stuck (0: never) [default: 3600].
     #[arg(long, value_name = "SECONDS")]
     pub stuck_after: Option<f64>,
+    /// Seconds after which a transfer that never got its final code is dropped from the table
+    /// (counted and logged), from its node's down if later; a node down that long with nothing
+    /// left is dropped too (0: never) [default: 86400].
+    #[arg(long, value_name = "SECONDS")]
+    pub forget_after: Option<f64>,
     /// A final code that arrives before its 102 within this many seconds cancels the 102
     /// [default: 10].
     #[arg(long, value_name = "SECONDS")]
@@ -114,6 +119,9 @@ pub struct WatchdogConfig {
     pub stuck_after: f64,
     /// Seconds within which a final code before its 102 cancels it.
     pub reorder_window: f64,
+    /// Seconds after which a transfer without its final code, or a down node with nothing
+    /// left, is dropped (0: never).
+    pub forget_after: f64,
     /// The journal file.
     pub journal: Option<PathBuf>,
     /// Sync the journal before every acknowledgement.
@@ -138,6 +146,7 @@ impl Default for WatchdogConfig {
             node_timeout: 120.0,
             stuck_after: 3600.0,
             reorder_window: 10.0,
+            forget_after: 86_400.0,
             journal: None,
             fsync: false,
             max_report_bytes: 1_000_000,
@@ -163,6 +172,7 @@ impl WatchdogConfig {
         overlay(&mut cfg.node_timeout, args.node_timeout);
         overlay(&mut cfg.stuck_after, args.stuck_after);
         overlay(&mut cfg.reorder_window, args.reorder_window);
+        overlay(&mut cfg.forget_after, args.forget_after);
         if args.journal.is_some() {
             cfg.journal = args.journal.clone();
         }
@@ -174,6 +184,7 @@ impl WatchdogConfig {
             ("node_timeout", cfg.node_timeout),
             ("stuck_after", cfg.stuck_after),
             ("reorder_window", cfg.reorder_window),
+            ("forget_after", cfg.forget_after),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ConfigError::Invalid {
@@ -197,6 +208,7 @@ impl WatchdogConfig {
             node_timeout_ms: (self.node_timeout * 1000.0) as i64,
             stuck_after_ms: (self.stuck_after * 1000.0) as i64,
             reorder_window_ms: (self.reorder_window * 1000.0) as i64,
+            forget_after_ms: (self.forget_after * 1000.0) as i64,
         }
     }
 
@@ -284,6 +296,7 @@ impl WatchdogConfig {
                 Event::Stuck { node, transfer } => {
                     out.push(msg("stuck", node, transfer.to_string()))
                 }
+                Event::Forgotten { .. } => {}
             }
         }
         out
@@ -355,6 +368,12 @@ impl WatchdogService {
                 Event::Stuck { node, transfer } => {
                     tracing::info!(node = %node, url = %transfer["url"], "transfer stuck")
                 }
+                Event::Forgotten { transfers, nodes } => tracing::info!(
+                    transfers,
+                    nodes = %nodes.join(","),
+                    after_seconds = self.cfg.forget_after,
+                    "forgotten: no final code (or node down) for longer than --forget-after"
+                ),
             }
         }
         let publish = self.cfg.outgoing(&events);

@@ -18,6 +18,7 @@ fn limits() -> Limits {
         node_timeout_ms: 10_000,
         stuck_after_ms: 60_000,
         reorder_window_ms: 5_000,
+        forget_after_ms: 0,
     }
 }
 
@@ -313,6 +314,7 @@ fn a_down_nodes_transfers_are_not_also_stuck_and_stuck_marks_survive() {
         node_timeout_ms: 120_000,
         stuck_after_ms: 60_000,
         reorder_window_ms: 0,
+        forget_after_ms: 0,
     };
     let mut t = Table::new(lim.clone(), t0(), true);
     let (mut j, _) = journal::Journal::open(&path, &mut t, false).unwrap();
@@ -354,4 +356,161 @@ fn a_separator_inside_a_name_cannot_mix_up_keys() {
         .map(|n| n["in_flight"].as_u64().unwrap())
         .collect();
     assert_eq!(counts.iter().sum::<u64>(), 1);
+}
+
+#[test]
+fn what_never_closes_is_forgotten_counted_from_a_later_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wd.journal");
+    let lim = Limits {
+        node_timeout_ms: 10_000,
+        stuck_after_ms: 0,
+        reorder_window_ms: 0,
+        forget_after_ms: 100_000,
+    };
+    let mut t = Table::new(lim.clone(), t0(), true);
+    let (mut j, _) = journal::Journal::open(&path, &mut t, false).unwrap();
+    // n1 keeps talking (its transfer never closes); n2 dies at once with two in flight
+    t.observe(&rec("n1", "a", "x", 102, t0()), t0());
+    t.observe(&rec("n2", "a", "y", 102, t0()), t0());
+    t.observe(&rec("n2", "b", "z", 102, t0()), t0());
+    let beat = |t: &mut Table, at: i64| {
+        t.heartbeat("n1", t0() + ms(at));
+        t.tick(t0() + ms(at))
+    };
+    let mut down_at = None;
+    for s in 1..=100 {
+        let e = beat(&mut t, s * 1000);
+        if e.iter()
+            .any(|e| matches!(e, Event::Down { node, .. } if node == "n2"))
+        {
+            down_at = Some(s * 1000);
+        }
+        assert!(
+            !e.iter().any(|e| matches!(e, Event::Forgotten { .. })),
+            "{e:?}"
+        );
+    }
+    let down_at = down_at.expect("n2 went down");
+    // n1's transfer is 101 s old: forgotten; n2's are kept 100 s from n2's down
+    let e = beat(&mut t, 101_000);
+    assert_eq!(
+        e,
+        vec![Event::Forgotten {
+            transfers: 1,
+            nodes: vec![]
+        }]
+    );
+    assert_eq!(t.len(), 2);
+    assert!(t.knows_node("n1"), "an up node is kept");
+    j.write(&t.take_journal(), &t).unwrap();
+    let mut e = Vec::new();
+    for s in 102..=(down_at / 1000 + 101) {
+        e.extend(beat(&mut t, s * 1000));
+    }
+    assert_eq!(
+        e,
+        vec![Event::Forgotten {
+            transfers: 2,
+            nodes: vec!["n2".into()]
+        }]
+    );
+    assert!(t.is_empty());
+    assert!(!t.knows_node("n2"));
+    assert_eq!((t.counts.forgotten, t.counts.nodes_forgotten), (3, 1));
+    // the journal says so: a restart does not bring them back, nor report n2 again
+    j.write(&t.take_journal(), &t).unwrap();
+    drop(j);
+    let now = t0() + ms(down_at + 102_000);
+    let mut r = Table::new(lim, now, true);
+    let (_j, loaded) = journal::Journal::open(&path, &mut r, false).unwrap();
+    assert_eq!(loaded.bad, 0);
+    assert!(r.is_empty());
+    assert_eq!(r.node_count(), 1);
+    r.heartbeat("n1", now + ms(1000));
+    assert!(r.tick(now + ms(1000)).is_empty());
+}
+
+/// One step of a random pump.
+#[derive(Debug, Clone)]
+enum Step {
+    Start(u8, u8, u8),
+    Final(u8, u8, u8),
+    Beat(u8),
+    Wait(u16),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0..4u8, 0..3u8, 0..20u8).prop_map(|(n, c, f)| Step::Start(n, c, f)),
+        3 => (0..4u8, 0..3u8, 0..20u8).prop_map(|(n, c, f)| Step::Final(n, c, f)),
+        1 => (0..4u8).prop_map(Step::Beat),
+        2 => (0..30_000u16).prop_map(Step::Wait),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// Whatever the pump does: the nodes' counts add up to the table, every opened transfer
+    /// is still open, closed, or forgotten, and the journal rebuilds the same table.
+    #[test]
+    fn the_table_adds_up_and_its_journal_rebuilds_it(
+        steps in proptest::collection::vec(step(), 1..300)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wd.journal");
+        let lim = Limits {
+            node_timeout_ms: 20_000,
+            stuck_after_ms: 40_000,
+            reorder_window_ms: 3_000,
+            forget_after_ms: 60_000,
+        };
+        let mut t = Table::new(lim.clone(), t0(), true);
+        let (mut j, _) = journal::Journal::open(&path, &mut t, false).unwrap();
+        let mut now = t0();
+        let (mut downs, mut ups) = (0u64, 0u64);
+        for s in &steps {
+            let e = match s {
+                Step::Start(n, c, f) | Step::Final(n, c, f) => {
+                    let code = if matches!(s, Step::Start(..)) { 102 } else { 201 };
+                    let (n, c, f) = (format!("n{n}"), format!("c{c}"), format!("f{f}"));
+                    t.observe(&rec(&n, &c, &f, code, now), now)
+                }
+                Step::Beat(n) => t.heartbeat(&format!("n{n}"), now),
+                Step::Wait(w) => {
+                    now += ms(i64::from(*w));
+                    t.input(now);
+                    t.tick(now)
+                }
+            };
+            downs += e.iter().filter(|e| matches!(e, Event::Down { .. })).count() as u64;
+            ups += e.iter().filter(|e| matches!(e, Event::Up { .. })).count() as u64;
+            j.write(&t.take_journal(), &t).unwrap();
+            let v = t.inflight(&Value::Null, 0, now);
+            let per_node: u64 = v["nodes"].as_array().unwrap().iter()
+                .map(|n| n["in_flight"].as_u64().unwrap()).sum();
+            proptest::prop_assert_eq!(per_node, t.len() as u64);
+            let c = &t.counts;
+            proptest::prop_assert_eq!(c.opened, c.closed + c.forgotten + t.len() as u64);
+            proptest::prop_assert_eq!(c.downs, downs);
+            proptest::prop_assert!(ups <= downs);
+        }
+        drop(j);
+        let mut r = Table::new(lim, now, true);
+        let (_j, loaded) = journal::Journal::open(&path, &mut r, false).unwrap();
+        proptest::prop_assert_eq!(loaded.bad, 0);
+        let (a, b) = (t.inflight(&Value::Null, 10_000, now), r.inflight(&Value::Null, 10_000, now));
+        proptest::prop_assert_eq!(&a["transfers"], &b["transfers"]);
+        // an up node with nothing in flight is journaled only by a compaction (nothing was
+        // lost there if it dies while dd_watchdog restarts)
+        let states = |v: &Value| -> Vec<(Value, Value, Value)> {
+            v["nodes"].as_array().unwrap().iter()
+                .filter(|n| n["state"] == "down" || n["in_flight"] != 0)
+                .map(|n| (n["node"].clone(), n["state"].clone(), n["in_flight"].clone()))
+                .collect()
+        };
+        proptest::prop_assert_eq!(states(&a), states(&b));
+    }
 }
