@@ -18,7 +18,11 @@ fn main() -> std::process::ExitCode {
                 .next()
                 .unwrap_or("")
                 .trim_start_matches("error: ");
-            println!("DD_SPEEDO UNKNOWN - usage: {first}");
+            let usage = ddmon::nagios::Outcome::only(
+                ddmon::nagios::Status::Unknown,
+                &format!("usage: {first}"),
+            );
+            println!("{}", usage.text);
             std::process::ExitCode::from(3)
         }
     }

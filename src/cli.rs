@@ -41,15 +41,23 @@ pub struct CommonOpts {
     pub print_config: bool,
 }
 
+/// The configuration of a tool whose only settings are the broker's (dd_sim, dd_status): a
+/// file of the same shape as every other tool's, a `[broker]` table.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerOnly {
+    /// How to reach the broker.
+    pub broker: crate::config::BrokerConfig,
+}
+
 impl CommonOpts {
     /// The broker settings alone (for a tool with no config of its own): defaults < file <
     /// environment < flags, validated.
-    pub fn broker_config(&self) -> Result<crate::config::BrokerConfig, ConfigError> {
-        let mut broker: crate::config::BrokerConfig =
-            crate::config::load_file(self.config.as_deref())?;
-        self.apply_broker(&mut broker)?;
-        broker.validate()?;
-        Ok(broker)
+    pub fn broker_config(&self) -> Result<BrokerOnly, ConfigError> {
+        let mut cfg: BrokerOnly = crate::config::load_file(self.config.as_deref())?;
+        self.apply_broker(&mut cfg.broker)?;
+        cfg.broker.validate()?;
+        Ok(cfg)
     }
 
     /// Lay the broker flags over a broker config from the file layer: the URL, the CA, and

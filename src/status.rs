@@ -163,7 +163,8 @@ pub fn main(args: Args) -> std::process::ExitCode {
         &args.common,
         2,
         config,
-        |broker: BrokerConfig| {
+        |cfg: crate::cli::BrokerOnly| {
+            let broker: BrokerConfig = cfg.broker;
             let replies = crate::cli::block_on(async {
                 let conn = crate::broker::connect(&broker, "dd_status").await?;
                 let wait = Duration::from_secs_f64(args.wait.max(0.0));

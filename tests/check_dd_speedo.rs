@@ -168,7 +168,7 @@ async fn ok_then_critical_against_a_real_dd_speedo() {
     assert_eq!(code, 3);
     assert_eq!(
         out.trim_end(),
-        "DD_SPEEDO UNKNOWN - no dd_speedo answered within 1 s on exchange \"log\" (instance nope)"
+        "DD_SPEEDO UNKNOWN - no dd_speedo answered within 1 s on exchange \"log\" (instance nope) | clients_out=U;;;0 sources_out=U;;;0"
     );
     speedo.terminate();
     assert_eq!(speedo.finish(15).0, 0);
@@ -182,7 +182,7 @@ async fn no_dd_speedo_is_unknown_within_the_timeout() {
     assert_eq!(code, 3);
     assert_eq!(
         out.trim_end(),
-        "DD_SPEEDO UNKNOWN - no dd_speedo answers on exchange \"log\": it does not exist on this broker"
+        "DD_SPEEDO UNKNOWN - no dd_speedo answers on exchange \"log\": it does not exist on this broker | clients_out=U;;;0 sources_out=U;;;0"
     );
     // the exchange exists, nobody answers
     let cfg = ddmon::config::BrokerConfig {
@@ -198,7 +198,7 @@ async fn no_dd_speedo_is_unknown_within_the_timeout() {
     assert_eq!(code, 3);
     assert_eq!(
         out.trim_end(),
-        "DD_SPEEDO UNKNOWN - no dd_speedo answered within 2 s on exchange \"log\""
+        "DD_SPEEDO UNKNOWN - no dd_speedo answered within 2 s on exchange \"log\" | clients_out=U;;;0 sources_out=U;;;0"
     );
     assert!(took < Duration::from_secs(4), "{took:?}");
     let (code, _, _) = check(&url, &["-t", "1:CRITICAL"]);
@@ -241,7 +241,7 @@ fn a_broker_that_never_answers_times_out() {
     assert_eq!(
         out.trim_end(),
         format!(
-            "DD_SPEEDO UNKNOWN - timed out after 1 s connecting to amqp://guest:****@127.0.0.1:{port}/%2f"
+            "DD_SPEEDO UNKNOWN - timed out after 1 s connecting to amqp://guest:****@127.0.0.1:{port}/%2f | clients_out=U;;;0 sources_out=U;;;0"
         )
     );
     assert!(took < Duration::from_millis(1800), "{took:?}");

@@ -78,6 +78,16 @@ fn dd_web_example_parses() {
 }
 
 #[test]
+fn check_dd_speedo_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/check_dd_speedo.toml");
+    let cfg: ddmon::nagios::CheckConfig = ddmon::config::load_file(Some(&path)).unwrap();
+    assert_eq!(cfg.exchange, "log");
+    assert_eq!(cfg.instance, None);
+    assert_eq!(cfg.broker.url, "amqp://nagios@localhost:5672/%2f");
+    cfg.broker.validate().unwrap();
+}
+
+#[test]
 fn every_example_is_checked_by_a_test() {
     // A new example file must get its own test above.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -91,6 +101,7 @@ fn every_example_is_checked_by_a_test() {
     assert_eq!(
         names,
         [
+            "check_dd_speedo.toml",
             "dd_log.toml",
             "dd_log2source.toml",
             "dd_speedo.toml",

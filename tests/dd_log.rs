@@ -254,8 +254,8 @@ async fn bad_input_is_counted_rejected_and_skipped() {
 
     let (key, headers, body) = spec_message();
     let text = String::from_utf8(body.clone()).unwrap();
-    let mut no_source = headers.clone();
-    no_source.remove("source");
+    let mut bad_parts = headers.clone();
+    bad_parts.insert("parts".into(), HeaderValue::Str("1,nonsense".into()));
     let bad: Vec<(String, Headers, Vec<u8>)> = vec![
         (key.clone(), headers.clone(), Vec::new()), // empty
         (
@@ -269,7 +269,7 @@ async fn bad_input_is_counted_rejected_and_skipped() {
             b"20150601135800 caf\xc3\x28 x".to_vec(),
         ), // bad UTF-8
         (key.clone(), headers.clone(), vec![b'x'; 10 << 20]), // 10 MiB
-        (key.clone(), no_source, body.clone()),     // missing header
+        (key.clone(), bad_parts, body.clone()),     // bad header
         (
             key.clone(),
             headers.clone(),
@@ -325,7 +325,7 @@ async fn bad_input_is_counted_rejected_and_skipped() {
         "kind=\"empty\"",
         "kind=\"not_utf8\"",
         "kind=\"too_large\"",
-        "kind=\"missing_header\"",
+        "kind=\"bad_header\"",
         "kind=\"field_count\"",
         "kind=\"bad_status\"",
         "kind=\"bad_date\"",

@@ -292,6 +292,57 @@ async fn what_dead_nodes_left_is_forgotten_after_forget_after_and_stays_forgotte
     assert_eq!(run.finish(15).0, 0);
 }
 
+#[tokio::test]
+async fn with_no_journal_flag_the_table_still_survives_a_restart() {
+    let sb = Sandbox::new(&unique("test.watchdog.default"), Vec::new()).await;
+    let conn = connect_to(&sb.vhost).await;
+    let state = tempfile::tempdir().unwrap();
+    let start = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"));
+        c.env("DD_BROKER", url("guest", "guest", &sb.vhost))
+            .env("XDG_STATE_HOME", state.path())
+            .env_remove("RUST_LOG")
+            .env_remove("DD_WATCHDOG_JOURNAL")
+            .args(["--node-timeout", "600"])
+            .args(extra);
+        Running::spawn(c)
+    };
+    let run = start(&[]);
+    wait_for_consumers(&conn, "q_guest.dd_watchdog.log", 1).await;
+    let starts: Vec<_> = sim_records(500, 7)
+        .into_iter()
+        .filter(|r| r.status == 102)
+        .take(25)
+        .collect();
+    publish_on(
+        &url("guest", "guest", &sb.vhost),
+        "log",
+        v02_messages(&starts),
+    )
+    .await;
+    let before = query_until(&sb.vhost, 20, |v| v["total"] == starts.len()).await;
+    run.terminate();
+    assert_eq!(run.finish(15).0, 0);
+    // the default place: the state directory, one file per broker, vhost and queue
+    let file = state.path().join(format!(
+        "ddmon/dd_watchdog.127.0.0.1_5672.{}.q_guest.dd_watchdog.log.journal",
+        sb.vhost
+    ));
+    assert!(file.is_file(), "{}", file.display());
+    let run = start(&[]);
+    let after = query_until(&sb.vhost, 20, |v| !v.is_null()).await;
+    assert_eq!(after["total"], starts.len());
+    assert_eq!(after["nodes"], before["nodes"]);
+    run.terminate();
+    assert_eq!(run.finish(15).0, 0);
+    // --no-journal: a table of its own, empty at every start
+    let run = start(&["--no-journal"]);
+    let v = query_until(&sb.vhost, 20, |v| !v.is_null()).await;
+    assert_eq!(v["total"], 0);
+    run.terminate();
+    assert_eq!(run.finish(15).0, 0);
+}
+
 #[test]
 fn query_without_a_watchdog_fails_in_one_line() {
     let out = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"))

@@ -161,3 +161,68 @@ fn check_dd_speedo_reads_a_password_file_too() {
     assert_eq!(out.status.code(), Some(3), "UNKNOWN: {text}");
     assert!(text.contains("is empty"), "{text}");
 }
+
+/// SPEC §4: a refused login is a mistake no retry can mend: every tool, daemons included,
+/// says so in one line on stderr (check_dd_speedo: its UNKNOWN line) and exits non-zero at
+/// once, with no password in what it says.
+#[tokio::test]
+async fn a_refused_login_ends_every_tool_at_once_in_one_line() {
+    let _ = connect().await; // the broker is there: the refusal is the login's
+    let pw = secret();
+    let wrong = format!("amqp://guest:{pw}@127.0.0.1:5672/%2f");
+    let tools: [(&str, &str, &[&str]); 8] = [
+        ("dd_log", env!("CARGO_BIN_EXE_dd_log"), &["-n", "1"]),
+        ("dd_log2source", env!("CARGO_BIN_EXE_dd_log2source"), &[]),
+        ("dd_speedo", env!("CARGO_BIN_EXE_dd_speedo"), &[]),
+        (
+            "dd_watchdog",
+            env!("CARGO_BIN_EXE_dd_watchdog"),
+            &["--no-journal"],
+        ),
+        (
+            "dd_web",
+            env!("CARGO_BIN_EXE_dd_web"),
+            &["--listen", "127.0.0.1:0"],
+        ),
+        ("dd_status", env!("CARGO_BIN_EXE_dd_status"), &[]),
+        ("dd_sim", env!("CARGO_BIN_EXE_dd_sim"), &["--count", "10"]),
+        (
+            "check_dd_speedo",
+            env!("CARGO_BIN_EXE_check_dd_speedo"),
+            &[],
+        ),
+    ];
+    for (name, bin, args) in tools {
+        let mut c = Command::new(bin);
+        c.env("DD_BROKER", &wrong)
+            .env_remove("DD_PASSWORD")
+            .env_remove("DD_PASSWORD_FILE")
+            .env_remove("RUST_LOG")
+            .env_remove("DD_SPEEDO_STATE")
+            .args(args);
+        let started = std::time::Instant::now();
+        let run = Running::spawn(c);
+        let (code, out, err) = run.finish(20);
+        let out = out.join("\n");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "{name} took {took:?}");
+        let said = if name == "check_dd_speedo" {
+            assert_eq!(code, 3, "{name}: {out}{err}");
+            out
+        } else {
+            assert_eq!(code, 1, "{name}: {out}{err}");
+            assert!(out.is_empty(), "{name} printed on stdout: {out}");
+            err
+        };
+        // the refusal in one line (a daemon's start-up log lines, such as dd_speedo's "no
+        // --state-file" warning, may come before it)
+        let refusals: Vec<&str> = said.lines().filter(|l| l.contains("refused")).collect();
+        assert_eq!(refusals.len(), 1, "{name}: {said}");
+        assert!(
+            said.lines()
+                .all(|l| l == refusals[0] || l.contains(" WARN ") || l.contains(" INFO ")),
+            "{name}: {said}"
+        );
+        assert!(!said.contains(&pw), "{name} shows the password: {said}");
+    }
+}

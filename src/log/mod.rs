@@ -69,7 +69,7 @@ pub struct Args {
     /// Declare the durable queue as a quorum queue.
     #[arg(long)]
     pub quorum: bool,
-    /// Dead-letter exchange for rejected (malformed) messages of the durable queue.
+    /// Dead-letter exchange for rejected (malformed) messages (of the tail queue too).
     #[arg(long, value_name = "NAME")]
     pub dead_letter_exchange: Option<String>,
     /// Append to daily files DIR/YYYYMMDD.log instead of printing.
@@ -216,7 +216,8 @@ impl LogConfig {
                 durable: false,
                 exclusive: true,
                 quorum: false,
-                dead_letter_exchange: None,
+                // malformed messages go there from a tail queue too
+                dead_letter_exchange: self.dead_letter_exchange.clone(),
             },
         };
         Subscription {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use range::Range;
@@ -133,9 +134,16 @@ pub struct Args {
     /// password out of them). Beats DD_PASSWORD, which beats the URL's.
     #[arg(long, env = "DD_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<std::path::PathBuf>,
-    /// Exchange dd_speedo takes requests on.
-    #[arg(long, default_value = "log", value_name = "NAME")]
-    pub exchange: String,
+    /// TOML file: `exchange`, `instance` and a `[broker]` section (flags beat environment
+    /// beat file beat defaults; the ranges and names stay on the command line).
+    #[arg(long, env = "DD_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective configuration (password masked) and exit 0.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Exchange dd_speedo takes requests on [default: log].
+    #[arg(long, value_name = "NAME")]
+    pub exchange: Option<String>,
     /// The dd_speedo instance to ask [default: the first dd_speedo to answer].
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
@@ -187,6 +195,62 @@ pub struct Args {
     /// More detail on stderr.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Less on stderr (the status line on stdout is always there).
+    #[arg(short = 'q', long, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+}
+
+/// Where check_dd_speedo asks: its `--config` file and `--print-config` (the ranges, names
+/// and states are the Nagios command's business, on its command line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckConfig {
+    /// Exchange dd_speedo takes requests on.
+    pub exchange: String,
+    /// The dd_speedo instance to ask (none: the first to answer).
+    pub instance: Option<String>,
+    /// How to reach the broker.
+    pub broker: crate::config::BrokerConfig,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        CheckConfig {
+            exchange: "log".into(),
+            instance: None,
+            broker: crate::config::BrokerConfig::default(),
+        }
+    }
+}
+
+impl CheckConfig {
+    /// Defaults < file < environment < flags.
+    pub fn from_args(args: &Args) -> Result<CheckConfig, String> {
+        let mut cfg: CheckConfig =
+            crate::config::load_file(args.config.as_deref()).map_err(|e| e.to_string())?;
+        crate::config::overlay(&mut cfg.exchange, args.exchange.clone());
+        if args.instance.is_some() {
+            cfg.instance = args.instance.clone();
+        }
+        let broker = &mut cfg.broker;
+        crate::config::overlay(&mut broker.url, args.broker.clone());
+        if let Some(host) = &args.hostname {
+            broker.url = replace_host(&broker.url, host);
+        }
+        if args.tls_ca.is_some() {
+            broker.tls_ca = args.tls_ca.clone();
+        }
+        if let Some(file) = &args.password_file {
+            let p = crate::config::read_password_file(file).map_err(|e| e.to_string())?;
+            broker.url = crate::config::with_password(&broker.url, &p);
+        } else if let Ok(p) = std::env::var("DD_PASSWORD") {
+            if !p.is_empty() {
+                broker.url = crate::config::with_password(&broker.url, &p);
+            }
+        }
+        broker.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
 }
 
 /// Which kinds to check.
@@ -267,14 +331,22 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// A one-line outcome with no perfdata.
+    /// A one-line outcome with the totals undetermined (`U`), as the plugin guidelines have it
+    /// (a `|` in the message would start the perfdata: written `/`).
     pub fn only(status: Status, message: &str) -> Outcome {
         Outcome {
             status,
-            text: format!("DD_SPEEDO {} - {message}", status.as_str()),
+            text: format!(
+                "DD_SPEEDO {} - {} | {NO_PERFDATA}",
+                status.as_str(),
+                message.replace('|', "/")
+            ),
         }
     }
 }
+
+/// The perfdata of a run that could not judge: the totals, undetermined.
+pub const NO_PERFDATA: &str = "clients_out=U;;;0 sources_out=U;;;0";
 
 /// A perfdata label, quoted when it must be (anything but letters, digits and `_./:-`), a
 /// single quote doubled, `=` (never allowed) written `%3D`.
@@ -521,25 +593,12 @@ pub fn run(args: &Args) -> Outcome {
         Ok(c) => c,
         Err(e) => return Outcome::only(Status::Unknown, &e),
     };
-    let mut broker = crate::config::BrokerConfig::default();
-    if let Some(url) = &args.broker {
-        broker.url = url.clone();
-    }
-    if let Some(host) = &args.hostname {
-        broker.url = replace_host(&broker.url, host);
-    }
-    broker.tls_ca = args.tls_ca.clone();
-    if let Some(file) = &args.password_file {
-        match crate::config::read_password_file(file) {
-            Ok(p) => broker.url = crate::config::with_password(&broker.url, &p),
-            Err(e) => return Outcome::only(Status::Unknown, &e.to_string()),
-        }
-    } else if let Ok(p) = std::env::var("DD_PASSWORD") {
-        if !p.is_empty() {
-            broker.url = crate::config::with_password(&broker.url, &p);
-        }
-    }
-    let key = match &args.instance {
+    let cfg = match CheckConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => return Outcome::only(Status::Unknown, &e),
+    };
+    let broker = &cfg.broker;
+    let key = match &cfg.instance {
         Some(i) => format!("v01.rpc.dd_speedo.{}.stats", crate::topic::escape_word(i)),
         None => "v01.rpc.dd_speedo.all.stats".to_string(),
     };
@@ -554,14 +613,14 @@ pub fn run(args: &Args) -> Outcome {
     let bound = args.timeout.duration;
     let stage = std::cell::Cell::new(Stage::Connecting);
     let work = async {
-        let conn = crate::broker::connect(&broker, "check_dd_speedo").await?;
+        let conn = crate::broker::connect(broker, "check_dd_speedo").await?;
         stage.set(Stage::Asking);
         // leave a moment for the "no answer" verdict before the overall bound
         let left = bound
             .saturating_sub(started.elapsed())
             .saturating_sub(Duration::from_millis(100));
         let replies =
-            crate::broker::request(&conn, &args.exchange, &key, b"{}", left, Some(1)).await;
+            crate::broker::request(&conn, &cfg.exchange, &key, b"{}", left, Some(1)).await;
         let _ =
             tokio::time::timeout(Duration::from_millis(200), conn.close(200, "OK".into())).await;
         replies
@@ -584,7 +643,7 @@ pub fn run(args: &Args) -> Outcome {
                 Status::Unknown,
                 &format!(
                     "no dd_speedo answers on exchange {:?}: it does not exist on this broker",
-                    args.exchange
+                    cfg.exchange
                 ),
             )
         }
@@ -597,8 +656,8 @@ pub fn run(args: &Args) -> Outcome {
                 args.timeout.state,
                 &format!(
                     "no dd_speedo answered within {secs} s on exchange {:?}{}",
-                    args.exchange,
-                    args.instance
+                    cfg.exchange,
+                    cfg.instance
                         .as_ref()
                         .map(|i| format!(" (instance {i})"))
                         .unwrap_or_default()
@@ -685,11 +744,23 @@ pub fn main(args: Args) -> std::process::ExitCode {
             tls_ca: None,
             password_file: None,
             verbose: args.verbose,
-            quiet: 0,
+            quiet: args.quiet,
             print_config: false,
         },
         1,
     );
+    if args.print_config {
+        return match CheckConfig::from_args(&args) {
+            Ok(cfg) => {
+                print!("{}", crate::config::to_toml(&cfg));
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("{}", Outcome::only(Status::Unknown, &e).text);
+                std::process::ExitCode::from(3)
+            }
+        };
+    }
     let outcome = run(&args);
     println!("{}", outcome.text);
     std::process::ExitCode::from(outcome.status.code())

@@ -61,7 +61,7 @@ fn one_client_by_name() {
     assert_eq!(o.status, Status::Unknown);
     assert_eq!(
         o.text,
-        "DD_SPEEDO UNKNOWN - dd_speedo has not seen client carol"
+        "DD_SPEEDO UNKNOWN - dd_speedo has not seen client carol | clients_out=U;;;0 sources_out=U;;;0"
     );
 }
 
@@ -122,7 +122,7 @@ fn stale_or_missing_data_is_unknown() {
     assert_eq!(o.status, Status::Unknown);
     assert_eq!(
         o.text,
-        "DD_SPEEDO UNKNOWN - dd_speedo's data is stale: last interval ended 190 s ago (limit 150 s)"
+        "DD_SPEEDO UNKNOWN - dd_speedo's data is stale: last interval ended 190 s ago (limit 150 s) | clients_out=U;;;0 sources_out=U;;;0"
     );
     let o = evaluate(&s, &check(&["--stale", "600"]), now());
     assert_eq!(o.status, Status::Critical);
@@ -130,7 +130,7 @@ fn stale_or_missing_data_is_unknown() {
     let o = evaluate(&s, &check(&[]), now());
     assert_eq!(
         o.text,
-        "DD_SPEEDO UNKNOWN - dd_speedo has no speedo data yet (interval 60 s)"
+        "DD_SPEEDO UNKNOWN - dd_speedo has no speedo data yet (interval 60 s) | clients_out=U;;;0 sources_out=U;;;0"
     );
     s["data_time"] = json!("2026-11-22T10:01:00Z");
     s["clients"] = json!([]);

@@ -182,9 +182,6 @@ pub enum Malformed {
     /// The duration is not a non-negative decimal number of seconds.
     #[error("bad duration {0:?} (expected decimal seconds)")]
     BadDuration(String),
-    /// A required header is missing.
-    #[error("missing header {0:?}")]
-    MissingHeader(&'static str),
     /// A header has the wrong type or form.
     #[error("bad header {name:?}: {why}")]
     BadHeader {
@@ -213,7 +210,6 @@ impl Malformed {
             Malformed::BadDate { .. } => "bad_date",
             Malformed::BadStatus(_) => "bad_status",
             Malformed::BadDuration(_) => "bad_duration",
-            Malformed::MissingHeader(_) => "missing_header",
             Malformed::BadHeader { .. } => "bad_header",
             Malformed::Json(_) => "json",
             Malformed::MissingField(_) => "missing_field",
@@ -224,10 +220,10 @@ impl Malformed {
 /// Parse one message: its routing key, headers and body.
 ///
 /// - `v01.*` (ddmon's own speedo, alive, status... messages) gives [`Parsed::Event`];
+/// - a JSON body (any other routing key, `v02.*` included) is v03: a report when it has a
+///   `report` object, else an ordinary post;
 /// - `v02.log.*` / `v02.report.*` is the native v02 line;
-/// - `v02.*` with a `report` table header is sr3's v02-mode report; without, an ordinary post;
-/// - a JSON body (any routing key) is v03: a report when it has a `report` object, else an
-///   ordinary post.
+/// - `v02.*` with a `report` table header is sr3's v02-mode report; without, an ordinary post.
 pub fn parse(routing_key: &str, headers: &Headers, body: &[u8]) -> Result<Parsed, Malformed> {
     if body.is_empty() {
         return Err(Malformed::Empty);
@@ -238,6 +234,10 @@ pub fn parse(routing_key: &str, headers: &Headers, body: &[u8]) -> Result<Parsed
     let text = std::str::from_utf8(body).map_err(|e| Malformed::NotUtf8(e.valid_up_to()))?;
     if routing_key.starts_with("v01.") {
         return Ok(Parsed::Event(text.trim_end().to_string()));
+    }
+    // JSON is v03 whatever the key (a v02 line starts with its datestamp, never a brace)
+    if text.trim_start().starts_with('{') {
+        return v03::parse(text);
     }
     if routing_key.starts_with("v02.log.")
         || routing_key.starts_with("v02.report.")
@@ -251,9 +251,6 @@ pub fn parse(routing_key: &str, headers: &Headers, body: &[u8]) -> Result<Parsed
             Some(report) => v02::parse_notice_report(headers, report, text).map(Parsed::Log),
             None => Ok(Parsed::NotReport),
         };
-    }
-    if text.trim_start().starts_with('{') {
-        return v03::parse(text);
     }
     Err(Malformed::UnknownTopic(
         routing_key.chars().take(80).collect(),

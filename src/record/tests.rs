@@ -93,9 +93,11 @@ fn bad_inputs_are_typed_errors() {
         "not_utf8"
     );
     assert_eq!(kind(SPEC_KEY, &h, &vec![b'a'; 10 << 20]), "too_large");
-    assert_eq!(
-        kind(SPEC_KEY, &Headers::new(), SPEC_BODY.as_bytes()),
-        "missing_header"
+    // no source: a record all the same (routed to the unknown exchange by dd_log2source)
+    let r = parse(SPEC_KEY, &Headers::new(), SPEC_BODY.as_bytes()).unwrap();
+    assert!(
+        matches!(r, Parsed::Log(ref r) if r.source.is_none() && r.status == 201),
+        "{r:?}"
     );
     assert_eq!(
         kind(SPEC_KEY, &h, b"20150601135800.345 a b 201"),
@@ -400,4 +402,35 @@ proptest! {
         body.insert_str(at, &junk);
         let _ = parse(SPEC_KEY, &spec_headers(), body.as_bytes());
     }
+}
+
+#[test]
+fn a_json_report_is_v03_whatever_its_routing_key() {
+    let body = br#"{"pubTime": "20261122T100000", "baseUrl": "https://h/", "relPath": "d/f.txt", "source": "s", "report": {"code": 201, "timeCompleted": "20261122T100001.5", "message": "ok", "host": "n1", "user": "c1"}}"#;
+    for key in [
+        "v03.post.d",
+        "v02.log.d",
+        "v02.report.d",
+        "v02.post.d",
+        "xyz",
+    ] {
+        let Parsed::Log(r) = parse(key, &Headers::new(), body).unwrap() else {
+            panic!("{key}: not a record")
+        };
+        assert_eq!(
+            (r.encoding, r.status, r.node.as_str(), r.client.as_str()),
+            (Encoding::V03, 201, "n1", "c1"),
+            "{key}"
+        );
+    }
+    // a post without `report` is skipped on any key; ddmon's own v01 messages stay events
+    let post = br#"{"pubTime": "20261122T100000", "baseUrl": "https://h/", "relPath": "d/f.txt"}"#;
+    assert!(matches!(
+        parse("v02.post.d", &Headers::new(), post),
+        Ok(Parsed::NotReport)
+    ));
+    assert!(matches!(
+        parse("v01.alive.x.y", &Headers::new(), body),
+        Ok(Parsed::Event(_))
+    ));
 }

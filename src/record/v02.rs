@@ -39,7 +39,7 @@ fn header_str(headers: &Headers, name: &'static str) -> Result<Option<String>, M
 
 /// The headers every v02 form carries the same way.
 struct CommonHeaders {
-    source: String,
+    source: Option<String>,
     from_cluster: Option<String>,
     to_clusters: Option<String>,
     flow: Option<String>,
@@ -49,7 +49,9 @@ struct CommonHeaders {
 }
 
 fn common_headers(headers: &Headers) -> Result<CommonHeaders, Malformed> {
-    let source = header_str(headers, "source")?.ok_or(Malformed::MissingHeader("source"))?;
+    // a record without `source` is still a record (dd_log prints it, dd_speedo counts its
+    // client); dd_log2source, which needs it to route, sends it to the unknown exchange
+    let source = header_str(headers, "source")?;
     let bytes = match header_str(headers, "parts")? {
         Some(p) => Some(bytes_from_parts(&p)?),
         None => None,
@@ -85,7 +87,7 @@ pub(super) fn parse_log(headers: &Headers, text: &str) -> Result<LogRecord, Malf
         node: f[4].to_string(),
         client: f[5].to_string(),
         duration: Some(duration),
-        source: Some(h.source),
+        source: h.source,
         from_cluster: h.from_cluster,
         to_clusters: h.to_clusters,
         flow: h.flow,
@@ -137,7 +139,7 @@ pub(super) fn parse_notice_report(
         node: text_of("host").unwrap_or_else(|| "unknown".to_string()),
         client: text_of("user").unwrap_or_else(|| "unknown".to_string()),
         duration: None,
-        source: Some(h.source),
+        source: h.source,
         from_cluster: h.from_cluster,
         to_clusters: h.to_clusters,
         flow: h.flow,

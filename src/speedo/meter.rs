@@ -469,16 +469,22 @@ impl Speedo {
     /// Count one record that arrived at `arrival`. Call [`Speedo::advance`] first, so that
     /// it lands in the interval holding its arrival.
     pub fn observe(&mut self, r: &LogRecord, arrival: DateTime<Utc>) {
+        let now = ms(arrival);
         let good = match r.class() {
             StatusClass::Good => true,
             StatusClass::Error => false,
             StatusClass::Informational | StatusClass::Neutral => {
+                // not counted, but seen: the client and source get their speedo records
                 self.neutral += 1;
+                let t = &mut self.thresholds;
+                entry_of(&mut self.clients, t, Kind::Client, &r.client, now);
+                if let Some(source) = r.source.as_deref().filter(|s| !s.is_empty()) {
+                    entry_of(&mut self.sources, t, Kind::Source, source, now);
+                }
                 return;
             }
         };
         self.counted += 1;
-        let now = ms(arrival);
         let bytes = r.bytes.unwrap_or(0);
         let lag = (now - ms(r.time)) as f64 / 1000.0;
         let e = entry_of(

@@ -134,6 +134,8 @@ fn exact_records_at_aligned_interval_ends() {
             "v01.speedo.client.carol 20261122100100 1 0 10 0 10 1 60",
             "v01.speedo.client.all 20261122100100 3 1 1510 70 1510 3 60",
             "v01.speedo.source.ec 20261122100100 2 1 1500 70 1500 2 60",
+            // seen only in a 102 and a 304: its record, all zeros
+            "v01.speedo.source.nws 20261122100100 0 0 0 0 0 0 60",
             "v01.speedo.sources.all 20261122100100 2 1 1500 70 1500 2 60",
         ]
     );
@@ -160,8 +162,11 @@ fn exact_records_at_aligned_interval_ends() {
         "v01.speedo.client.alice 20261122100200 2 0 1500 0 0 0 60"
     );
     assert_eq!(speedos(&out)[0].lag_mean, None);
-    // a source never seen publishes nothing ("nws" only had neutral codes)
-    assert!(!lines(&out).iter().any(|l| l.contains("nws")));
+    // a source seen only in neutral codes ("nws": a 102 and a 304) was seen: zeros, every
+    // interval
+    assert!(
+        lines(&out).contains(&"v01.speedo.source.nws 20261122100200 0 0 0 0 0 0 60".to_string())
+    );
 }
 
 #[test]

@@ -64,9 +64,14 @@ pub struct Args {
     /// [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub reorder_window: Option<f64>,
-    /// The journal that keeps the table across restarts (none: the table starts empty).
+    /// The journal that keeps the table across restarts [default:
+    /// $STATE_DIRECTORY, else $XDG_STATE_HOME/ddmon, else ~/.local/state/ddmon, then
+    /// dd_watchdog.<broker host_port>.<vhost>.<queue>.journal].
     #[arg(long, env = "DD_WATCHDOG_JOURNAL", value_name = "FILE")]
     pub journal: Option<PathBuf>,
+    /// No journal: the in-flight table starts empty at every start (beats --journal).
+    #[arg(long)]
+    pub no_journal: bool,
     /// Sync the journal to disk before every acknowledgement (survives a machine crash, not
     /// only a process kill; slower).
     #[arg(long)]
@@ -122,7 +127,7 @@ pub struct WatchdogConfig {
     /// Seconds after which a transfer without its final code, or a down node with nothing
     /// left, is dropped (0: never).
     pub forget_after: f64,
-    /// The journal file.
+    /// The journal file (left out: the default place; `""`: none).
     pub journal: Option<PathBuf>,
     /// Sync the journal before every acknowledgement.
     pub fsync: bool,
@@ -176,6 +181,16 @@ impl WatchdogConfig {
         if args.journal.is_some() {
             cfg.journal = args.journal.clone();
         }
+        if args.no_journal
+            || cfg
+                .journal
+                .as_ref()
+                .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            cfg.journal = None;
+        } else if cfg.journal.is_none() {
+            cfg.journal = cfg.default_journal();
+        }
         cfg.fsync |= args.fsync;
         overlay(&mut cfg.max_report_bytes, args.max_report_bytes);
         cfg.broker.validate()?;
@@ -210,6 +225,42 @@ impl WatchdogConfig {
             reorder_window_ms: (self.reorder_window * 1000.0) as i64,
             forget_after_ms: (self.forget_after * 1000.0) as i64,
         }
+    }
+
+    /// Where the journal goes when none is named: one file per broker, vhost and input queue
+    /// (the table belongs to the queue that feeds it) in the state directory: systemd's
+    /// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/ddmon`, else `~/.local/state/ddmon`.
+    fn default_journal(&self) -> Option<PathBuf> {
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        let dir = if let Some(d) = var("STATE_DIRECTORY") {
+            // systemd gives several, colon-separated, when the unit names several
+            let d = d.to_string_lossy().into_owned();
+            PathBuf::from(d.split(':').next().unwrap_or_default())
+        } else if let Some(d) = var("XDG_STATE_HOME") {
+            PathBuf::from(d).join("ddmon")
+        } else {
+            PathBuf::from(var("HOME")?).join(".local/state/ddmon")
+        };
+        let url = self.broker.urls().first().copied().unwrap_or_default();
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let vhost = if vhost.is_empty() { "%2f" } else { vhost };
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| match c {
+                    'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
+                    _ => '_',
+                })
+                .collect()
+        };
+        let queue = self.subscription().queue.name;
+        Some(dir.join(format!(
+            "dd_watchdog.{}.{}.{}.journal",
+            clean(host),
+            clean(vhost),
+            clean(&queue)
+        )))
     }
 
     fn subscription(&self) -> Subscription {
@@ -452,8 +503,11 @@ impl Service for WatchdogService {
                 Some(self.table.inflight(&filter, limit, now))
             }
             "stats" => {
+                // the counters and the in-flight table (transfers listed up to `limit`, 1000)
+                let filter: Value = serde_json::from_slice(body).unwrap_or_default();
+                let limit = filter["limit"].as_u64().unwrap_or(1000) as usize;
                 let mut v = self.counters();
-                v["inflight"] = self.table.inflight(&Value::Null, 0, now);
+                v["inflight"] = self.table.inflight(&filter, limit, now);
                 Some(v)
             }
             _ => None,
@@ -569,10 +623,15 @@ pub async fn run(
     let mut table = Table::new(cfg.limits(), clock.now(), cfg.journal.is_some());
     let journal = match &cfg.journal {
         None => {
-            tracing::warn!("no --journal: the in-flight table starts empty at every start");
+            tracing::warn!("no journal: the in-flight table starts empty at every start");
             None
         }
         Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot make the journal's directory {}", dir.display())
+                })?;
+            }
             let (j, loaded) = journal::Journal::open(path, &mut table, cfg.fsync)
                 .with_context(|| format!("cannot open journal {}", path.display()))?;
             tracing::info!(file = %path.display(), lines = loaded.lines, bad = loaded.bad, in_flight = table.len(), nodes = table.node_count(), "journal replayed");

@@ -332,8 +332,9 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Ask dd_speedo for its stats every `poll` seconds, and every daemon for its health every
-/// `health_interval`; reconnect with backoff when the broker goes away.
-async fn poller(app: Arc<App>, mut shutdown: Shutdown) {
+/// `health_interval`; reconnect with backoff when the broker goes away. A refused login or
+/// permission ends it with the error (dd_web then exits: no retry can mend it).
+async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let cfg = &app.cfg;
     let key = match &cfg.speedo_instance {
         Some(i) => format!("v01.rpc.dd_speedo.{}.stats", crate::topic::escape_word(i)),
@@ -353,11 +354,8 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) {
         .await
         {
             Ok(Some(c)) => c,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(error = %e, "dd_web cannot use the broker; dials and metrics stay empty");
-                return;
-            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e).context("cannot poll dd_speedo"),
         };
         tracing::info!("connected; asking dd_speedo for stats every {:?}", poll);
         loop {
@@ -370,15 +368,23 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) {
             };
             let replies = tokio::select! {
                 r = crate::broker::request(&conn, &cfg.exchange, &key, b"{}", wait, max) => r,
-                _ = shutdown.requested() => return,
+                _ = shutdown.requested() => return Ok(()),
             };
             let replies = match replies {
                 Ok(r) => r,
+                // a missing permission; a missing exchange (404) is dd_speedo not started yet
+                Err(e @ crate::broker::BrokerError::Refused(_))
+                    if !e.to_string().contains("(404)") =>
+                {
+                    return Err(e).with_context(|| {
+                        format!("cannot ask dd_speedo on exchange {:?}", cfg.exchange)
+                    });
+                }
                 Err(e) => {
                     // no exchange yet, or the connection went: wait, then start again
                     tracing::warn!(error = %e, "stats request failed; trying again");
                     if !backoff.wait(&mut shutdown).await {
-                        return;
+                        return Ok(());
                     }
                     continue 'connect;
                 }
@@ -431,7 +437,7 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) {
             let left = poll.saturating_sub(started.elapsed());
             tokio::select! {
                 _ = tokio::time::sleep(left) => {}
-                _ = shutdown.requested() => return,
+                _ = shutdown.requested() => return Ok(()),
             }
         }
     }
@@ -453,13 +459,22 @@ pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
         cfg,
     });
     tracing::info!("dd_web serving http://{addr}/");
-    let poll = tokio::spawn(poller(app.clone(), shutdown.clone()));
+    let mut poll = tokio::spawn(poller(app.clone(), shutdown.clone()));
     let sweeper = tokio::spawn(tail::sweep(app.clone(), shutdown.clone()));
     let mut stop = shutdown.clone();
-    axum::serve(listener, router(app.clone()))
+    let server = axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(async move { stop.requested().await })
-        .await
-        .context("HTTP server failed")?;
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.context("HTTP server failed")?,
+        r = &mut poll => match r {
+            // a refused login or permission: said in one line, exit at once
+            Ok(Err(e)) => return Err(e),
+            // stopped: the server finishes its graceful shutdown
+            _ => (&mut server).await.context("HTTP server failed")?,
+        },
+    }
     poll.abort();
     let _ = sweeper.await;
     app.tails.close_all().await;

@@ -255,6 +255,11 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(mut cmd: Command) -> Running {
+        // dd_watchdog's default journal goes under the test state directory, never $HOME
+        if !cmd.get_envs().any(|(k, _)| k == "XDG_STATE_HOME") {
+            cmd.env("XDG_STATE_HOME", test_state_dir());
+        }
+        cmd.env_remove("STATE_DIRECTORY");
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -580,4 +585,12 @@ pub fn daemon_log(c: &mut Command) -> &mut Command {
         Ok(level) => c.env("RUST_LOG", level),
         Err(_) => c.env_remove("RUST_LOG"),
     }
+}
+
+/// Where the daemons a test process starts keep their default state
+/// (target/test-state/<pid>: never the home directory, nothing from an earlier run).
+pub fn test_state_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-state")
+        .join(std::process::id().to_string())
 }
