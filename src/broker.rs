@@ -169,6 +169,29 @@ async fn bounded<T>(
     }
 }
 
+/// Does the queue exist? A passive declare on a channel of its own: `Ok(false)` when the
+/// broker says 404.
+pub async fn queue_exists(conn: &Connection, name: &str) -> Result<bool, BrokerError> {
+    let ch = bounded(conn.create_channel()).await?;
+    let found = bounded(ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    ))
+    .await;
+    match found {
+        Ok(_) => {
+            let _ = bounded(ch.close(200, "OK".into())).await;
+            Ok(true)
+        }
+        Err(BrokerError::Refused(m)) if m.contains("(404)") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Close a connection without waiting long for a broker that may be gone.
 async fn close_quietly(conn: &Connection, why: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, why.into())).await;

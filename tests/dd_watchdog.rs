@@ -341,6 +341,24 @@ async fn with_no_journal_flag_the_table_still_survives_a_restart() {
     assert_eq!(v["total"], 0);
     run.terminate();
     assert_eq!(run.finish(15).0, 0);
+    // the input queue deleted while it was stopped: the journal was that queue's; set aside
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(
+        "q_guest.dd_watchdog.log".into(),
+        lapin::options::QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let run = start(&[]);
+    let v = query_until(&sb.vhost, 20, |v| !v.is_null()).await;
+    assert_eq!(v["total"], 0, "a new queue, an empty table");
+    let mut old = file.clone().into_os_string();
+    old.push(".old");
+    assert!(std::path::Path::new(&old).is_file());
+    run.terminate();
+    let (code, _, err) = run.finish(15);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("the input queue does not exist"), "{err}");
 }
 
 #[test]

@@ -502,7 +502,9 @@ impl<S: Service> Loop<'_, S> {
         let limit = usize::from(self.in_flight_limit.max(1));
         let mut ticker = tokio::time::interval(Duration::from_millis(200));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // a first tick at once (dd_speedo starts its first interval now, not a second later)
         let mut last_tick = self.clock.now();
+        self.on_tick().await?;
         loop {
             if self.service.finished() {
                 return self.drain().await;

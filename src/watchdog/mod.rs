@@ -8,7 +8,8 @@
 pub mod journal;
 pub mod table;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -614,12 +615,52 @@ async fn query(cfg: &WatchdogConfig, args: &Args) -> anyhow::Result<std::process
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// A journal belongs to its input queue: when that queue does not exist (deleted, or a broker
+/// that lost its definitions), what the journal holds is another queue's history, and what
+/// happened since is unknown. It is moved aside (`<journal>.old`) and the table starts
+/// empty. When the broker cannot be asked (down), the journal is kept.
+async fn set_aside_if_the_queue_is_new(cfg: &WatchdogConfig, path: &Path) -> anyhow::Result<()> {
+    if !path.metadata().is_ok_and(|m| m.len() > 0) {
+        return Ok(());
+    }
+    let queue = cfg.subscription().queue.name;
+    let asked = async {
+        let conn = crate::broker::connect(&cfg.broker, "dd_watchdog start").await?;
+        let found = crate::broker::queue_exists(&conn, &queue).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "OK".into())).await;
+        found
+    };
+    match tokio::time::timeout(Duration::from_secs(15), asked).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            let mut old = path.as_os_str().to_owned();
+            old.push(".old");
+            std::fs::rename(path, &old)
+                .with_context(|| format!("cannot move the journal {} aside", path.display()))?;
+            tracing::warn!(
+                journal = %path.display(),
+                moved_to = %PathBuf::from(&old).display(),
+                queue = %queue,
+                "the input queue does not exist: the journal was another queue's; starting empty"
+            );
+        }
+        Ok(Err(e)) if !e.is_transient() => return Err(e.into()),
+        _ => {
+            tracing::info!(queue = %queue, "cannot ask whether the input queue exists: journal kept")
+        }
+    }
+    Ok(())
+}
+
 /// Run the daemon until a stop is asked for.
 pub async fn run(
     cfg: &WatchdogConfig,
     shutdown: Shutdown,
     clock: &dyn Clock,
 ) -> anyhow::Result<()> {
+    if let Some(path) = &cfg.journal {
+        set_aside_if_the_queue_is_new(cfg, path).await?;
+    }
     let mut table = Table::new(cfg.limits(), clock.now(), cfg.journal.is_some());
     let journal = match &cfg.journal {
         None => {
