@@ -477,9 +477,9 @@ impl Speedo {
                 // not counted, but seen: the client and source get their speedo records
                 self.neutral += 1;
                 let t = &mut self.thresholds;
-                entry_of(&mut self.clients, t, Kind::Client, &r.client, now);
+                ensure_entry(&mut self.clients, t, Kind::Client, &r.client, now);
                 if let Some(source) = r.source.as_deref().filter(|s| !s.is_empty()) {
-                    entry_of(&mut self.sources, t, Kind::Source, source, now);
+                    ensure_entry(&mut self.sources, t, Kind::Source, source, now);
                 }
                 return;
             }
@@ -922,6 +922,18 @@ fn entry_of<'a>(
     name: &str,
     now_ms: i64,
 ) -> &'a mut Entry {
+    ensure_entry(map, thresholds, kind, name, now_ms);
+    map.get_mut(name).expect("inserted above")
+}
+
+/// Make `name`'s entry if it has none (first seen at `now_ms`).
+fn ensure_entry(
+    map: &mut HashMap<Box<str>, Entry>,
+    thresholds: &mut Thresholds,
+    kind: Kind,
+    name: &str,
+    now_ms: i64,
+) {
     // Look up by &str first: no allocation for a name already known (the common case).
     if !map.contains_key(name) {
         let limits = thresholds.resolve(kind, name);
@@ -941,7 +953,6 @@ fn entry_of<'a>(
             },
         );
     }
-    map.get_mut(name).expect("inserted above")
 }
 
 /// Late: no good delivery for `td` seconds. Counted from the last good delivery (or first
