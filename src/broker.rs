@@ -170,7 +170,8 @@ async fn bounded<T>(
 }
 
 /// Does the queue exist? A passive declare on a channel of its own: `Ok(false)` when the
-/// broker says 404.
+/// broker says there is no such queue (another 404, such as a durable queue whose cluster
+/// node is down, is an error: it exists, it cannot be reached).
 pub async fn queue_exists(conn: &Connection, name: &str) -> Result<bool, BrokerError> {
     let ch = bounded(conn.create_channel()).await?;
     let found = bounded(ch.queue_declare(
@@ -187,7 +188,7 @@ pub async fn queue_exists(conn: &Connection, name: &str) -> Result<bool, BrokerE
             let _ = bounded(ch.close(200, "OK".into())).await;
             Ok(true)
         }
-        Err(BrokerError::Refused(m)) if m.contains("(404)") => Ok(false),
+        Err(BrokerError::Refused(m)) if m.contains("(404)") && m.contains("no queue") => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -127,3 +127,73 @@ fn a_bad_config_file_is_a_usage_error_naming_the_key() {
         assert_eq!(text.trim().lines().count(), 1, "{name}: one line: {text}");
     }
 }
+
+#[test]
+fn dd_watchdog_names_its_default_journal_by_broker_vhost_and_queue() {
+    let bin = env!("CARGO_BIN_EXE_dd_watchdog");
+    let journal = |broker: &str, extra: &[&str], envs: &[(&str, &str)]| -> (i32, String) {
+        let mut args = vec!["--print-config"];
+        args.extend_from_slice(extra);
+        let mut c = Command::new(bin);
+        c.args(&args)
+            .env("DD_BROKER", broker)
+            .env_remove("DD_WATCHDOG_JOURNAL")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("RUST_LOG");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let v: toml::Table = toml::from_str(&text).unwrap_or_default();
+        let j = v.get("journal").and_then(|j| j.as_str()).unwrap_or("?");
+        let err = String::from_utf8(out.stderr).unwrap();
+        (out.status.code().unwrap(), format!("{j}{err}"))
+    };
+    let xdg = [("XDG_STATE_HOME", "/st")];
+    assert_eq!(
+        journal("amqp://u:p@Host/%2f", &[], &xdg),
+        (
+            0,
+            "/st/ddmon/dd_watchdog.host_5672.%2F.q_u.dd_watchdog.log.journal".into()
+        )
+    );
+    // a cluster list in any order is the same broker; another vhost is another table
+    let ab = journal("amqp://u:p@b:5673/v,amqp://u:p@a/v", &[], &xdg);
+    assert_eq!(
+        ab,
+        journal("amqp://u:p@a:5672/v,amqp://u:p@b:5673/v", &[], &xdg)
+    );
+    assert_eq!(
+        ab.1,
+        "/st/ddmon/dd_watchdog.a_5672+b_5673.v.q_u.dd_watchdog.log.journal"
+    );
+    assert_ne!(
+        journal("amqp://u:p@h/a%2Fb", &[], &xdg),
+        journal("amqp://u:p@h/a_b", &[], &xdg)
+    );
+    // systemd's StateDirectory wins; --no-journal is shown as ""
+    assert!(
+        journal(
+            "amqp://u:p@h/v",
+            &[],
+            &[("STATE_DIRECTORY", "/var/lib/ddmon:/x")]
+        )
+        .1
+        .starts_with("/var/lib/ddmon/dd_watchdog.h_5672.v.")
+    );
+    assert_eq!(
+        journal("amqp://u:p@h/v", &["--no-journal"], &xdg),
+        (0, String::new())
+    );
+    // nowhere to put it: a usage error that says what to do
+    let mut c = Command::new(bin);
+    c.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("DD_BROKER", "amqp://u:p@h/v");
+    let out = c.output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--journal FILE or --no-journal"), "{err}");
+}

@@ -9,7 +9,6 @@
 //! f <node>\x1f<client>\x1f<url>                                               forgotten
 //! d <node> <ms>                                                                node down
 //! u <node> <ms>                                                                node up again
-//! x <node>                                                                     node forgotten
 //! ```
 //!
 //! The lines of a batch are written (one `write`) before the batch's deliveries are
@@ -77,10 +76,6 @@ fn apply(table: &mut Table, line: &str) -> bool {
         // closed, or forgotten
         Some("c" | "f") if f.len() == 2 => {
             table.restore_close(f[1]);
-            true
-        }
-        Some("x") if f.len() == 2 => {
-            table.restore_forget_node(f[1]);
             true
         }
         Some("s") if f.len() == 2 => {

@@ -57,8 +57,8 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS")]
     pub stuck_after: Option<f64>,
     /// Seconds after which a transfer that never got its final code is dropped from the table
-    /// (counted and logged), from its node's down if later; a node down that long with nothing
-    /// left is dropped too (0: never) [default: 86400].
+    /// (counted and logged), from its node's down or dd_watchdog's start if later (0: never)
+    /// [default: 86400].
     #[arg(long, value_name = "SECONDS")]
     pub forget_after: Option<f64>,
     /// A final code that arrives before its 102 within this many seconds cancels the 102
@@ -125,10 +125,11 @@ pub struct WatchdogConfig {
     pub stuck_after: f64,
     /// Seconds within which a final code before its 102 cancels it.
     pub reorder_window: f64,
-    /// Seconds after which a transfer without its final code, or a down node with nothing
-    /// left, is dropped (0: never).
+    /// Seconds after which a transfer without its final code is dropped (0: never).
     pub forget_after: f64,
-    /// The journal file (left out: the default place; `""`: none).
+    /// The journal file (left out: the default place; `""`: none, also how `--print-config`
+    /// shows it off).
+    #[serde(serialize_with = "journal_or_empty")]
     pub journal: Option<PathBuf>,
     /// Sync the journal before every acknowledgement.
     pub fsync: bool,
@@ -190,7 +191,8 @@ impl WatchdogConfig {
         {
             cfg.journal = None;
         } else if cfg.journal.is_none() {
-            cfg.journal = cfg.default_journal();
+            cfg.broker.validate()?;
+            cfg.journal = Some(cfg.default_journal()?);
         }
         cfg.fsync |= args.fsync;
         overlay(&mut cfg.max_report_bytes, args.max_report_bytes);
@@ -230,8 +232,11 @@ impl WatchdogConfig {
 
     /// Where the journal goes when none is named: one file per broker, vhost and input queue
     /// (the table belongs to the queue that feeds it) in the state directory: systemd's
-    /// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/ddmon`, else `~/.local/state/ddmon`.
-    fn default_journal(&self) -> Option<PathBuf> {
+    /// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/ddmon`, else `~/.local/state/ddmon`. The
+    /// name is made of the parsed URLs (every node's host and port, sorted, so the order of a
+    /// cluster's list does not matter; the decoded vhost), percent-encoded, so two brokers,
+    /// vhosts or queues never share a file.
+    fn default_journal(&self) -> Result<PathBuf, ConfigError> {
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
         let dir = if let Some(d) = var("STATE_DIRECTORY") {
             // systemd gives several, colon-separated, when the unit names several
@@ -239,28 +244,50 @@ impl WatchdogConfig {
             PathBuf::from(d.split(':').next().unwrap_or_default())
         } else if let Some(d) = var("XDG_STATE_HOME") {
             PathBuf::from(d).join("ddmon")
+        } else if let Some(home) = var("HOME") {
+            PathBuf::from(home).join(".local/state/ddmon")
         } else {
-            PathBuf::from(var("HOME")?).join(".local/state/ddmon")
+            return Err(ConfigError::Invalid {
+                field: "journal",
+                message: "no place for the default journal (none of STATE_DIRECTORY, \
+                          XDG_STATE_HOME, HOME is set): give --journal FILE or --no-journal"
+                    .into(),
+            });
         };
-        let url = self.broker.urls().first().copied().unwrap_or_default();
-        let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let vhost = if vhost.is_empty() { "%2f" } else { vhost };
-        let clean = |s: &str| -> String {
-            s.chars()
-                .map(|c| match c {
-                    'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
-                    _ => '_',
-                })
-                .collect()
+        let enc = |s: &str| -> String {
+            let mut out = String::new();
+            for b in s.bytes() {
+                match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
+                        out.push(b as char)
+                    }
+                    _ => out.push_str(&format!("%{b:02X}")),
+                }
+            }
+            out
         };
+        let uris: Vec<lapin::uri::AMQPUri> = self
+            .broker
+            .urls()
+            .iter()
+            .filter_map(|u| u.parse().ok())
+            .collect();
+        let mut hosts: Vec<String> = uris
+            .iter()
+            .map(|u| {
+                let a = &u.authority;
+                format!("{}_{}", enc(&a.host.to_lowercase()), a.port)
+            })
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        let vhost = uris.first().map_or("/", |u| u.vhost.as_str());
         let queue = self.subscription().queue.name;
-        Some(dir.join(format!(
+        Ok(dir.join(format!(
             "dd_watchdog.{}.{}.{}.journal",
-            clean(host),
-            clean(vhost),
-            clean(&queue)
+            hosts.join("+"),
+            enc(vhost),
+            enc(&queue)
         )))
     }
 
@@ -420,11 +447,10 @@ impl WatchdogService {
                 Event::Stuck { node, transfer } => {
                     tracing::info!(node = %node, url = %transfer["url"], "transfer stuck")
                 }
-                Event::Forgotten { transfers, nodes } => tracing::info!(
+                Event::Forgotten { transfers } => tracing::info!(
                     transfers,
-                    nodes = %nodes.join(","),
                     after_seconds = self.cfg.forget_after,
-                    "forgotten: no final code (or node down) for longer than --forget-after"
+                    "forgotten: no final code for longer than --forget-after"
                 ),
             }
         }
@@ -615,9 +641,17 @@ async fn query(cfg: &WatchdogConfig, args: &Args) -> anyhow::Result<std::process
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// `--print-config` and the file layer: no journal is `""` (left out would mean the default).
+fn journal_or_empty<S: serde::Serializer>(j: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match j {
+        Some(p) => p.serialize(s),
+        None => s.serialize_str(""),
+    }
+}
+
 /// A journal belongs to its input queue: when that queue does not exist (deleted, or a broker
 /// that lost its definitions), what the journal holds is another queue's history, and what
-/// happened since is unknown. It is moved aside (`<journal>.old`) and the table starts
+/// happened since is unknown. It is moved aside (`<journal>.<time>.old`) and the table starts
 /// empty. When the broker cannot be asked (down), the journal is kept.
 async fn set_aside_if_the_queue_is_new(cfg: &WatchdogConfig, path: &Path) -> anyhow::Result<()> {
     if !path.metadata().is_ok_and(|m| m.len() > 0) {
@@ -634,7 +668,10 @@ async fn set_aside_if_the_queue_is_new(cfg: &WatchdogConfig, path: &Path) -> any
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => {
             let mut old = path.as_os_str().to_owned();
-            old.push(".old");
+            old.push(format!(
+                ".{}.old",
+                chrono::Utc::now().format("%Y%m%dT%H%M%S")
+            ));
             std::fs::rename(path, &old)
                 .with_context(|| format!("cannot move the journal {} aside", path.display()))?;
             tracing::warn!(
@@ -644,7 +681,10 @@ async fn set_aside_if_the_queue_is_new(cfg: &WatchdogConfig, path: &Path) -> any
                 "the input queue does not exist: the journal was another queue's; starting empty"
             );
         }
-        Ok(Err(e)) if !e.is_transient() => return Err(e.into()),
+        // a refused login or permission: no retry mends it (anything else: ask no further)
+        Ok(Err(e)) if ["(403)", "(530)"].iter().any(|c| e.to_string().contains(c)) => {
+            return Err(e.into());
+        }
         _ => {
             tracing::info!(queue = %queue, "cannot ask whether the input queue exists: journal kept")
         }

@@ -2,9 +2,10 @@
 //! and URL; the next final code (2xx-5xx) for that key closes it. Nodes are up while they
 //! speak; silent for the node timeout they are down, and what was in flight there is
 //! reported. A transfer open longer than the stuck limit is reported once. A transfer that
-//! never gets its final code is forgotten after the forget limit (counted and logged, counted
-//! from its node's down if that is later), and so is a node down that long with nothing left
-//! in flight: the table does not grow with what was lost long ago.
+//! never gets its final code is forgotten after the forget limit (counted and logged; counted
+//! from its node's down, or from this table's start, if later): the table does not grow with
+//! what was lost long ago. Nodes are kept (a few bytes each): one that comes back after any
+//! time is reported up.
 //!
 //! Every change is also appended to a journal buffer (when journaling is on), which the edge
 //! writes to its file before acknowledging the input: [`super::journal`].
@@ -117,13 +118,11 @@ pub enum Event {
         /// The transfer.
         transfer: Value,
     },
-    /// Transfers and down nodes dropped after the forget limit (logged, not published: they
-    /// were reported as stuck or down before).
+    /// Transfers dropped after the forget limit (logged, not published: they were reported
+    /// as stuck or down before).
     Forgotten {
         /// How many transfers.
         transfers: u64,
-        /// The nodes, by name.
-        nodes: Vec<String>,
     },
 }
 
@@ -148,8 +147,6 @@ pub struct Counts {
     pub stuck: u64,
     /// Transfers dropped after the forget limit without a final code.
     pub forgotten: u64,
-    /// Down nodes dropped after the forget limit with nothing left in flight.
-    pub nodes_forgotten: u64,
 }
 
 /// The table's limits.
@@ -161,8 +158,8 @@ pub struct Limits {
     pub stuck_after_ms: i64,
     /// A final code seen before its `102` within this window cancels the `102` (ms).
     pub reorder_window_ms: i64,
-    /// An open transfer (or a down node with none) is forgotten this long after it opened (or
-    /// its node went down, whichever is later) (ms; 0: never).
+    /// An open transfer is forgotten this long after it opened, its node went down, or the
+    /// table started or got input again after a silence, whichever is latest (ms; 0: never).
     pub forget_after_ms: i64,
 }
 
@@ -480,13 +477,16 @@ impl Table {
         out
     }
 
-    /// Drop the transfers and down nodes older than the forget limit.
+    /// Drop the transfers older than the forget limit. Counted from this table's start (or
+    /// the input's return after a silence) too: after dd_watchdog was away, the finals that
+    /// waited in its queue come first.
     fn forget(&mut self, now_ms: i64, out: &mut Vec<Event>) {
         let limit = self.limits.forget_after_ms;
+        let floor = self.started_ms.max(self.resumed_ms);
         let nodes = &mut self.nodes;
         let since = |t: &Transfer, nodes: &HashMap<u32, Node>| {
             let down = nodes.get(&t.node).and_then(|n| n.down_since_ms);
-            t.opened_ms.max(down.unwrap_or(i64::MIN))
+            t.opened_ms.max(down.unwrap_or(i64::MIN)).max(floor)
         };
         let mut gone = 0;
         let journal = &mut self.journal;
@@ -506,29 +506,9 @@ impl Table {
             }
             false
         });
-        let mut dropped: Vec<String> = Vec::new();
-        let names = &self.names;
-        nodes.retain(|id, n| {
-            let old = n.count == 0 && n.down_since_ms.is_some_and(|d| now_ms - d > limit);
-            if old {
-                let name = names.name(*id);
-                if let Some(j) = journal.as_mut() {
-                    j.extend_from_slice(b"x\t");
-                    esc(j, name);
-                    j.push(b'\n');
-                }
-                dropped.push(name.to_string());
-            }
-            !old
-        });
-        if gone > 0 || !dropped.is_empty() {
-            dropped.sort();
+        if gone > 0 {
             self.counts.forgotten += gone;
-            self.counts.nodes_forgotten += dropped.len() as u64;
-            out.push(Event::Forgotten {
-                transfers: gone,
-                nodes: dropped,
-            });
+            out.push(Event::Forgotten { transfers: gone });
         }
     }
 
@@ -649,15 +629,6 @@ impl Table {
             if let Some(n) = self.nodes.get_mut(&t.node) {
                 n.count = n.count.saturating_sub(1);
                 n.bytes = n.bytes.saturating_sub(t.bytes);
-            }
-        }
-    }
-
-    /// Take back a forgotten down node from the journal (it has nothing in flight).
-    pub fn restore_forget_node(&mut self, node: &str) {
-        if let Some(id) = self.names.find(node) {
-            if self.nodes.get(&id).is_some_and(|n| n.count == 0) {
-                self.nodes.remove(&id);
             }
         }
     }

@@ -372,9 +372,10 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
             };
             let replies = match replies {
                 Ok(r) => r,
-                // a missing permission; a missing exchange (404) is dd_speedo not started yet
+                // a missing permission (403, 530); a missing exchange (404) is dd_speedo not
+                // started yet, and anything else is retried
                 Err(e @ crate::broker::BrokerError::Refused(_))
-                    if !e.to_string().contains("(404)") =>
+                    if ["(403)", "(530)"].iter().any(|c| e.to_string().contains(c)) =>
                 {
                     return Err(e).with_context(|| {
                         format!("cannot ask dd_speedo on exchange {:?}", cfg.exchange)

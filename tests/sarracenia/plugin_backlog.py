@@ -31,10 +31,12 @@ class Forwarder:
 
     def __init__(self, upstream_port):
         self.upstream = ("127.0.0.1", upstream_port)
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        # The port stays reserved by a bound socket that never listens (a connection to it is
+        # refused); the listener shares it (SO_REUSEADDR on both) while it runs.
+        self.reserved = socket.socket()
+        self.reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.reserved.bind(("127.0.0.1", 0))
+        self.port = self.reserved.getsockname()[1]
         self.listener = None
         self.socks = []
         self.lock = threading.Lock()
