@@ -44,6 +44,12 @@ impl BrokerError {
     pub fn is_transient(&self) -> bool {
         matches!(self, BrokerError::Unreachable(_))
     }
+
+    /// Access refused (403) or not allowed (530): a login or permission no retry can mend
+    /// (unlike, say, an exchange not declared yet).
+    pub fn denies_access(&self) -> bool {
+        matches!(self, BrokerError::Refused(m) if m.contains("(403)") || m.contains("(530)"))
+    }
 }
 
 /// Sort a lapin error into "retry" or "give up". AMQP reply codes that no retry can change:

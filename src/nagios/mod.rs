@@ -232,24 +232,31 @@ impl CheckConfig {
         if args.instance.is_some() {
             cfg.instance = args.instance.clone();
         }
+        // the same broker layering as every command (URL, CA, password file or DD_PASSWORD)
         let broker = &mut cfg.broker;
-        crate::config::overlay(&mut broker.url, args.broker.clone());
+        args.common()
+            .apply_broker(broker)
+            .map_err(|e| e.to_string())?;
         if let Some(host) = &args.hostname {
             broker.url = replace_host(&broker.url, host);
         }
-        if args.tls_ca.is_some() {
-            broker.tls_ca = args.tls_ca.clone();
-        }
-        if let Some(file) = &args.password_file {
-            let p = crate::config::read_password_file(file).map_err(|e| e.to_string())?;
-            broker.url = crate::config::with_password(&broker.url, &p);
-        } else if let Ok(p) = std::env::var("DD_PASSWORD") {
-            if !p.is_empty() {
-                broker.url = crate::config::with_password(&broker.url, &p);
-            }
-        }
         broker.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
+    }
+}
+
+impl Args {
+    /// The flags every command has, as the shared edge takes them.
+    fn common(&self) -> crate::cli::CommonOpts {
+        crate::cli::CommonOpts {
+            broker: self.broker.clone(),
+            config: self.config.clone(),
+            tls_ca: self.tls_ca.clone(),
+            password_file: self.password_file.clone(),
+            verbose: self.verbose,
+            quiet: self.quiet,
+            print_config: self.print_config,
+        }
     }
 }
 
@@ -737,18 +744,7 @@ fn replace_host(url: &str, host: &str) -> String {
 
 /// Entry point of the `check_dd_speedo` binary: print the outcome, exit with its code.
 pub fn main(args: Args) -> std::process::ExitCode {
-    crate::cli::init_tracing(
-        &crate::cli::CommonOpts {
-            broker: None,
-            config: None,
-            tls_ca: None,
-            password_file: None,
-            verbose: args.verbose,
-            quiet: args.quiet,
-            print_config: false,
-        },
-        1,
-    );
+    crate::cli::init_tracing(&args.common(), 1);
     if args.print_config {
         return match CheckConfig::from_args(&args) {
             Ok(cfg) => {

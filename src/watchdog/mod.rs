@@ -682,7 +682,7 @@ async fn set_aside_if_the_queue_is_new(cfg: &WatchdogConfig, path: &Path) -> any
             );
         }
         // a refused login or permission: no retry mends it (anything else: ask no further)
-        Ok(Err(e)) if ["(403)", "(530)"].iter().any(|c| e.to_string().contains(c)) => {
+        Ok(Err(e)) if e.denies_access() => {
             return Err(e.into());
         }
         _ => {

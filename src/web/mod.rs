@@ -374,9 +374,7 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
                 Ok(r) => r,
                 // a missing permission (403, 530); a missing exchange (404) is dd_speedo not
                 // started yet, and anything else is retried
-                Err(e @ crate::broker::BrokerError::Refused(_))
-                    if ["(403)", "(530)"].iter().any(|c| e.to_string().contains(c)) =>
-                {
+                Err(e) if e.denies_access() => {
                     return Err(e).with_context(|| {
                         format!("cannot ask dd_speedo on exchange {:?}", cfg.exchange)
                     });
