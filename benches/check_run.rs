@@ -109,7 +109,9 @@ fn main() {
     let _ = speedo.wait();
     rt.block_on(async {
         let cfg = ddmon::config::BrokerConfig::default();
-        let conn = ddmon::broker::connect(&cfg, "bench-cleanup").await.unwrap();
+        let conn = ddmon::broker::raw::connect(&cfg, "bench-cleanup")
+            .await
+            .unwrap();
         let ch = conn.create_channel().await.unwrap();
         let _ = ch
             .queue_delete(

@@ -101,7 +101,9 @@ fn main() {
         mo / mb
     );
     rt.block_on(async {
-        let conn = ddmon::broker::connect(&cfg, "bench-cleanup").await.unwrap();
+        let conn = ddmon::broker::raw::connect(&cfg, "bench-cleanup")
+            .await
+            .unwrap();
         let ch = conn.create_channel().await.unwrap();
         ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await

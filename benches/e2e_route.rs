@@ -32,7 +32,7 @@ async fn destinations(conn: &lapin::Connection, prefix: &str) -> Vec<String> {
     let mut names = Vec::new();
     for s in SOURCES {
         let x = format!("{prefix}.src_{s}");
-        ddmon::broker::declare_topic_exchange(&ch, &x)
+        ddmon::broker::raw::declare_topic_exchange(&ch, &x)
             .await
             .unwrap();
         let q = format!("{prefix}.dest.{s}");
@@ -80,7 +80,9 @@ async fn landed(conn: &lapin::Connection, queues: &[String]) -> usize {
 
 /// The baseline relay: consume, republish with confirms, ack after the confirm.
 async fn relay(cfg: BrokerConfig, input: String, prefix: String, queue: String) {
-    let conn = ddmon::broker::connect(&cfg, "bench-relay").await.unwrap();
+    let conn = ddmon::broker::raw::connect(&cfg, "bench-relay")
+        .await
+        .unwrap();
     let inch = conn.create_channel().await.unwrap();
     inch.queue_declare(
         queue.as_str().into(),
@@ -168,12 +170,12 @@ fn run_once(rt: &tokio::runtime::Runtime, mode: &str, n: usize) -> f64 {
     let prefix = format!("bench.route.{:08x}", ddmon::broker::random_u64() as u32);
     let queue = format!("b{:08x}", ddmon::broker::random_u64() as u32);
     let conn = rt
-        .block_on(ddmon::broker::connect(&cfg, "bench-route"))
+        .block_on(ddmon::broker::raw::connect(&cfg, "bench-route"))
         .unwrap();
     let dest = rt.block_on(destinations(&conn, &prefix));
     rt.block_on(async {
         let ch = conn.create_channel().await.unwrap();
-        ddmon::broker::declare_topic_exchange(&ch, &prefix)
+        ddmon::broker::raw::declare_topic_exchange(&ch, &prefix)
             .await
             .unwrap();
     });

@@ -13,6 +13,8 @@ use serde_json::Value;
 
 use crate::cli::CommonOpts;
 use crate::config::BrokerConfig;
+use crate::daemon::{Health, State};
+use crate::rpc::Reply;
 
 /// dd_status's command line.
 #[derive(Debug, clap::Parser)]
@@ -47,7 +49,7 @@ pub struct Row {
     /// Host.
     pub host: String,
     /// State (`running`, `degraded`...).
-    pub state: String,
+    pub state: State,
     /// Seconds since it started.
     pub uptime_s: f64,
     /// When it last sent an alive message.
@@ -59,20 +61,17 @@ pub struct Row {
 impl Row {
     /// Read a `health` reply; `None` if it is not one.
     pub fn from_reply(v: &Value) -> Option<Row> {
-        let r = v.get("result")?;
-        let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        let reply: Reply<Health> = serde_json::from_value(v.clone()).ok()?;
+        let h = reply.result?;
+        let known = |s: String| if s.is_empty() { "?".to_string() } else { s };
         Some(Row {
-            tool: text("tool"),
-            instance: text("instance"),
-            host: text("host"),
-            state: text("state"),
-            uptime_s: r.get("uptime_s").and_then(Value::as_f64).unwrap_or(0.0),
-            last_alive: r
-                .get("last_alive")
-                .and_then(Value::as_str)
-                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                .map(|t| t.to_utc()),
-            counters: r.get("counters").cloned().unwrap_or(Value::Null),
+            tool: known(h.tool),
+            instance: known(h.instance),
+            host: known(h.host),
+            state: h.state,
+            uptime_s: h.uptime_s,
+            last_alive: h.last_alive,
+            counters: h.counters,
         })
     }
 }
@@ -127,7 +126,7 @@ pub fn render_table(rows: &[Row], now: DateTime<Utc>) -> String {
             r.tool.clone(),
             r.instance.clone(),
             r.host.clone(),
-            r.state.clone(),
+            r.state.as_str().to_string(),
             human(r.uptime_s),
             alive,
             counters_text(&r.counters),
@@ -166,27 +165,23 @@ pub fn main(args: Args) -> std::process::ExitCode {
         |cfg: crate::cli::BrokerOnly| {
             let broker: BrokerConfig = cfg.broker;
             let replies = crate::cli::block_on(async {
-                let conn = crate::broker::connect(&broker, "dd_status").await?;
                 let wait = Duration::from_secs_f64(args.wait.max(0.0));
-                let replies = crate::broker::request(
-                    &conn,
+                let question = crate::rpc::Question::new(
                     &args.exchange,
-                    "v01.rpc.all.health",
-                    b"{}",
+                    crate::rpc::broadcast_key("health"),
                     wait,
-                    None,
-                )
-                .await
-                .context("health request failed")?;
-                let _ = conn.close(200, "OK".into()).await;
-                Ok(replies)
+                );
+                crate::rpc::ask_once::<Value>(&broker, "dd_status", &question)
+                    .await
+                    .context("health request failed")
             })?;
             let answers: Vec<Value> = replies
+                .replies
                 .iter()
-                .filter_map(|r| serde_json::from_slice(&r.body).ok())
+                .filter_map(|r| serde_json::to_value(r).ok())
                 .collect();
             let rows: Vec<Row> = answers.iter().filter_map(Row::from_reply).collect();
-            let degraded = rows.iter().any(|r| r.state == "degraded");
+            let degraded = rows.iter().any(|r| r.state == State::Degraded);
             if args.json {
                 println!("{}", Value::Array(answers));
             } else {

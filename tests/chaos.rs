@@ -158,7 +158,7 @@ async fn connect_retry(url: &str) -> lapin::Connection {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match ddmon::broker::connect(&cfg, "chaos").await {
+        match ddmon::broker::raw::connect(&cfg, "chaos").await {
             Ok(c) => return c,
             Err(e) => assert!(Instant::now() < deadline, "cannot connect: {e}"),
         }
@@ -215,7 +215,7 @@ async fn every_input(conn: &lapin::Connection, ok: impl Fn(u32, u32) -> bool) ->
 }
 
 async fn stats(conn: &lapin::Connection, tool: &str) -> Value {
-    let r = ddmon::broker::request(
+    let r = ddmon::broker::raw::request(
         conn,
         "log",
         &format!("v01.rpc.{tool}.all.stats"),

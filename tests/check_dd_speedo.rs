@@ -72,7 +72,9 @@ async fn ok_then_critical_against_a_real_dd_speedo() {
             url: url.clone(),
             ..Default::default()
         };
-        ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap()
+        ddmon::broker::raw::connect(&cfg, "ddmon-test")
+            .await
+            .unwrap()
     };
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("speedo.toml");
@@ -189,9 +191,11 @@ async fn no_dd_speedo_is_unknown_within_the_timeout() {
         url: url.clone(),
         ..Default::default()
     };
-    let conn = ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap();
+    let conn = ddmon::broker::raw::connect(&cfg, "ddmon-test")
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    ddmon::broker::declare_topic_exchange(&ch, "log")
+    ddmon::broker::raw::declare_topic_exchange(&ch, "log")
         .await
         .unwrap();
     let (code, out, took) = check(&url, &["-t", "2"]);

@@ -115,7 +115,9 @@ async fn a_node_stops_mid_stream_and_the_quorum_capture_loses_nothing() {
         url: cluster.url(1),
         ..Default::default()
     };
-    let conn = ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap();
+    let conn = ddmon::broker::raw::connect(&cfg, "ddmon-test")
+        .await
+        .unwrap();
     wait_for_consumers(&conn, "q_guest.dd_log.cap", 1).await;
     let types = cluster.ctl(1, &["list_queues", "name", "type", "--formatter", "json"]);
     let types: serde_json::Value = serde_json::from_slice(&types.stdout).unwrap();

@@ -8,9 +8,9 @@ use std::path::Path;
 fn dd_log_example_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/dd_log.toml");
     let cfg: ddmon::log::LogConfig = ddmon::config::load_file(Some(&path)).unwrap();
-    assert_eq!(cfg.exchange, "log");
-    assert_eq!(cfg.queue.as_deref(), Some("capture"));
-    assert_eq!(cfg.topics.len(), 3);
+    assert_eq!(cfg.input.exchange, "log");
+    assert_eq!(cfg.input.queue.as_deref(), Some("capture"));
+    assert_eq!(cfg.input.topics.len(), 3);
     assert_eq!(cfg.broker.prefetch, 256);
 }
 
@@ -59,7 +59,7 @@ fn dd_watchdog_example_parses() {
     let cfg: ddmon::watchdog::WatchdogConfig = ddmon::config::load_file(Some(&path)).unwrap();
     assert_eq!(cfg.node_timeout, 120.0);
     assert_eq!(cfg.limits().stuck_after_ms, 3_600_000);
-    assert!(cfg.topics.iter().any(|t| t == "v01.alive.#"));
+    assert!(cfg.input.topics.iter().any(|t| t == "v01.alive.#"));
     assert_eq!(
         cfg.journal.as_deref(),
         Some(Path::new("/var/lib/ddmon/dd_watchdog.journal"))

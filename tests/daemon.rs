@@ -68,7 +68,7 @@ async fn alive_status_and_requests() {
     );
 
     // health and stats answer within a second, directly and through the broadcast
-    let health = ddmon::broker::request(
+    let health = ddmon::broker::raw::request(
         &conn,
         &s.exchange,
         "v01.rpc.dd_log.t1%2Ea.health",
@@ -84,7 +84,7 @@ async fn alive_status_and_requests() {
         (h["ok"].as_bool(), h["result"]["state"].as_str()),
         (Some(true), Some("running"))
     );
-    let stats = ddmon::broker::request(
+    let stats = ddmon::broker::raw::request(
         &conn,
         &s.exchange,
         "v01.rpc.all.stats",

@@ -23,10 +23,16 @@ impl Router {
     /// Its `stats` answer.
     async fn stats(&self, conn: &lapin::Connection, exchange: &str) -> Value {
         let key = format!("v01.rpc.dd_log2source.{}.stats", self.instance);
-        let replies =
-            ddmon::broker::request(conn, exchange, &key, b"{}", Duration::from_secs(2), Some(1))
-                .await
-                .unwrap();
+        let replies = ddmon::broker::raw::request(
+            conn,
+            exchange,
+            &key,
+            b"{}",
+            Duration::from_secs(2),
+            Some(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(replies.len(), 1, "no stats answer on {key}");
         serde_json::from_slice(&replies[0].body).unwrap()
     }
@@ -108,7 +114,8 @@ async fn copy_mode_routes_every_record_unchanged() {
             // unchanged: routing key, body, headers, properties
             assert_eq!(d.routing_key.as_str(), key);
             assert_eq!(&d.data, body);
-            let h = ddmon::broker::headers_from_table(d.properties.headers().as_ref().unwrap());
+            let h =
+                ddmon::broker::raw::headers_from_table(d.properties.headers().as_ref().unwrap());
             assert_eq!(&h, headers);
             assert_eq!(d.properties.delivery_mode(), &Some(2));
         }
@@ -117,7 +124,8 @@ async fn copy_mode_routes_every_record_unchanged() {
     let why: Vec<String> = odd
         .iter()
         .map(|d| {
-            let h = ddmon::broker::headers_from_table(d.properties.headers().as_ref().unwrap());
+            let h =
+                ddmon::broker::raw::headers_from_table(d.properties.headers().as_ref().unwrap());
             h["ddmon_unrouted"].as_str().unwrap().to_string()
         })
         .collect();
@@ -275,10 +283,10 @@ async fn records_from_another_cluster_go_back_to_its_broker() {
         url: u.to_string(),
         ..Default::default()
     };
-    let here_conn = ddmon::broker::connect(&cfg(&here_url), "test-here")
+    let here_conn = ddmon::broker::raw::connect(&cfg(&here_url), "test-here")
         .await
         .unwrap();
-    let there_conn = ddmon::broker::connect(&cfg(&there_url), "test-there")
+    let there_conn = ddmon::broker::raw::connect(&cfg(&there_url), "test-there")
         .await
         .unwrap();
     let mut there_log = listen(&there_conn, "log", &["#"]).await;

@@ -38,7 +38,7 @@ async fn stats(conn: &lapin::Connection, instance: &str) -> Value {
     let key = format!("v01.rpc.dd_speedo.{instance}.stats");
     for _ in 0..50 {
         let replies =
-            ddmon::broker::request(conn, "log", &key, b"{}", Duration::from_secs(2), Some(1))
+            ddmon::broker::raw::request(conn, "log", &key, b"{}", Duration::from_secs(2), Some(1))
                 .await
                 .unwrap();
         if let Some(r) = replies.first() {
@@ -168,7 +168,8 @@ async fn live_speedos_are_exact_and_equal_the_replay_of_the_capture() {
         d.acker.ack(BasicAckOptions::default()).await.unwrap();
         let key = d.routing_key.to_string();
         let body = String::from_utf8(d.data.clone()).unwrap();
-        let headers = ddmon::broker::headers_from_table(d.properties.headers().as_ref().unwrap());
+        let headers =
+            ddmon::broker::raw::headers_from_table(d.properties.headers().as_ref().unwrap());
         // the headers repeat the body
         let f: Vec<u64> = body.split(' ').map(|x| x.parse().unwrap()).collect();
         assert_eq!(f.len(), 8, "{body}");
@@ -594,10 +595,10 @@ async fn a_source_exchange_of_another_type_is_used_as_it_is() {
     let conn = connect_to(&sb.vhost).await;
     // someone made log_ec a fanout exchange: declaring it as a topic exchange gets a 406
     let ch = conn.create_channel().await.unwrap();
-    ddmon::broker::declare_exchange(
+    ddmon::broker::raw::declare_exchange(
         &ch,
         "log_ec",
-        lapin::ExchangeKind::Fanout,
+        ddmon::broker::ExchangeType::Fanout,
         &Default::default(),
     )
     .await

@@ -537,7 +537,7 @@ async fn tails_are_signed_in_bounded_and_closed_when_the_page_falls_silent() {
     let admin = url("guest", "guest", &sb.vhost);
     let conn = connect_url(&admin).await;
     let ch = conn.create_channel().await.unwrap();
-    ddmon::broker::declare_topic_exchange(&ch, "log")
+    ddmon::broker::raw::declare_topic_exchange(&ch, "log")
         .await
         .unwrap();
     let port = free_port();

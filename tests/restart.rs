@@ -32,7 +32,7 @@ fn rabbitmqctl(args: &[&str]) {
 async fn reconnect() -> lapin::Connection {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(c) = ddmon::broker::connect(&broker_config(), "test-restart").await {
+        if let Ok(c) = ddmon::broker::raw::connect(&broker_config(), "test-restart").await {
             return c;
         }
         assert!(Instant::now() < deadline, "the broker did not come back");
@@ -65,7 +65,7 @@ async fn dd_log2source_loses_nothing_across_a_broker_restart() {
             format!("{}.src_{src}", s.exchange)
         };
         s.track_exchange(&x);
-        ddmon::broker::declare_topic_exchange(&ch, &x)
+        ddmon::broker::raw::declare_topic_exchange(&ch, &x)
             .await
             .unwrap();
         let q = format!("{}.dest.{src}", s.exchange);
@@ -327,7 +327,7 @@ async fn dd_speedo_and_dd_watchdog_survive_a_broker_restart() {
         let conn = &conn;
         async move {
             for _ in 0..20 {
-                let r = ddmon::broker::request(
+                let r = ddmon::broker::raw::request(
                     conn,
                     &exchange,
                     &key,
@@ -361,7 +361,7 @@ async fn dd_speedo_and_dd_watchdog_survive_a_broker_restart() {
         c["restarted"],
         c["unmatched_finals"]
     );
-    let table = ddmon::broker::request(
+    let table = ddmon::broker::raw::request(
         &conn,
         &exchange,
         &format!("v01.rpc.dd_watchdog.r{tag}.inflight"),

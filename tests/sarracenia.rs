@@ -247,7 +247,7 @@ async fn sarracenia2_reports_are_printed_counted_and_routed_as_sr_subscribe_logg
     // ddmon reads the reports where sr_subscribe sends them: xs_guest, v02.report.#
     let conn = connect_url(&broker).await;
     let ch = conn.create_channel().await.unwrap();
-    ddmon::broker::declare_topic_exchange(&ch, "xs_guest")
+    ddmon::broker::raw::declare_topic_exchange(&ch, "xs_guest")
         .await
         .unwrap();
     let mut routed = listen(&conn, "xr_guest", &["#"]).await;
@@ -476,7 +476,9 @@ async fn sr3_reports_and_ddmon_plugin_records_match_what_sr3_logged() {
     let conn = connect_url(&broker).await;
     let ch = conn.create_channel().await.unwrap();
     for x in ["xs_guest", "xs_out", "log"] {
-        ddmon::broker::declare_topic_exchange(&ch, x).await.unwrap();
+        ddmon::broker::raw::declare_topic_exchange(&ch, x)
+            .await
+            .unwrap();
     }
     let mut speedos_native = listen(&conn, "speedo_native", &["v01.speedo.#"]).await;
     let mut speedos = listen(&conn, "log", &["v01.speedo.#"]).await;

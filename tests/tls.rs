@@ -204,7 +204,9 @@ async fn every_tool_speaks_tls_and_refuses_a_certificate_it_cannot_verify() {
         tls_ca: Some(PathBuf::from(&ca)),
         ..Default::default()
     };
-    let conn = ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap();
+    let conn = ddmon::broker::raw::connect(&cfg, "ddmon-test")
+        .await
+        .unwrap();
     for q in [
         "q_guest.dd_log.cap",
         "q_guest.dd_log2source.route",

@@ -39,7 +39,9 @@ pub async fn fill(cfg: &BrokerConfig, msgs: &[Outgoing]) {
 
 /// A durable queue bound to `exchange` on v02.# and v03.# (as the daemons declare theirs).
 pub async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
-    let conn = ddmon::broker::connect(cfg, "bench-declare").await.unwrap();
+    let conn = ddmon::broker::raw::connect(cfg, "bench-declare")
+        .await
+        .unwrap();
     let sub = ddmon::broker::Subscription {
         exchange: exchange.into(),
         bindings: vec!["v02.#".into(), "v03.#".into()],
@@ -51,14 +53,18 @@ pub async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
             dead_letter_exchange: None,
         },
     };
-    ddmon::broker::declare_queue(&conn, &sub).await.unwrap();
+    ddmon::broker::raw::declare_queue(&conn, &sub)
+        .await
+        .unwrap();
     let _ = conn.close(200, "OK".into()).await;
 }
 
 /// The baseline: consume `n` messages from `queue`, ack each, nothing else.
 pub async fn baseline(cfg: &BrokerConfig, queue: &str, n: usize) -> Duration {
     let started = Instant::now();
-    let conn = ddmon::broker::connect(cfg, "bench-baseline").await.unwrap();
+    let conn = ddmon::broker::raw::connect(cfg, "bench-baseline")
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
         .await
@@ -89,7 +95,7 @@ pub async fn stats(
     instance: &str,
 ) -> Option<serde_json::Value> {
     let key = format!("v01.rpc.{tool}.{instance}.stats");
-    let r = ddmon::broker::request(
+    let r = ddmon::broker::raw::request(
         conn,
         exchange,
         &key,
@@ -122,7 +128,9 @@ pub fn rss_mib(field: &str) -> f64 {
 
 /// Remove the bench's queue and exchange.
 pub async fn clean_up(cfg: &BrokerConfig, queue: &str, exchange: &str) {
-    let conn = ddmon::broker::connect(cfg, "bench-cleanup").await.unwrap();
+    let conn = ddmon::broker::raw::connect(cfg, "bench-cleanup")
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let _ = ch
         .queue_delete(queue.into(), QueueDeleteOptions::default())
@@ -152,7 +160,9 @@ pub async fn run_until_handled(
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let conn = ddmon::broker::connect(cfg, "bench-poll").await.unwrap();
+    let conn = ddmon::broker::raw::connect(cfg, "bench-poll")
+        .await
+        .unwrap();
     let took = loop {
         let done = stats(&conn, exchange, tool, instance).await;
         if done.as_ref().and_then(&handled) == Some(n as u64) {

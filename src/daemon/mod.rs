@@ -4,8 +4,7 @@
 
 mod runtime;
 mod serve;
-mod shutdown;
 
-pub use runtime::{DaemonConfig, DaemonOpts, Identity, Runtime, State, host_name};
+pub use crate::shutdown::Shutdown;
+pub use runtime::{DaemonConfig, DaemonOpts, Health, Identity, Runtime, State, host_name};
 pub use serve::{Handled, ServeConfig, Service, Verdict, serve};
-pub use shutdown::Shutdown;

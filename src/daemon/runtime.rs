@@ -12,15 +12,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::broker::Outgoing;
-use crate::topic::escape_word;
 
 /// The life of a daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Connecting, declaring, loading state.
     Starting,
-    /// Doing its work.
+    /// Doing its work (and what a reply that says nothing is read as).
+    #[default]
     Running,
     /// Working, but something is wrong (it says what in its counters).
     Degraded,
@@ -38,6 +38,35 @@ impl State {
             State::Stopping => "stopping",
         }
     }
+}
+
+/// The body of alive and status messages and the `result` of a `health` answer: who the
+/// daemon is, its state, and its tool's counters. Fields in the wire's (alphabetical) order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Health {
+    /// The tool's own counters (each tool's; dd_speedo's are `speedo::reply::Counters`).
+    pub counters: Value,
+    /// The host it runs on.
+    pub host: String,
+    /// Its instance name.
+    pub instance: String,
+    /// When it last sent an alive message (`null`: not yet).
+    pub last_alive: Option<DateTime<Utc>>,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started.
+    pub started: DateTime<Utc>,
+    /// `starting`, `running`, `degraded`, `stopping`.
+    pub state: State,
+    /// When this body was made.
+    pub time: DateTime<Utc>,
+    /// The tool (`dd_speedo`...).
+    pub tool: String,
+    /// Seconds since it started.
+    pub uptime_s: f64,
+    /// ddmon's version.
+    pub version: String,
 }
 
 /// The daemon settings every daemon shares (`[daemon]` in its config file).
@@ -180,16 +209,7 @@ impl Runtime {
 
     /// Bindings of its request queue.
     pub fn request_bindings(&self) -> Vec<String> {
-        vec![
-            format!(
-                "v01.rpc.{}.{}.*",
-                escape_word(&self.id.tool),
-                escape_word(&self.id.instance)
-            ),
-            // every instance of this tool (check_dd_speedo asks `v01.rpc.dd_speedo.all.stats`)
-            format!("v01.rpc.{}.all.*", escape_word(&self.id.tool)),
-            "v01.rpc.all.*".to_string(),
-        ]
+        crate::rpc::request_bindings(&self.id.tool, &self.id.instance)
     }
 
     fn topic(&self, kind: &str) -> String {
@@ -197,20 +217,20 @@ impl Runtime {
     }
 
     /// The body shared by alive, status and `health`.
-    pub fn describe(&self, now: DateTime<Utc>, counters: &Value) -> Value {
-        json!({
-            "tool": self.id.tool,
-            "instance": self.id.instance,
-            "host": self.id.host,
-            "pid": self.id.pid,
-            "version": self.id.version,
-            "started": self.id.started,
-            "uptime_s": (now - self.id.started).num_milliseconds() as f64 / 1000.0,
-            "state": self.state,
-            "last_alive": self.last_alive,
-            "time": now,
-            "counters": counters,
-        })
+    pub fn describe(&self, now: DateTime<Utc>, counters: &Value) -> Health {
+        Health {
+            counters: counters.clone(),
+            host: self.id.host.clone(),
+            instance: self.id.instance.clone(),
+            last_alive: self.last_alive,
+            pid: self.id.pid,
+            started: self.id.started,
+            state: self.state,
+            time: now,
+            tool: self.id.tool.clone(),
+            uptime_s: (now - self.id.started).num_milliseconds() as f64 / 1000.0,
+            version: self.id.version.to_string(),
+        }
     }
 
     fn message(&self, kind: &str, body: &Value) -> Outgoing {
@@ -238,7 +258,7 @@ impl Runtime {
         let previous = self.announced.then_some(self.state);
         self.state = new;
         self.announced = true;
-        let mut body = self.describe(now, counters);
+        let mut body = json!(self.describe(now, counters));
         body["previous"] = json!(previous);
         Some(self.message("status", &body))
     }
@@ -258,7 +278,7 @@ impl Runtime {
     /// The alive message (and remember it was sent).
     pub fn alive(&mut self, now: DateTime<Utc>, counters: &Value) -> Outgoing {
         self.last_alive = Some(now);
-        self.message("alive", &self.describe(now, counters))
+        self.message("alive", &json!(self.describe(now, counters)))
     }
 
     /// Answer a request that arrived with `routing_key`. `own` answers the daemon's own
@@ -270,7 +290,7 @@ impl Runtime {
         counters: &Value,
         own: impl FnOnce(&str) -> Option<Value>,
     ) -> Value {
-        let command = routing_key.rsplit('.').next().unwrap_or("");
+        let command = crate::rpc::command_of(routing_key);
         let mut reply = json!({
             "tool": self.id.tool,
             "instance": self.id.instance,
@@ -278,7 +298,7 @@ impl Runtime {
             "command": command,
         });
         let result = match command {
-            "health" => Some(self.describe(now, counters)),
+            "health" => Some(json!(self.describe(now, counters))),
             _ => own(command).or_else(|| (command == "stats").then(|| counters.clone())),
         };
         match result {

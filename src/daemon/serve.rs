@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::runtime::{DaemonConfig, Runtime, State};
-use super::shutdown::Shutdown;
+use crate::shutdown::Shutdown;
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::broker::{
@@ -560,9 +560,7 @@ async fn wait_head(
 ) -> Result<Confirmed, crate::broker::BrokerError> {
     match pending.front_mut().and_then(|p| p.confirms.as_mut()) {
         Some(c) => c.wait().await,
-        None => Err(crate::broker::BrokerError::Unreachable(
-            "not sent yet".into(),
-        )),
+        None => Err(crate::broker::BrokerError::unreachable("not sent yet")),
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::{QueueSpec, Subscription};
 use crate::cli::CommonOpts;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
+use crate::config::{BrokerConfig, ConfigError, InputConfig, InputOpts, load_file, overlay};
 use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shutdown, serve};
 use crate::record::{MalformedTally, Parsed, render_json, render_line};
 
@@ -43,35 +43,27 @@ pub enum Format {
     after_help = "Line format: <topic> <time> <status> <source> <client> <node> <flow> <url> <bytes> <duration> <message>\n\
                   Exit codes: 0 ok (also on SIGINT/SIGTERM and a closed stdout), 1 failure, 2 usage or config error."
 )]
+#[command(
+    mut_arg("queue", |a| a.help("Read from a durable named queue (q_<user>.dd_log.<NAME>): nothing is lost while dd_log is down [default: a private tail queue]")),
+    mut_arg("dead_letter_exchange", |a| a.help("Dead-letter exchange for rejected (malformed) messages (of the tail queue too)")),
+    mut_arg("topics", |a| a.help("Topic binding on the exchange (repeatable) [default: #]")),
+)]
 pub struct Args {
+    /// Where it reads.
+    #[command(flatten)]
+    pub input: InputOpts,
     /// Regexes: a line is printed when any of them matches (no pattern: every line).
     #[arg(value_name = "PATTERN")]
     pub patterns: Vec<String>,
     /// Do not print lines matching this regex.
     #[arg(long, value_name = "REGEX")]
     pub exclude: Option<String>,
-    /// Topic binding on the exchange (repeatable) [default: #].
-    #[arg(long = "topic", value_name = "BINDING")]
-    pub topics: Vec<String>,
     /// Stop after N printed lines.
     #[arg(short = 'n', long, value_name = "N")]
     pub count: Option<u64>,
     /// Output format.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
-    /// Exchange to read [default: log].
-    #[arg(long, env = "DD_EXCHANGE", value_name = "NAME")]
-    pub exchange: Option<String>,
-    /// Read from a durable named queue (q_<user>.dd_log.<NAME>): nothing is lost while
-    /// dd_log is down.
-    #[arg(long, value_name = "NAME")]
-    pub queue: Option<String>,
-    /// Declare the durable queue as a quorum queue.
-    #[arg(long)]
-    pub quorum: bool,
-    /// Dead-letter exchange for rejected (malformed) messages (of the tail queue too).
-    #[arg(long, value_name = "NAME")]
-    pub dead_letter_exchange: Option<String>,
     /// Append to daily files DIR/YYYYMMDD.log instead of printing.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
@@ -91,10 +83,10 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// Exchange to read.
-    pub exchange: String,
-    /// Topic bindings on it.
-    pub topics: Vec<String>,
+    /// Where it reads: `exchange`, `topics`, `queue` (the NAME in q_<user>.dd_log.NAME;
+    /// none: a private tail queue), `quorum` (needs `queue`), `dead_letter_exchange`.
+    #[serde(flatten)]
+    pub input: InputConfig,
     /// Regexes; a line is printed when any matches (empty: all).
     pub patterns: Vec<String>,
     /// Lines matching this regex are not printed.
@@ -103,12 +95,6 @@ pub struct LogConfig {
     pub count: Option<u64>,
     /// `line` or `json`.
     pub format: Format,
-    /// Durable queue name (the NAME in q_<user>.dd_log.NAME); none: a private tail queue.
-    pub queue: Option<String>,
-    /// Declare the durable queue as a quorum queue.
-    pub quorum: bool,
-    /// Dead-letter exchange for rejected messages of the durable queue.
-    pub dead_letter_exchange: Option<String>,
     /// Directory of daily capture files; none: stdout.
     pub output: Option<PathBuf>,
     /// Run as a service: alive/status messages and health/stats requests.
@@ -122,15 +108,11 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            exchange: "log".to_string(),
-            topics: vec!["#".to_string()],
+            input: InputConfig::reading(&["#"]),
             patterns: Vec::new(),
             exclude: None,
             count: None,
             format: Format::Line,
-            queue: None,
-            quorum: false,
-            dead_letter_exchange: None,
             output: None,
             service: false,
             daemon: DaemonConfig::default(),
@@ -144,10 +126,7 @@ impl LogConfig {
     pub fn from_args(args: &Args) -> Result<LogConfig, ConfigError> {
         let mut cfg: LogConfig = load_file(args.common.config.as_deref())?;
         args.common.apply_broker(&mut cfg.broker)?;
-        overlay(&mut cfg.exchange, args.exchange.clone());
-        if !args.topics.is_empty() {
-            cfg.topics = args.topics.clone();
-        }
+        args.input.apply(&mut cfg.input);
         if !args.patterns.is_empty() {
             cfg.patterns = args.patterns.clone();
         }
@@ -158,13 +137,6 @@ impl LogConfig {
             cfg.count = args.count;
         }
         overlay(&mut cfg.format, args.format);
-        if args.queue.is_some() {
-            cfg.queue = args.queue.clone();
-        }
-        cfg.quorum |= args.quorum;
-        if args.dead_letter_exchange.is_some() {
-            cfg.dead_letter_exchange = args.dead_letter_exchange.clone();
-        }
         if args.output.is_some() {
             cfg.output = args.output.clone();
         }
@@ -181,13 +153,8 @@ impl LogConfig {
             field: "pattern",
             message: e.to_string(),
         })?;
-        if self.topics.is_empty() {
-            return Err(ConfigError::Invalid {
-                field: "topics",
-                message: "at least one binding is needed".to_string(),
-            });
-        }
-        if self.quorum && self.queue.is_none() {
+        self.input.validate()?;
+        if self.input.quorum && self.input.queue_name().is_none() {
             return Err(ConfigError::Invalid {
                 field: "quorum",
                 message: "a quorum queue needs --queue NAME (a tail queue is exclusive)".into(),
@@ -196,18 +163,17 @@ impl LogConfig {
         Ok(())
     }
 
-    /// The subscription this configuration asks for.
+    /// The subscription this configuration asks for: the durable queue named, or a private
+    /// tail queue.
     pub fn subscription(&self) -> Subscription {
         let user = self.broker.user();
-        let queue = match &self.queue {
-            Some(name) => QueueSpec::durable(
-                &user,
-                "dd_log",
-                name,
-                self.quorum,
-                self.dead_letter_exchange.clone(),
-            ),
-            None => QueueSpec {
+        if self.input.queue_name().is_some() {
+            return self.input.durable(&user, "dd_log");
+        }
+        Subscription {
+            exchange: self.input.exchange.clone(),
+            bindings: self.input.topics.clone(),
+            queue: QueueSpec {
                 name: QueueSpec::name_for(
                     &user,
                     "dd_log",
@@ -217,13 +183,8 @@ impl LogConfig {
                 exclusive: true,
                 quorum: false,
                 // malformed messages go there from a tail queue too
-                dead_letter_exchange: self.dead_letter_exchange.clone(),
+                dead_letter_exchange: self.input.dead_letter_exchange.clone(),
             },
-        };
-        Subscription {
-            exchange: self.exchange.clone(),
-            bindings: self.topics.clone(),
-            queue,
         }
     }
 }
@@ -395,9 +356,9 @@ mod tests {
         ])
         .unwrap();
         let cfg = LogConfig::from_args(&args).unwrap();
-        assert_eq!(cfg.exchange, "xreport");
+        assert_eq!(cfg.input.exchange, "xreport");
         assert_eq!(cfg.format, Format::Line);
-        assert_eq!(cfg.topics, vec!["v02.#"]);
+        assert_eq!(cfg.input.topics, vec!["v02.#"]);
         assert_eq!(cfg.broker.prefetch, 7);
         assert_eq!(cfg.broker.url, "amqp://bob:pw@h/%2f");
         assert_eq!(cfg.patterns, vec!["ec_cmc"]);
@@ -416,7 +377,7 @@ mod tests {
     #[test]
     fn durable_queue_is_named_by_convention() {
         let cfg = LogConfig {
-            queue: Some("capture".into()),
+            input: InputConfig::reading(&["#"]).with_queue("capture"),
             ..LogConfig::default()
         };
         let sub = cfg.subscription();

@@ -18,6 +18,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::speedo::reply::NameStats;
+use crate::speedo::{Health, Kind, StatsReply};
+
 pub use range::Range;
 
 /// A plugin state, in the Monitoring Plugins order of seriousness for the overall verdict.
@@ -95,17 +98,14 @@ impl Metric {
     /// The figure. The per-minute ones are `None` until dd_speedo saw a whole minute of the
     /// name (no range is judged on them then, and their perfdata value is `U`); the lag is 0
     /// when the last interval had no record.
-    fn value(self, entry: &Value) -> Option<f64> {
+    fn value(self, entry: &NameStats) -> Option<f64> {
         match self {
-            Metric::FilesPerMin | Metric::BytesPerSec => entry[self.key()].as_f64(),
-            Metric::ErrorRatio => {
-                if entry["files_per_min"].is_null() {
-                    None
-                } else {
-                    Some(entry[self.key()].as_f64().unwrap_or(0.0))
-                }
-            }
-            Metric::Lag => Some(entry[self.key()].as_f64().unwrap_or(0.0)),
+            Metric::FilesPerMin => entry.files_per_min,
+            Metric::BytesPerSec => entry.bytes_per_sec,
+            Metric::ErrorRatio => entry
+                .files_per_min
+                .map(|_| entry.error_ratio.unwrap_or(0.0)),
+            Metric::Lag => Some(entry.lag_max.unwrap_or(0.0)),
         }
     }
 }
@@ -120,27 +120,19 @@ impl Metric {
     after_help = "Ranges (-w, -c): 10 (alert outside 0..10), 10: (below 10), ~:10 (above 10), 10:20 (outside), @10:20 (inside).\n\
                   Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 )]
+#[command(
+    mut_arg("password_file", |a| a.help("File whose first line is the broker password (Nagios shows command lines: keep the password out of them). Beats DD_PASSWORD, which beats the URL's")),
+    mut_arg("config", |a| a.help("TOML file: `exchange`, `instance` and a `[broker]` section (flags beat environment beat file beat defaults; the ranges and names stay on the command line)")),
+    mut_arg("verbose", |a| a.help("More detail on stderr")),
+    mut_arg("quiet", |a| a.help("Less on stderr (the status line on stdout is always there)")),
+)]
 pub struct Args {
-    /// Broker URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
-    #[arg(long, env = "DD_BROKER", hide_env_values = true, value_name = "URL")]
-    pub broker: Option<String>,
+    /// Flags shared by every command.
+    #[command(flatten)]
+    pub common: crate::cli::CommonOpts,
     /// Broker host (replaces the host of --broker).
     #[arg(short = 'H', long, value_name = "HOST")]
     pub hostname: Option<String>,
-    /// PEM file of the CA that signs the broker's certificate (amqps://).
-    #[arg(long, env = "DD_TLS_CA", value_name = "FILE")]
-    pub tls_ca: Option<std::path::PathBuf>,
-    /// File whose first line is the broker password (Nagios shows command lines: keep the
-    /// password out of them). Beats DD_PASSWORD, which beats the URL's.
-    #[arg(long, env = "DD_PASSWORD_FILE", value_name = "FILE")]
-    pub password_file: Option<std::path::PathBuf>,
-    /// TOML file: `exchange`, `instance` and a `[broker]` section (flags beat environment
-    /// beat file beat defaults; the ranges and names stay on the command line).
-    #[arg(long, env = "DD_CONFIG", value_name = "FILE")]
-    pub config: Option<std::path::PathBuf>,
-    /// Print the effective configuration (password masked) and exit 0.
-    #[arg(long)]
-    pub print_config: bool,
     /// Exchange dd_speedo takes requests on [default: log].
     #[arg(long, value_name = "NAME")]
     pub exchange: Option<String>,
@@ -192,12 +184,6 @@ pub struct Args {
         value_name = "SECONDS[:STATE]"
     )]
     pub timeout: Timeout,
-    /// More detail on stderr.
-    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-    /// Less on stderr (the status line on stdout is always there).
-    #[arg(short = 'q', long, action = clap::ArgAction::Count)]
-    pub quiet: u8,
 }
 
 /// Where check_dd_speedo asks: its `--config` file and `--print-config` (the ranges, names
@@ -227,14 +213,14 @@ impl CheckConfig {
     /// Defaults < file < environment < flags.
     pub fn from_args(args: &Args) -> Result<CheckConfig, String> {
         let mut cfg: CheckConfig =
-            crate::config::load_file(args.config.as_deref()).map_err(|e| e.to_string())?;
+            crate::config::load_file(args.common.config.as_deref()).map_err(|e| e.to_string())?;
         crate::config::overlay(&mut cfg.exchange, args.exchange.clone());
         if args.instance.is_some() {
             cfg.instance = args.instance.clone();
         }
         // the same broker layering as every command (URL, CA, password file or DD_PASSWORD)
         let broker = &mut cfg.broker;
-        args.common()
+        args.common
             .apply_broker(broker)
             .map_err(|e| e.to_string())?;
         if let Some(host) = &args.hostname {
@@ -242,21 +228,6 @@ impl CheckConfig {
         }
         broker.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
-    }
-}
-
-impl Args {
-    /// The flags every command has, as the shared edge takes them.
-    fn common(&self) -> crate::cli::CommonOpts {
-        crate::cli::CommonOpts {
-            broker: self.broker.clone(),
-            config: self.config.clone(),
-            tls_ca: self.tls_ca.clone(),
-            password_file: self.password_file.clone(),
-            verbose: self.verbose,
-            quiet: self.quiet,
-            print_config: self.print_config,
-        }
     }
 }
 
@@ -319,9 +290,9 @@ pub struct Check {
     /// `-c`.
     pub critical: Option<Range>,
     /// States giving WARNING (empty with --no-states).
-    pub warning_states: Vec<String>,
+    pub warning_states: Vec<Health>,
     /// States giving CRITICAL.
-    pub critical_states: Vec<String>,
+    pub critical_states: Vec<Health>,
     /// Staleness bound, seconds (`None`: 2 intervals + 30 s).
     pub stale: Option<f64>,
     /// Per-name perfdata for at most this many names (else the offenders only).
@@ -395,14 +366,10 @@ fn perf(
 }
 
 /// Judge dd_speedo's `stats` result at `now`.
-pub fn evaluate(stats: &Value, check: &Check, now: DateTime<Utc>) -> Outcome {
-    let interval = stats["interval"].as_f64().unwrap_or(60.0);
+pub fn evaluate(stats: &StatsReply, check: &Check, now: DateTime<Utc>) -> Outcome {
+    let interval = f64::from(stats.interval);
     let stale = check.stale.unwrap_or(2.0 * interval + 30.0);
-    let data_time = stats["data_time"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc));
-    let Some(data_time) = data_time else {
+    let Some(data_time) = stats.data_time else {
         return Outcome::only(
             Status::Unknown,
             &format!("dd_speedo has no speedo data yet (interval {interval} s)"),
@@ -417,142 +384,154 @@ pub fn evaluate(stats: &Value, check: &Check, now: DateTime<Utc>) -> Outcome {
             ),
         );
     }
-    // What to check.
+    let picked = match pick(stats, check) {
+        Ok(p) if p.is_empty() => {
+            return Outcome::only(
+                Status::Unknown,
+                "dd_speedo has seen no client or source to check",
+            );
+        }
+        Ok(p) => p,
+        Err(missing) => {
+            return Outcome::only(
+                Status::Unknown,
+                &format!("dd_speedo has not seen {}", missing.join(", ")),
+            );
+        }
+    };
+    let verdicts: Vec<Verdict> = picked.iter().map(|(k, e)| judge(*k, e, check)).collect();
+    summarize(&verdicts, check)
+}
+
+/// The names to judge: those named (`Err` with the ones dd_speedo has not seen), those the
+/// regex matches, or every one of the kind asked for.
+fn pick<'a>(
+    stats: &'a StatsReply,
+    check: &Check,
+) -> Result<Vec<(Kind, &'a NameStats)>, Vec<String>> {
     let named = !check.clients.is_empty() || !check.sources.is_empty() || check.regex.is_some();
     let mut missing = Vec::new();
-    let mut picked: Vec<(&'static str, &Value)> = Vec::new();
-    for (kind, key, wanted) in [
-        ("client", "clients", &check.clients),
-        ("source", "sources", &check.sources),
+    let mut picked = Vec::new();
+    for (kind, entries, wanted) in [
+        (Kind::Client, &stats.clients, &check.clients),
+        (Kind::Source, &stats.sources, &check.sources),
     ] {
-        let entries: Vec<&Value> = stats[key]
-            .as_array()
-            .map(|a| a.iter().collect())
-            .unwrap_or_default();
         for w in wanted {
-            match entries
-                .iter()
-                .find(|e| e["name"].as_str() == Some(w.as_str()))
-            {
+            match entries.iter().find(|e| &e.name == w) {
                 Some(e) => picked.push((kind, e)),
-                None => missing.push(format!("{kind} {w}")),
+                None => missing.push(format!("{} {w}", kind.as_str())),
             }
         }
         let kind_ok = match check.kind {
             KindFilter::All => true,
-            KindFilter::Client => kind == "client",
-            KindFilter::Source => kind == "source",
+            KindFilter::Client => kind == Kind::Client,
+            KindFilter::Source => kind == Kind::Source,
         };
         if kind_ok && (check.regex.is_some() || !named) {
-            for e in &entries {
-                let name = e["name"].as_str().unwrap_or("");
-                let hit = check.regex.as_ref().is_none_or(|r| r.is_match(name));
-                if hit && !wanted.iter().any(|w| w == name) {
+            for e in entries {
+                let hit = check.regex.as_ref().is_none_or(|r| r.is_match(&e.name));
+                if hit && !wanted.contains(&e.name) {
                     picked.push((kind, e));
                 }
             }
         }
     }
-    if !missing.is_empty() {
-        return Outcome::only(
-            Status::Unknown,
-            &format!("dd_speedo has not seen {}", missing.join(", ")),
-        );
+    if missing.is_empty() {
+        Ok(picked)
+    } else {
+        Err(missing)
     }
-    // Judge each.
+}
+
+/// One name judged.
+struct Verdict {
+    kind: Kind,
+    status: Status,
+    /// The offender's line (`None`: within bounds).
+    offender: Option<String>,
+    perfdata: String,
+}
+
+/// Judge one name: its state against the state lists, its figure against `-w`/`-c`.
+fn judge(kind: Kind, e: &NameStats, check: &Check) -> Verdict {
     let m = check.metric;
-    let mut worst = Status::Ok;
-    let (mut clients, mut sources, mut clients_out, mut sources_out) = (0, 0, 0, 0);
-    let mut offenders = Vec::new();
-    let mut perfdata = Vec::new();
-    for (kind, e) in &picked {
-        let name = e["name"].as_str().unwrap_or("");
-        let state = e["state"].as_str().unwrap_or("ok");
-        let value = m.value(e);
-        let mut status = Status::Ok;
-        let mut why = Vec::new();
-        if check.critical_states.iter().any(|s| s == state) {
-            status = Status::Critical;
-            why.push(format!("{state}: {}", e["reason"].as_str().unwrap_or("")));
-        } else if check.warning_states.iter().any(|s| s == state) {
-            status = Status::Warning;
-            why.push(format!("{state}: {}", e["reason"].as_str().unwrap_or("")));
-        }
-        let range_hit = |r: &Option<Range>| match (r, value) {
-            (Some(r), Some(v)) if r.alerts(v) => {
-                Some(format!("{}={} outside {r}", m.key(), perf_number(v)))
-            }
-            _ => None,
-        };
-        if let Some(w) = range_hit(&check.critical) {
-            status = Status::Critical;
-            why.push(w.replace(" outside ", " outside -c "));
-        } else if let Some(w) = range_hit(&check.warning) {
-            status = status.max(Status::Warning);
-            why.push(w.replace(" outside ", " outside -w "));
-        }
-        let out = status != Status::Ok;
-        match *kind {
-            "client" => {
-                clients += 1;
-                clients_out += usize::from(out);
-            }
-            _ => {
-                sources += 1;
-                sources_out += usize::from(out);
-            }
-        }
-        worst = worst.max(status);
-        if out {
-            let fig = |k: &str| match e[k].as_f64() {
-                Some(v) => perf_number(v),
-                None => "-".into(),
-            };
-            offenders.push(format!(
-                "{kind} {name} {}: {}; files_per_min={} bytes_per_sec={} error_ratio={} lag_max={} last_good={}",
-                status.as_str(),
-                why.join("; "),
-                fig("files_per_min"),
-                fig("bytes_per_sec"),
-                fig("error_ratio"),
-                fig("lag_max"),
-                e["last_good"].as_str().unwrap_or("never"),
-            ));
-        }
-        let (w, c) = (
-            check
-                .warning
-                .as_ref()
-                .map(Range::to_string)
-                .unwrap_or_default(),
-            check
-                .critical
-                .as_ref()
-                .map(Range::to_string)
-                .unwrap_or_default(),
-        );
-        let max = if m == Metric::ErrorRatio { "1" } else { "" };
-        perfdata.push((
-            out,
-            perf(&format!("{kind}.{name}"), value, m.uom(), &w, &c, "0", max),
-        ));
+    let value = m.value(e);
+    let mut status = Status::Ok;
+    let mut why = Vec::new();
+    let state = e.state.as_str();
+    if check.critical_states.contains(&e.state) {
+        status = Status::Critical;
+        why.push(format!("{state}: {}", e.reason));
+    } else if check.warning_states.contains(&e.state) {
+        status = Status::Warning;
+        why.push(format!("{state}: {}", e.reason));
     }
-    // many names: only the offenders' figures (the counts are in the totals)
-    let many = perfdata.len() > check.max_perfdata;
-    let mut perfdata: Vec<String> = perfdata
-        .into_iter()
-        .filter(|(out, _)| !many || *out)
-        .take(check.max_perfdata)
-        .map(|(_, p)| p)
-        .collect();
-    if picked.is_empty() {
-        return Outcome::only(
-            Status::Unknown,
-            "dd_speedo has seen no client or source to check",
-        );
+    let range_hit = |r: &Option<Range>| match (r, value) {
+        (Some(r), Some(v)) if r.alerts(v) => {
+            Some(format!("{}={} outside {r}", m.key(), perf_number(v)))
+        }
+        _ => None,
+    };
+    if let Some(w) = range_hit(&check.critical) {
+        status = Status::Critical;
+        why.push(w.replace(" outside ", " outside -c "));
+    } else if let Some(w) = range_hit(&check.warning) {
+        status = status.max(Status::Warning);
+        why.push(w.replace(" outside ", " outside -w "));
     }
+    let offender = (status != Status::Ok).then(|| {
+        let fig = |v: Option<f64>| v.map_or_else(|| "-".to_string(), perf_number);
+        format!(
+            "{} {} {}: {}; files_per_min={} bytes_per_sec={} error_ratio={} lag_max={} last_good={}",
+            kind.as_str(),
+            e.name,
+            status.as_str(),
+            why.join("; "),
+            fig(e.files_per_min),
+            fig(e.bytes_per_sec),
+            fig(e.error_ratio),
+            fig(e.lag_max),
+            e.last_good
+                .map_or_else(|| "never".to_string(), |t| crate::rpc::wire_time(&t)),
+        )
+    });
+    let range = |r: &Option<Range>| r.as_ref().map(Range::to_string).unwrap_or_default();
+    let max = if m == Metric::ErrorRatio { "1" } else { "" };
+    let label = format!("{}.{}", kind.as_str(), e.name);
+    Verdict {
+        kind,
+        status,
+        offender,
+        perfdata: perf(
+            &label,
+            value,
+            m.uom(),
+            &range(&check.warning),
+            &range(&check.critical),
+            "0",
+            max,
+        ),
+    }
+}
+
+/// The first line (worst status, counts out of bounds, perfdata) and the offenders' lines.
+fn summarize(verdicts: &[Verdict], check: &Check) -> Outcome {
     // Worst: CRITICAL over WARNING; a name is never UNKNOWN on its own.
-    let status = worst;
+    let status = verdicts
+        .iter()
+        .map(|v| v.status)
+        .max()
+        .unwrap_or(Status::Ok);
+    let count = |kind: Kind, out: bool| {
+        verdicts
+            .iter()
+            .filter(|v| v.kind == kind && (!out || v.status != Status::Ok))
+            .count()
+    };
+    let (clients, sources) = (count(Kind::Client, false), count(Kind::Source, false));
+    let (clients_out, sources_out) = (count(Kind::Client, true), count(Kind::Source, true));
+    // many names: only the offenders' figures (the counts are in the totals)
+    let many = verdicts.len() > check.max_perfdata;
     let mut totals = vec![
         perf(
             "clients_out",
@@ -573,14 +552,24 @@ pub fn evaluate(stats: &Value, check: &Check, now: DateTime<Utc>) -> Outcome {
             &sources.to_string(),
         ),
     ];
-    totals.append(&mut perfdata);
+    totals.extend(
+        verdicts
+            .iter()
+            .filter(|v| !many || v.offender.is_some())
+            .take(check.max_perfdata)
+            .map(|v| v.perfdata.clone()),
+    );
     let mut text = format!(
         "DD_SPEEDO {} - {clients_out} of {clients} clients and {sources_out} of {sources} sources out of bounds | {}",
         status.as_str(),
         totals.join(" ")
     );
     // Offenders, most serious first, then by name.
-    offenders.sort_by_key(|l| (!l.contains(" CRITICAL: "), l.clone()));
+    let mut offenders: Vec<&String> = verdicts
+        .iter()
+        .filter_map(|v| v.offender.as_ref())
+        .collect();
+    offenders.sort_by_key(|l| (!l.contains(" CRITICAL: "), (*l).clone()));
     for l in offenders {
         let _ = write!(text, "\n{l}");
     }
@@ -605,10 +594,7 @@ pub fn run(args: &Args) -> Outcome {
         Err(e) => return Outcome::only(Status::Unknown, &e),
     };
     let broker = &cfg.broker;
-    let key = match &cfg.instance {
-        Some(i) => format!("v01.rpc.dd_speedo.{}.stats", crate::topic::escape_word(i)),
-        None => "v01.rpc.dd_speedo.all.stats".to_string(),
-    };
+    let key = crate::rpc::request_key("dd_speedo", cfg.instance.as_deref(), "stats");
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -620,17 +606,16 @@ pub fn run(args: &Args) -> Outcome {
     let bound = args.timeout.duration;
     let stage = std::cell::Cell::new(Stage::Connecting);
     let work = async {
-        let conn = crate::broker::connect(broker, "check_dd_speedo").await?;
+        let link = crate::broker::Link::open(broker, "check_dd_speedo").await?;
         stage.set(Stage::Asking);
         // leave a moment for the "no answer" verdict before the overall bound
         let left = bound
             .saturating_sub(started.elapsed())
             .saturating_sub(Duration::from_millis(100));
-        let replies =
-            crate::broker::request(&conn, &cfg.exchange, &key, b"{}", left, Some(1)).await;
-        let _ =
-            tokio::time::timeout(Duration::from_millis(200), conn.close(200, "OK".into())).await;
-        replies
+        let question = crate::rpc::Question::new(&cfg.exchange, key, left).at_most(1);
+        let answers = crate::rpc::ask::<StatsReply>(&link, &question).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), link.close("OK")).await;
+        answers
     };
     let outcome = rt.block_on(async { tokio::time::timeout(bound, work).await });
     // a name lookup stuck in a blocking thread must not hold the answer back
@@ -645,20 +630,25 @@ pub fn run(args: &Args) -> Outcome {
             args.timeout.state,
             &format!("timed out after {secs} s {where_}"),
         ),
-        Ok(Err(crate::broker::BrokerError::Refused(m))) if m.contains("no exchange") => {
+        Ok(Err(e)) if e.kind() == crate::broker::ErrorKind::NotFound => Outcome::only(
+            Status::Unknown,
+            &format!(
+                "no dd_speedo answers on exchange {:?}: it does not exist on this broker",
+                cfg.exchange
+            ),
+        ),
+        Ok(Err(e)) if !e.is_transient() && e.kind() != crate::broker::ErrorKind::Setup => {
             Outcome::only(
                 Status::Unknown,
-                &format!(
-                    "no dd_speedo answers on exchange {:?}: it does not exist on this broker",
-                    cfg.exchange
-                ),
+                &format!("the broker refused: {}", e.reason()),
             )
         }
-        Ok(Err(crate::broker::BrokerError::Refused(m))) => {
-            Outcome::only(Status::Unknown, &format!("the broker refused: {m}"))
-        }
         Ok(Err(e)) => Outcome::only(Status::Unknown, &format!("cannot reach the broker: {e}")),
-        Ok(Ok(replies)) => match replies.first() {
+        Ok(Ok(answers)) => match answers.replies.first() {
+            None if !answers.unreadable.is_empty() => Outcome::only(
+                Status::Unknown,
+                &format!("unreadable answer: {}", answers.unreadable[0]),
+            ),
             None => Outcome::only(
                 args.timeout.state,
                 &format!(
@@ -670,14 +660,18 @@ pub fn run(args: &Args) -> Outcome {
                         .unwrap_or_default()
                 ),
             ),
-            Some(r) => match serde_json::from_slice::<Value>(&r.body) {
-                Ok(v) if v["ok"] == true => evaluate(&v["result"], &check, Utc::now()),
-                Ok(v) => Outcome::only(
-                    Status::Unknown,
-                    &format!("dd_speedo refused the request: {}", v["error"]),
+            Some(crate::rpc::Reply {
+                ok: true,
+                result: Some(stats),
+                ..
+            }) => evaluate(stats, &check, Utc::now()),
+            Some(r) => Outcome::only(
+                Status::Unknown,
+                &format!(
+                    "dd_speedo refused the request: {}",
+                    Value::from(r.error.clone())
                 ),
-                Err(e) => Outcome::only(Status::Unknown, &format!("unreadable answer: {e}")),
-            },
+            ),
         },
     }
 }
@@ -689,23 +683,26 @@ fn check_of(args: &Args) -> Result<Check, String> {
         .map(Regex::new)
         .transpose()
         .map_err(|e| format!("bad --regex: {e}"))?;
-    let states = ["ok", "late", "failing", "slow", "abnormal"];
     // `--warning-states ""` means none
-    let clean =
-        |v: &[String]| -> Vec<String> { v.iter().filter(|s| !s.is_empty()).cloned().collect() };
+    let parse = |v: &[String]| -> Result<Vec<Health>, String> {
+        v.iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                Health::parse(s).ok_or_else(|| {
+                    let names: Vec<&str> = Health::ALL.iter().map(|h| h.as_str()).collect();
+                    format!(
+                        "unknown dd_speedo state {s:?} (one of {})",
+                        names.join(", ")
+                    )
+                })
+            })
+            .collect()
+    };
     let (warning_states, critical_states) = if args.no_states {
         (Vec::new(), Vec::new())
     } else {
-        (clean(&args.warning_states), clean(&args.critical_states))
+        (parse(&args.warning_states)?, parse(&args.critical_states)?)
     };
-    for s in warning_states.iter().chain(&critical_states) {
-        if !states.contains(&s.as_str()) {
-            return Err(format!(
-                "unknown dd_speedo state {s:?} (one of {})",
-                states.join(", ")
-            ));
-        }
-    }
     Ok(Check {
         clients: args.client.clone(),
         sources: args.source.clone(),
@@ -744,8 +741,8 @@ fn replace_host(url: &str, host: &str) -> String {
 
 /// Entry point of the `check_dd_speedo` binary: print the outcome, exit with its code.
 pub fn main(args: Args) -> std::process::ExitCode {
-    crate::cli::init_tracing(&args.common(), 1);
-    if args.print_config {
+    crate::cli::init_tracing(&args.common, 1);
+    if args.common.print_config {
         return match CheckConfig::from_args(&args) {
             Ok(cfg) => {
                 print!("{}", crate::config::to_toml(&cfg));

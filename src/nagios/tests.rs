@@ -31,6 +31,11 @@ fn stats() -> Value {
     })
 }
 
+/// The fixture as the typed reply every reader takes.
+fn typed(v: &Value) -> StatsReply {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
 fn check(argv: &[&str]) -> Check {
     let mut full = vec!["check_dd_speedo"];
     full.extend_from_slice(argv);
@@ -39,7 +44,7 @@ fn check(argv: &[&str]) -> Check {
 
 #[test]
 fn states_give_the_verdict_and_the_lines() {
-    let o = evaluate(&stats(), &check(&[]), now());
+    let o = evaluate(&typed(&stats()), &check(&[]), now());
     assert_eq!(o.status, Status::Critical);
     assert_eq!(
         o.text,
@@ -51,13 +56,13 @@ fn states_give_the_verdict_and_the_lines() {
 
 #[test]
 fn one_client_by_name() {
-    let o = evaluate(&stats(), &check(&["--client", "alice"]), now());
+    let o = evaluate(&typed(&stats()), &check(&["--client", "alice"]), now());
     assert_eq!(o.status, Status::Ok);
     assert_eq!(
         o.text,
         "DD_SPEEDO OK - 0 of 1 clients and 0 of 0 sources out of bounds | clients_out=0;;;0;1 sources_out=0;;;0;0 client.alice=12;;;0"
     );
-    let o = evaluate(&stats(), &check(&["--client", "carol"]), now());
+    let o = evaluate(&typed(&stats()), &check(&["--client", "carol"]), now());
     assert_eq!(o.status, Status::Unknown);
     assert_eq!(
         o.text,
@@ -68,7 +73,7 @@ fn one_client_by_name() {
 #[test]
 fn ranges_on_a_metric() {
     let o = evaluate(
-        &stats(),
+        &typed(&stats()),
         &check(&[
             "--no-states",
             "--source",
@@ -86,7 +91,7 @@ fn ranges_on_a_metric() {
     assert!(o.text.starts_with("DD_SPEEDO WARNING - 0 of 0 clients and 1 of 1 sources out of bounds | clients_out=0;;;0;0 sources_out=1;;;0;1 source.ec=2058.5B;3000:;1000:;0\n"), "{}", o.text);
     assert!(o.text.ends_with("source ec WARNING: bytes_per_sec=2058.5 outside -w 3000:; files_per_min=14 bytes_per_sec=2058.5 error_ratio=0.1 lag_max=3 last_good=2026-11-22T10:01:05Z"), "{}", o.text);
     let o = evaluate(
-        &stats(),
+        &typed(&stats()),
         &check(&[
             "--no-states",
             "--regex",
@@ -106,7 +111,7 @@ fn ranges_on_a_metric() {
         o.text
     );
     let o = evaluate(
-        &stats(),
+        &typed(&stats()),
         &check(&["--kind", "source", "--metric", "error_ratio", "-w", "0.05"]),
         now(),
     );
@@ -118,16 +123,16 @@ fn ranges_on_a_metric() {
 fn stale_or_missing_data_is_unknown() {
     let mut s = stats();
     s["data_time"] = json!("2026-11-22T09:58:00Z");
-    let o = evaluate(&s, &check(&[]), now());
+    let o = evaluate(&typed(&s), &check(&[]), now());
     assert_eq!(o.status, Status::Unknown);
     assert_eq!(
         o.text,
         "DD_SPEEDO UNKNOWN - dd_speedo's data is stale: last interval ended 190 s ago (limit 150 s) | clients_out=U;;;0 sources_out=U;;;0"
     );
-    let o = evaluate(&s, &check(&["--stale", "600"]), now());
+    let o = evaluate(&typed(&s), &check(&["--stale", "600"]), now());
     assert_eq!(o.status, Status::Critical);
     s["data_time"] = Value::Null;
-    let o = evaluate(&s, &check(&[]), now());
+    let o = evaluate(&typed(&s), &check(&[]), now());
     assert_eq!(
         o.text,
         "DD_SPEEDO UNKNOWN - dd_speedo has no speedo data yet (interval 60 s) | clients_out=U;;;0 sources_out=U;;;0"
@@ -135,13 +140,16 @@ fn stale_or_missing_data_is_unknown() {
     s["data_time"] = json!("2026-11-22T10:01:00Z");
     s["clients"] = json!([]);
     s["sources"] = json!([]);
-    assert_eq!(evaluate(&s, &check(&[]), now()).status, Status::Unknown);
+    assert_eq!(
+        evaluate(&typed(&s), &check(&[]), now()).status,
+        Status::Unknown
+    );
 }
 
 #[test]
 fn state_mapping_is_configurable() {
     let o = evaluate(
-        &stats(),
+        &typed(&stats()),
         &check(&["--critical-states", "late,slow", "--warning-states", ""]),
         now(),
     );
@@ -200,7 +208,7 @@ fn command_line_is_consistent() {
 
 #[test]
 fn many_names_keep_only_the_offenders_perfdata() {
-    let o = evaluate(&stats(), &check(&["--max-perfdata", "2"]), now());
+    let o = evaluate(&typed(&stats()), &check(&["--max-perfdata", "2"]), now());
     let perf = o
         .text
         .lines()

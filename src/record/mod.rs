@@ -25,39 +25,7 @@ pub use v03::encode_v03;
 /// this large is a mistake or an attack, and is rejected before it is looked at.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// A header value, as far as ddmon cares: AMQP tables converted by the broker module.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum HeaderValue {
-    /// A string (short or long string).
-    Str(String),
-    /// Any integer type.
-    Int(i64),
-    /// Any floating point or decimal type.
-    Float(f64),
-    /// A boolean.
-    Bool(bool),
-    /// A nested table (sr3 puts its `report` here).
-    Table(Headers),
-    /// An array.
-    Array(Vec<HeaderValue>),
-    /// Raw bytes, or a type ddmon does not interpret.
-    Bytes(Vec<u8>),
-}
-
-impl HeaderValue {
-    /// The value as text when it is a string (or bytes that are UTF-8).
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            HeaderValue::Str(s) => Some(s),
-            HeaderValue::Bytes(b) => std::str::from_utf8(b).ok(),
-            _ => None,
-        }
-    }
-}
-
-/// Message headers: name to value.
-pub type Headers = BTreeMap<String, HeaderValue>;
+pub use crate::headers::{HeaderValue, Headers};
 
 /// Which of the three accepted encodings a record came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

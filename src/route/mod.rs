@@ -17,10 +17,10 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Delivery, HeadersBinding, Outgoing, QueueSpec, Subscription};
+use crate::broker::{Delivery, HeadersBinding, Outgoing, Subscription};
 use crate::cli::CommonOpts;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
+use crate::config::{BrokerConfig, ConfigError, InputConfig, InputOpts, load_file, overlay};
 use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shutdown, serve};
 use crate::record::{MalformedTally, Parsed};
 
@@ -46,10 +46,15 @@ pub enum Mode {
     about = "Route the common log exchange into per-source log_<source> exchanges",
     after_help = "Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
 )]
+#[command(
+    mut_arg("queue", |a| a.help("The durable input queue is q_<user>.dd_log2source.<NAME> [default: route]; several instances may share it")),
+    mut_arg("dead_letter_exchange", |a| a.help("Reject malformed records to this dead-letter exchange instead of copying them to the unknown exchange (set on the input queue)")),
+    mut_arg("topics", |a| a.help("Topic bindings on the input exchange (repeatable) [default: v02.# v03.#]")),
+)]
 pub struct Args {
-    /// Exchange to read [default: log].
-    #[arg(long, env = "DD_EXCHANGE", value_name = "NAME")]
-    pub exchange: Option<String>,
+    /// Where it reads.
+    #[command(flatten)]
+    pub input: InputOpts,
     /// Name of each source's exchange; `{source}` is replaced [default: log_{source}].
     #[arg(long, value_name = "TEMPLATE")]
     pub source_exchange_template: Option<String>,
@@ -61,20 +66,6 @@ pub struct Args {
     /// [default: log_unknown].
     #[arg(long, value_name = "NAME")]
     pub unknown_exchange: Option<String>,
-    /// Reject malformed records to this dead-letter exchange instead of copying them to the
-    /// unknown exchange (set on the input queue).
-    #[arg(long, value_name = "NAME")]
-    pub dead_letter_exchange: Option<String>,
-    /// The durable input queue is q_<user>.dd_log2source.<NAME> [default: route]; several
-    /// instances may share it.
-    #[arg(long, value_name = "NAME")]
-    pub queue: Option<String>,
-    /// Declare the input queue as a quorum queue.
-    #[arg(long)]
-    pub quorum: bool,
-    /// Topic bindings on the input exchange (repeatable) [default: v02.# and v03.#].
-    #[arg(long = "topic", value_name = "BINDING")]
-    pub topics: Vec<String>,
     /// Routing mode.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
@@ -109,23 +100,18 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteConfig {
-    /// Exchange to read.
-    pub exchange: String,
+    /// Where it reads: `exchange`, `queue`, `quorum`, `dead_letter_exchange` (malformed
+    /// records are rejected there instead of copied to the unknown exchange), `topics`
+    /// (ddmon's own v01 messages are not routed: dd_speedo publishes per-source speedos
+    /// itself).
+    #[serde(flatten)]
+    pub input: InputConfig,
     /// Name of each source's exchange; `{source}` is replaced by the source.
     pub source_exchange_template: String,
     /// Known sources; empty: every source is known.
     pub sources: Vec<String>,
     /// Where records with no source, an unknown source or a malformed body go.
     pub unknown_exchange: String,
-    /// Reject malformed records to this dead-letter exchange instead (set on the queue).
-    pub dead_letter_exchange: Option<String>,
-    /// The NAME of the durable input queue q_<user>.dd_log2source.NAME.
-    pub queue: String,
-    /// Declare the input queue as a quorum queue.
-    pub quorum: bool,
-    /// Topic bindings on the input exchange (ddmon's own v01 messages are not routed:
-    /// dd_speedo publishes per-source speedos itself).
-    pub topics: Vec<String>,
     /// Routing mode.
     pub mode: Mode,
     /// This cluster's name (records with this `from_cluster` are routed here).
@@ -149,14 +135,10 @@ pub struct RouteConfig {
 impl Default for RouteConfig {
     fn default() -> Self {
         RouteConfig {
-            exchange: "log".to_string(),
+            input: InputConfig::reading(&["v02.#", "v03.#"]).with_queue("route"),
             source_exchange_template: "log_{source}".to_string(),
             sources: Vec::new(),
             unknown_exchange: "log_unknown".to_string(),
-            dead_letter_exchange: None,
-            queue: "route".to_string(),
-            quorum: false,
-            topics: vec!["v02.#".to_string(), "v03.#".to_string()],
             mode: Mode::Copy,
             headers_exchange: None,
             alternate_exchange: None,
@@ -174,7 +156,7 @@ impl RouteConfig {
         let mut cfg: RouteConfig = load_file(args.common.config.as_deref())?;
         args.common.apply_broker(&mut cfg.broker)?;
         args.daemon.apply(&mut cfg.daemon);
-        overlay(&mut cfg.exchange, args.exchange.clone());
+        args.input.apply(&mut cfg.input);
         overlay(
             &mut cfg.source_exchange_template,
             args.source_exchange_template.clone(),
@@ -183,14 +165,6 @@ impl RouteConfig {
             cfg.sources = args.sources.clone();
         }
         overlay(&mut cfg.unknown_exchange, args.unknown_exchange.clone());
-        if args.dead_letter_exchange.is_some() {
-            cfg.dead_letter_exchange = args.dead_letter_exchange.clone();
-        }
-        overlay(&mut cfg.queue, args.queue.clone());
-        cfg.quorum |= args.quorum;
-        if !args.topics.is_empty() {
-            cfg.topics = args.topics.clone();
-        }
         overlay(&mut cfg.mode, args.mode);
         if args.cluster.is_some() {
             cfg.cluster = args.cluster.clone();
@@ -232,14 +206,14 @@ impl RouteConfig {
     pub fn headers_exchange(&self) -> String {
         self.headers_exchange
             .clone()
-            .unwrap_or_else(|| format!("{}.by_source", self.exchange))
+            .unwrap_or_else(|| format!("{}.by_source", self.input.exchange))
     }
 
     /// Bind mode's alternate exchange.
     pub fn alternate_exchange(&self) -> String {
         self.alternate_exchange
             .clone()
-            .unwrap_or_else(|| format!("{}.unrouted", self.exchange))
+            .unwrap_or_else(|| format!("{}.unrouted", self.input.exchange))
     }
 
     fn source_binding(&self, source: &str) -> HeadersBinding {
@@ -252,22 +226,13 @@ impl RouteConfig {
     }
 
     fn subscription(&self) -> Subscription {
-        let (exchange, bindings) = match self.mode {
-            Mode::Copy => (self.exchange.clone(), self.topics.clone()),
+        let mut sub = self.input.durable(&self.broker.user(), "dd_log2source");
+        if self.mode == Mode::Bind {
             // the alternate exchange is a fanout: the key does not matter
-            Mode::Bind => (self.alternate_exchange(), vec!["#".to_string()]),
-        };
-        Subscription {
-            exchange,
-            bindings,
-            queue: QueueSpec::durable(
-                &self.broker.user(),
-                "dd_log2source",
-                &self.queue,
-                self.quorum,
-                self.dead_letter_exchange.clone(),
-            ),
+            sub.exchange = self.alternate_exchange();
+            sub.bindings = vec!["#".to_string()];
         }
+        sub
     }
 }
 
@@ -275,28 +240,55 @@ impl RouteConfig {
 /// back to it, the binding from the input exchange into it for each topic, and one headers
 /// binding per known source. All durable, so they outlive dd_log2source.
 async fn set_up_bind_mode(cfg: &RouteConfig) -> anyhow::Result<()> {
-    use lapin::ExchangeKind;
-    let conn = crate::broker::connect(&cfg.broker, "dd_log2source setup").await?;
-    let ch = conn.create_channel().await?;
+    use crate::broker::{Declare, ExchangeType};
     let none = crate::record::Headers::new();
     let ae = cfg.alternate_exchange();
     let hx = cfg.headers_exchange();
-    crate::broker::declare_exchange(&ch, &ae, ExchangeKind::Fanout, &none).await?;
     let mut args = crate::record::Headers::new();
     args.insert(
         "alternate-exchange".into(),
         crate::record::HeaderValue::Str(ae.clone()),
     );
-    crate::broker::declare_exchange(&ch, &hx, ExchangeKind::Headers, &args).await?;
-    crate::broker::declare_topic_exchange(&ch, &cfg.exchange).await?;
-    for topic in &cfg.topics {
-        crate::broker::bind_exchange(&ch, &hx, &cfg.exchange, topic, &none).await?;
+    let source_exchanges: Vec<String> =
+        cfg.sources.iter().map(|s| cfg.source_exchange(s)).collect();
+    let source_bindings: Vec<crate::broker::HeadersBinding> =
+        cfg.sources.iter().map(|s| cfg.source_binding(s)).collect();
+    let mut steps = vec![
+        Declare::Exchange {
+            name: &ae,
+            kind: ExchangeType::Fanout,
+            args: none.clone(),
+        },
+        Declare::Exchange {
+            name: &hx,
+            kind: ExchangeType::Headers,
+            args,
+        },
+        Declare::Exchange {
+            name: &cfg.input.exchange,
+            kind: ExchangeType::Topic,
+            args: none.clone(),
+        },
+    ];
+    for topic in &cfg.input.topics {
+        steps.push(Declare::ExchangeBinding {
+            destination: &hx,
+            source: &cfg.input.exchange,
+            routing_key: topic,
+        });
     }
-    for source in &cfg.sources {
-        crate::broker::declare_topic_exchange(&ch, &cfg.source_exchange(source)).await?;
-        crate::broker::bind_headers(&ch, &cfg.source_binding(source)).await?;
+    for (x, b) in source_exchanges.iter().zip(&source_bindings) {
+        steps.push(Declare::Exchange {
+            name: x,
+            kind: ExchangeType::Topic,
+            args: none.clone(),
+        });
+        steps.push(Declare::HeadersBinding(b));
     }
-    let _ = conn.close(200, "OK".into()).await;
+    let link = crate::broker::Link::open(&cfg.broker, "dd_log2source setup").await?;
+    let done = link.declare(&steps).await;
+    link.close("OK").await;
+    done?;
     tracing::info!(headers_exchange = %hx, alternate_exchange = %ae, "bind mode set up");
     Ok(())
 }
@@ -355,14 +347,7 @@ struct RouteService {
 impl RouteService {
     fn to_unknown(&self, d: &Delivery, why: &str) -> Handled {
         let mut copy = Outgoing::copy_of(d, &self.cfg.unknown_exchange);
-        if let Some(props) = copy.properties.take() {
-            let mut headers = props.headers().clone().unwrap_or_default();
-            headers.insert(
-                UNROUTED_HEADER.into(),
-                lapin::types::AMQPValue::LongString(why.into()),
-            );
-            copy.properties = Some(props.with_headers(headers));
-        }
+        copy.set_header(UNROUTED_HEADER, crate::record::HeaderValue::Str(why.into()));
         Handled {
             publish: vec![copy],
             declare: vec![self.cfg.unknown_exchange.clone()],
@@ -385,7 +370,7 @@ impl Service for RouteService {
             }
             Err(m) => {
                 self.counts.malformed += 1;
-                return Ok(if self.cfg.dead_letter_exchange.is_some() {
+                return Ok(if self.cfg.input.dead_letter_exchange.is_some() {
                     Handled::reject()
                 } else {
                     self.to_unknown(d, &format!("malformed: {}", m.kind()))
@@ -396,7 +381,7 @@ impl Service for RouteService {
         // goes to that cluster's broker, whose dd_log2source routes it to the source there.
         if let Some(from) = record.from_cluster.as_deref() {
             if self.cfg.cluster.as_deref() != Some(from) && self.cfg.clusters.contains_key(from) {
-                let mut copy = Outgoing::copy_of(d, &self.cfg.exchange);
+                let mut copy = Outgoing::copy_of(d, &self.cfg.input.exchange);
                 copy.broker = Some(from.to_string());
                 return Ok(Handled {
                     publish: vec![copy],

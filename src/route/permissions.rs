@@ -29,28 +29,18 @@ pub fn client(
     management_url: &str,
     broker: &BrokerConfig,
 ) -> anyhow::Result<Client<String, String, String>> {
-    let uri: lapin::uri::AMQPUri = broker
-        .urls()
-        .first()
-        .copied()
-        .unwrap_or_default()
-        .parse()
+    let uri = crate::broker::BrokerUrl::parse(broker.urls().first().copied().unwrap_or_default())
         .map_err(|e| anyhow::anyhow!("bad broker URL: {e}"))?;
     Ok(Client::new(
         management_url.trim_end_matches('/').to_string(),
-        uri.authority.userinfo.username,
-        uri.authority.userinfo.password,
+        uri.user,
+        uri.password,
     ))
 }
 
 /// The vhost of the broker URL.
 pub fn vhost(broker: &BrokerConfig) -> String {
-    broker
-        .urls()
-        .first()
-        .copied()
-        .unwrap_or_default()
-        .parse::<lapin::uri::AMQPUri>()
+    crate::broker::BrokerUrl::parse(broker.urls().first().copied().unwrap_or_default())
         .map(|u| u.vhost)
         .unwrap_or_else(|_| "/".to_string())
 }

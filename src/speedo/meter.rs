@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
+use super::reply::{NameStats, StatsReply, TopBy, TopSubject, TopSubjects, Totals};
 use super::thresholds::{Health, Kind, Learned, Limits, Thresholds};
 use super::topn::SpaceSaving;
 use crate::record::{HeaderValue, Headers, LogRecord};
@@ -320,43 +320,6 @@ pub enum Output {
     Speedo(SpeedoRecord),
     /// A state change.
     Alert(Alert),
-}
-
-/// The top subjects of the last whole minute.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TopSubjects {
-    /// End of the minute.
-    pub minute_end: Option<DateTime<Utc>>,
-    /// Counters of the heavy-hitters structure (its memory bound).
-    pub capacity: usize,
-    /// Good files in the minute; every files figure is within `files_error_bound` of the
-    /// truth (over, never under).
-    pub total_files: u64,
-    /// total_files / capacity.
-    pub files_error_bound: u64,
-    /// Good bytes in the minute.
-    pub total_bytes: u64,
-    /// total_bytes / capacity.
-    pub bytes_error_bound: u64,
-    /// The top 10 by files and the top 10 by bytes, merged (at most 20), by files first.
-    pub subjects: Vec<TopSubject>,
-}
-
-/// One of the top subjects.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TopSubject {
-    /// The relpath directory.
-    pub subject: String,
-    /// Estimated good files in the minute (`None`: not among the files counters).
-    pub files: Option<u64>,
-    /// Estimated good bytes in the minute.
-    pub bytes: Option<u64>,
-    /// files / 60.
-    pub files_per_sec: Option<f64>,
-    /// bytes / 60.
-    pub bytes_per_sec: Option<f64>,
-    /// In the top 10 by files, by bytes, or both.
-    pub top_by: Vec<&'static str>,
 }
 
 /// At most this many empty intervals are published after a jump of the time.
@@ -721,10 +684,10 @@ impl Speedo {
             let bytes = self.bytes.get(&c.key).map(|c| c.count);
             let mut top_by = Vec::new();
             if by_files.iter().any(|f| f.key == c.key) {
-                top_by.push("files");
+                top_by.push(TopBy::Files);
             }
             if by_bytes.iter().any(|f| f.key == c.key) {
-                top_by.push("bytes");
+                top_by.push(TopBy::Bytes);
             }
             subjects.push(TopSubject {
                 subject: c.key.clone(),
@@ -788,56 +751,59 @@ impl Speedo {
         out.extend(alerts.into_iter().map(Output::Alert));
     }
 
-    /// Full statistics (the `stats` request).
-    pub fn stats(&self, now: DateTime<Utc>) -> Value {
+    /// Full statistics (the `stats` request); the service adds its counters.
+    pub fn stats(&self, now: DateTime<Utc>) -> StatsReply {
         let now_ms = ms(now);
         let names = |map: &HashMap<Box<str>, Entry>| {
             let mut v: Vec<(&Box<str>, &Entry)> = map.iter().collect();
             v.sort_unstable_by(|a, b| a.0.cmp(b.0));
             v.into_iter()
-                .map(|(name, e)| {
-                    let limits = self.thresholds.get(e.limits);
-                    let c = e.meter.counts;
-                    json!({
-                        "name": name,
-                        "state": e.watch.state,
-                        "since": at_ms(e.watch.since_ms),
-                        "reason": reason(e, limits, now_ms),
-                        "good": c.good,
-                        "errors": c.errors,
-                        "good_bytes": c.good_bytes,
-                        "bad_bytes": c.bad_bytes,
-                        "files_per_min": e.figures.files_per_min,
-                        "bytes_per_sec": e.figures.bytes_per_sec,
-                        "error_ratio": e.figures.error_ratio,
-                        "lag_mean": e.figures.lag_mean,
-                        "lag_max": e.figures.lag_max,
-                        "expected_files_per_min": e.figures.expected_mean,
-                        "expected_spread": e.figures.expected_spread,
-                        "first_seen": at_ms(e.first_seen_ms),
-                        "last_good": e.last_good_ms.map(at_ms),
-                        "seconds_since_good": e.last_good_ms.map(|g| (now_ms - g) as f64 / 1000.0),
-                        "limits": {"td": limits.td, "tminr": limits.tminr,
-                                   "max_error_ratio": limits.max_error_ratio, "k": limits.k},
-                    })
-                })
+                .map(|(name, e)| self.name_stats(name, e, now_ms))
                 .collect::<Vec<_>>()
         };
-        json!({
-            "time": now,
-            "interval": self.interval,
-            "data_time": self.last_end,
-            "started": at_ms(self.started_ms),
-            "counted": self.counted,
-            "neutral": self.neutral,
-            "clients": names(&self.clients),
-            "sources": names(&self.sources),
-            "totals": {
-                "client.all": self.client_all.counts,
-                "sources.all": self.sources_all.counts,
+        StatsReply {
+            clients: names(&self.clients),
+            counted: self.counted,
+            data_time: self.last_end,
+            interval: u32::try_from(self.interval).unwrap_or(u32::MAX),
+            neutral: self.neutral,
+            sources: names(&self.sources),
+            started: at_ms(self.started_ms),
+            time: now,
+            top_subjects: self.top.clone(),
+            totals: Totals {
+                client_all: self.client_all.counts,
+                sources_all: self.sources_all.counts,
             },
-            "top_subjects": self.top,
-        })
+            ..StatsReply::default()
+        }
+    }
+
+    /// One name's line of the `stats` reply.
+    fn name_stats(&self, name: &str, e: &Entry, now_ms: i64) -> NameStats {
+        let limits = self.thresholds.get(e.limits);
+        let c = e.meter.counts;
+        NameStats {
+            bad_bytes: c.bad_bytes,
+            bytes_per_sec: e.figures.bytes_per_sec,
+            error_ratio: e.figures.error_ratio,
+            errors: c.errors,
+            expected_files_per_min: e.figures.expected_mean,
+            expected_spread: e.figures.expected_spread,
+            files_per_min: e.figures.files_per_min,
+            first_seen: at_ms(e.first_seen_ms),
+            good: c.good,
+            good_bytes: c.good_bytes,
+            lag_max: e.figures.lag_max,
+            lag_mean: e.figures.lag_mean,
+            last_good: e.last_good_ms.map(at_ms),
+            limits: limits.into(),
+            name: name.to_string(),
+            reason: reason(e, limits, now_ms),
+            seconds_since_good: e.last_good_ms.map(|g| (now_ms - g) as f64 / 1000.0),
+            since: at_ms(e.watch.since_ms),
+            state: e.watch.state,
+        }
     }
 
     /// Number of clients and sources seen.

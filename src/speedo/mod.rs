@@ -8,6 +8,7 @@
 pub mod journal;
 mod meter;
 pub mod replay;
+pub mod reply;
 pub mod state;
 mod thresholds;
 pub mod topn;
@@ -20,17 +21,18 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Delivery, Outgoing, QueueSpec, Subscription};
+use crate::broker::{Delivery, Outgoing, Subscription};
 use crate::cli::CommonOpts;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
+use crate::config::{BrokerConfig, ConfigError, InputConfig, InputOpts, load_file, overlay};
 use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shutdown, serve};
 use crate::record::{MalformedTally, Parsed};
 
 pub use meter::{
     Alert, Counts, Entry, Figures, MAX_CATCH_UP, Output, Scope, Settings, Speedo, SpeedoRecord,
-    TOP_N, TopSubject, TopSubjects, Watch, subject_of,
+    TOP_N, Watch, subject_of,
 };
+pub use reply::{StatsReply, TopBy, TopSubject, TopSubjects};
 pub use thresholds::{
     Ewma, HOURS_OF_WEEK, Health, Kind, Learned, Limits, Override, Thresholds, ThresholdsConfig,
 };
@@ -55,10 +57,14 @@ pub enum Format {
     after_help = "Body of a speedo record: <datetime> <goodcount> <errorcount> <goodbytecount> <badbytecount> <bytes/interval> <files/interval> <interval>\n\
                   Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
 )]
+#[command(
+    mut_arg("queue", |a| a.help("The durable input queue is q_<user>.dd_speedo.<NAME> [default: the input exchange's name]. One queue per speedo: two speedos sharing a queue would each count half")),
+    mut_arg("topics", |a| a.help("Topic bindings on the input exchange (repeatable) [default: v02.# v03.#]. A binding that would bring in speedo records is refused")),
+)]
 pub struct Args {
-    /// Exchange to read log records from [default: log].
-    #[arg(long, env = "DD_EXCHANGE", value_name = "NAME")]
-    pub exchange: Option<String>,
+    /// Where it reads.
+    #[command(flatten)]
+    pub input: InputOpts,
     /// Exchange to publish speedos and alerts to [default: log].
     #[arg(long, value_name = "NAME")]
     pub output_exchange: Option<String>,
@@ -73,20 +79,6 @@ pub struct Args {
     /// [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub interval: Option<u32>,
-    /// The durable input queue is q_<user>.dd_speedo.<NAME> [default: the input exchange's
-    /// name]. One queue per speedo: two speedos sharing a queue would each count half.
-    #[arg(long, value_name = "NAME")]
-    pub queue: Option<String>,
-    /// Declare the input queue as a quorum queue.
-    #[arg(long)]
-    pub quorum: bool,
-    /// Reject malformed records to this dead-letter exchange (set on the input queue).
-    #[arg(long, value_name = "NAME")]
-    pub dead_letter_exchange: Option<String>,
-    /// Topic bindings on the input exchange (repeatable) [default: v02.# and v03.#]. A
-    /// binding that would bring in speedo records is refused.
-    #[arg(long = "topic", value_name = "BINDING")]
-    pub topics: Vec<String>,
     /// Keep counters, last good deliveries, states and learning in this file (written
     /// atomically every --state-interval and on stop; read at start).
     #[arg(long, env = "DD_SPEEDO_STATE", value_name = "FILE")]
@@ -117,8 +109,9 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpeedoConfig {
-    /// Exchange to read.
-    pub exchange: String,
+    /// Where it reads: `exchange`, `queue`, `quorum`, `dead_letter_exchange`, `topics`.
+    #[serde(flatten)]
+    pub input: InputConfig,
     /// Exchange for speedos and alerts.
     pub output_exchange: String,
     /// Each source's exchange; `{source}` is replaced.
@@ -127,14 +120,6 @@ pub struct SpeedoConfig {
     pub source_copies: bool,
     /// Seconds per speedo record.
     pub interval: u32,
-    /// NAME of the durable input queue q_<user>.dd_speedo.NAME (empty: the input exchange).
-    pub queue: String,
-    /// Declare the input queue as a quorum queue.
-    pub quorum: bool,
-    /// Dead-letter exchange for malformed records.
-    pub dead_letter_exchange: Option<String>,
-    /// Topic bindings on the input exchange.
-    pub topics: Vec<String>,
     /// The state file (none: nothing survives a restart).
     pub state_file: Option<PathBuf>,
     /// Seconds between state file writes.
@@ -152,15 +137,11 @@ pub struct SpeedoConfig {
 impl Default for SpeedoConfig {
     fn default() -> Self {
         SpeedoConfig {
-            exchange: "log".to_string(),
+            input: InputConfig::reading(&["v02.#", "v03.#"]),
             output_exchange: "log".to_string(),
             source_exchange_template: "log_{source}".to_string(),
             source_copies: true,
             interval: 60,
-            queue: String::new(),
-            quorum: false,
-            dead_letter_exchange: None,
-            topics: vec!["v02.#".to_string(), "v03.#".to_string()],
             state_file: None,
             state_interval: 60.0,
             top_capacity: 1000,
@@ -181,7 +162,7 @@ impl SpeedoConfig {
         let mut cfg: SpeedoConfig = load_file(args.common.config.as_deref())?;
         args.common.apply_broker(&mut cfg.broker)?;
         args.daemon.apply(&mut cfg.daemon);
-        overlay(&mut cfg.exchange, args.exchange.clone());
+        args.input.apply(&mut cfg.input);
         overlay(&mut cfg.output_exchange, args.output_exchange.clone());
         overlay(
             &mut cfg.source_exchange_template,
@@ -189,14 +170,6 @@ impl SpeedoConfig {
         );
         cfg.source_copies &= !args.no_source_copies;
         overlay(&mut cfg.interval, args.interval);
-        overlay(&mut cfg.queue, args.queue.clone());
-        cfg.quorum |= args.quorum;
-        if args.dead_letter_exchange.is_some() {
-            cfg.dead_letter_exchange = args.dead_letter_exchange.clone();
-        }
-        if !args.topics.is_empty() {
-            cfg.topics = args.topics.clone();
-        }
         if args.state_file.is_some() {
             cfg.state_file = args.state_file.clone();
         }
@@ -222,11 +195,9 @@ impl SpeedoConfig {
                 "must contain {source}".into(),
             ));
         }
-        if self.topics.is_empty() {
-            return Err(invalid("topics", "at least one binding".into()));
-        }
+        self.input.validate()?;
         // No feedback loop: a speedo never reads speedo records (SPEC §3).
-        for t in &self.topics {
+        for t in &self.input.topics {
             let own = ["v01.speedo.client.x", "v01.speedo.alert.source.x"];
             if own.iter().any(|k| crate::topic::matches(t, k)) {
                 return Err(invalid(
@@ -257,22 +228,7 @@ impl SpeedoConfig {
     }
 
     fn subscription(&self) -> Subscription {
-        let name = if self.queue.is_empty() {
-            &self.exchange
-        } else {
-            &self.queue
-        };
-        Subscription {
-            exchange: self.exchange.clone(),
-            bindings: self.topics.clone(),
-            queue: QueueSpec::durable(
-                &self.broker.user(),
-                "dd_speedo",
-                name,
-                self.quorum,
-                self.dead_letter_exchange.clone(),
-            ),
-        }
+        self.input.durable(&self.broker.user(), "dd_speedo")
     }
 
     /// The messages that publish `outputs`: each to the output exchange, and a source's also
@@ -394,6 +350,34 @@ struct SpeedoService {
 }
 
 impl SpeedoService {
+    /// The counters of health, alive, status and `stats`.
+    fn typed_counters(&self) -> reply::Counters {
+        let (clients, sources) = self.speedo.names();
+        reply::Counters {
+            alerts: self.alerts,
+            clients: clients as u64,
+            counted: self.speedo.counted,
+            malformed: self.tally.total(),
+            neutral: self.speedo.neutral,
+            skipped: self.skipped,
+            sources: sources as u64,
+            speedos: self.speedos,
+            state_file: reply::StateFile {
+                bytes: self.keeper.bytes,
+                error: self.keeper.error.clone(),
+                path: self.keeper.path.clone(),
+                saved_at: self.keeper.last,
+                writes: self.keeper.writes,
+            },
+            states: self
+                .speedo
+                .states()
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n as u64))
+                .collect(),
+        }
+    }
+
     fn publish(&mut self, outputs: Vec<Output>) -> Handled {
         if outputs.is_empty() {
             return Handled::ack();
@@ -457,25 +441,7 @@ impl Service for SpeedoService {
     }
 
     fn counters(&self) -> serde_json::Value {
-        let (clients, sources) = self.speedo.names();
-        serde_json::json!({
-            "counted": self.speedo.counted,
-            "neutral": self.speedo.neutral,
-            "clients": clients,
-            "sources": sources,
-            "states": self.speedo.states(),
-            "speedos": self.speedos,
-            "alerts": self.alerts,
-            "malformed": self.tally.total(),
-            "skipped": self.skipped,
-            "state_file": {
-                "path": self.keeper.path,
-                "saved_at": self.keeper.last,
-                "writes": self.keeper.writes,
-                "bytes": self.keeper.bytes,
-                "error": self.keeper.error,
-            },
-        })
+        serde_json::to_value(self.typed_counters()).unwrap_or_default()
     }
 
     fn request(
@@ -485,10 +451,17 @@ impl Service for SpeedoService {
         now: DateTime<Utc>,
     ) -> Option<serde_json::Value> {
         (command == "stats").then(|| {
-            let mut v = self.speedo.stats(now);
-            v["counters"] = self.counters();
-            v["malformed_by_kind"] = serde_json::json!(self.tally.by_kind());
-            v
+            let reply = StatsReply {
+                counters: self.typed_counters(),
+                malformed_by_kind: self
+                    .tally
+                    .by_kind()
+                    .into_iter()
+                    .map(|(k, n)| (k.to_string(), n))
+                    .collect(),
+                ..self.speedo.stats(now)
+            };
+            serde_json::to_value(reply).unwrap_or_default()
         })
     }
 

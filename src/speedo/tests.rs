@@ -513,7 +513,7 @@ fn top_subjects_on_a_skewed_stream_within_the_bound() {
         if *bytes > top.bytes_error_bound {
             let t = top.subjects.iter().find(|t| &t.subject == *name);
             let t = t.unwrap_or_else(|| panic!("{name} missing from {:?}", top.subjects));
-            assert!(t.top_by.contains(&"bytes"));
+            assert!(t.top_by.contains(&TopBy::Bytes));
         }
     }
     assert!(top.subjects.len() <= 2 * TOP_N);

@@ -58,6 +58,20 @@ pub enum Health {
 }
 
 impl Health {
+    /// Every state, in order of the enum.
+    pub const ALL: [Health; 5] = [
+        Health::Ok,
+        Health::Late,
+        Health::Failing,
+        Health::Slow,
+        Health::Abnormal,
+    ];
+
+    /// The state of a name (`late`...), if it is one.
+    pub fn parse(name: &str) -> Option<Health> {
+        Health::ALL.into_iter().find(|h| h.as_str() == name)
+    }
+
     /// The state's name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -6,6 +6,7 @@
 //! before acknowledging, publish `v01.watchdog.down|up|stuck.<node>`, answer `inflight`.
 
 pub mod journal;
+pub mod reply;
 pub mod table;
 
 use std::path::{Path, PathBuf};
@@ -17,13 +18,14 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::broker::{Delivery, Outgoing, QueueSpec, Subscription};
+use crate::broker::{Delivery, Outgoing, Subscription};
 use crate::cli::CommonOpts;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BrokerConfig, ConfigError, load_file, overlay};
+use crate::config::{BrokerConfig, ConfigError, InputConfig, InputOpts, load_file, overlay};
 use crate::daemon::{DaemonConfig, DaemonOpts, Handled, ServeConfig, Service, Shutdown, serve};
 use crate::record::{MalformedTally, Parsed};
 
+pub use reply::{InflightFilter, InflightReply, NodeState, StatsReply, TransferRow};
 pub use table::{Event, INPUT_SILENCE_MS, Limits, Table};
 
 /// dd_watchdog's command line.
@@ -34,22 +36,18 @@ pub use table::{Event, INPUT_SILENCE_MS, Limits, Table};
     about = "Transfers in flight on every node, and what was lost when a node died",
     after_help = "Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
 )]
+#[command(
+    mut_arg("exchange", |a| a.help("Exchange to read log records and heartbeats from [default: log]")),
+    mut_arg("queue", |a| a.help("The durable input queue is q_<user>.dd_watchdog.<NAME> [default: the input exchange's name]")),
+    mut_arg("topics", |a| a.help("Topic bindings on the input exchange (repeatable): records and heartbeats [default: v02.# v03.# v01.alive.#]")),
+)]
 pub struct Args {
-    /// Exchange to read log records and heartbeats from [default: log].
-    #[arg(long, env = "DD_EXCHANGE", value_name = "NAME")]
-    pub exchange: Option<String>,
+    /// Where it reads.
+    #[command(flatten)]
+    pub input: InputOpts,
     /// Exchange for the down/up/stuck reports [default: log].
     #[arg(long, value_name = "NAME")]
     pub output_exchange: Option<String>,
-    /// The durable input queue is q_<user>.dd_watchdog.<NAME> [default: the input exchange].
-    #[arg(long, value_name = "NAME")]
-    pub queue: Option<String>,
-    /// Declare the input queue as a quorum queue.
-    #[arg(long)]
-    pub quorum: bool,
-    /// Reject malformed records to this dead-letter exchange.
-    #[arg(long, value_name = "NAME")]
-    pub dead_letter_exchange: Option<String>,
     /// Seconds of silence after which a node is down [default: 120].
     #[arg(long, value_name = "SECONDS")]
     pub node_timeout: Option<f64>,
@@ -107,18 +105,12 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchdogConfig {
-    /// Exchange to read.
-    pub exchange: String,
+    /// Where it reads: `exchange`, `queue`, `quorum`, `dead_letter_exchange`, `topics`
+    /// (records and heartbeats).
+    #[serde(flatten)]
+    pub input: InputConfig,
     /// Exchange for reports.
     pub output_exchange: String,
-    /// NAME of the durable input queue (empty: the input exchange's name).
-    pub queue: String,
-    /// Quorum queue.
-    pub quorum: bool,
-    /// Dead-letter exchange for malformed records.
-    pub dead_letter_exchange: Option<String>,
-    /// Topic bindings: records and heartbeats.
-    pub topics: Vec<String>,
     /// Seconds of silence before a node is down.
     pub node_timeout: f64,
     /// Seconds before an open transfer is stuck (0: never).
@@ -144,12 +136,8 @@ pub struct WatchdogConfig {
 impl Default for WatchdogConfig {
     fn default() -> Self {
         WatchdogConfig {
-            exchange: "log".into(),
+            input: InputConfig::reading(&["v02.#", "v03.#", "v01.alive.#"]),
             output_exchange: "log".into(),
-            queue: String::new(),
-            quorum: false,
-            dead_letter_exchange: None,
-            topics: vec!["v02.#".into(), "v03.#".into(), "v01.alive.#".into()],
             node_timeout: 120.0,
             stuck_after: 3600.0,
             reorder_window: 10.0,
@@ -169,13 +157,8 @@ impl WatchdogConfig {
         let mut cfg: WatchdogConfig = load_file(args.common.config.as_deref())?;
         args.common.apply_broker(&mut cfg.broker)?;
         args.daemon.apply(&mut cfg.daemon);
-        overlay(&mut cfg.exchange, args.exchange.clone());
+        args.input.apply(&mut cfg.input);
         overlay(&mut cfg.output_exchange, args.output_exchange.clone());
-        overlay(&mut cfg.queue, args.queue.clone());
-        cfg.quorum |= args.quorum;
-        if args.dead_letter_exchange.is_some() {
-            cfg.dead_letter_exchange = args.dead_letter_exchange.clone();
-        }
         overlay(&mut cfg.node_timeout, args.node_timeout);
         overlay(&mut cfg.stuck_after, args.stuck_after);
         overlay(&mut cfg.reorder_window, args.reorder_window);
@@ -266,18 +249,15 @@ impl WatchdogConfig {
             }
             out
         };
-        let uris: Vec<lapin::uri::AMQPUri> = self
+        let uris: Vec<crate::broker::BrokerUrl> = self
             .broker
             .urls()
             .iter()
-            .filter_map(|u| u.parse().ok())
+            .filter_map(|u| crate::broker::BrokerUrl::parse(u).ok())
             .collect();
         let mut hosts: Vec<String> = uris
             .iter()
-            .map(|u| {
-                let a = &u.authority;
-                format!("{}_{}", enc(&a.host.to_lowercase()), a.port)
-            })
+            .map(|u| format!("{}_{}", enc(&u.host.to_lowercase()), u.port))
             .collect();
         hosts.sort();
         hosts.dedup();
@@ -292,22 +272,7 @@ impl WatchdogConfig {
     }
 
     fn subscription(&self) -> Subscription {
-        let name = if self.queue.is_empty() {
-            &self.exchange
-        } else {
-            &self.queue
-        };
-        Subscription {
-            exchange: self.exchange.clone(),
-            bindings: self.topics.clone(),
-            queue: QueueSpec::durable(
-                &self.broker.user(),
-                "dd_watchdog",
-                name,
-                self.quorum,
-                self.dead_letter_exchange.clone(),
-            ),
-        }
+        self.input.durable(&self.broker.user(), "dd_watchdog")
     }
 
     /// The messages for the table's events: a down report split in parts under the size
@@ -334,7 +299,10 @@ impl WatchdogConfig {
                     at_ms,
                     transfers,
                 } => {
-                    let items: Vec<String> = transfers.iter().map(Value::to_string).collect();
+                    let items: Vec<String> = transfers
+                        .iter()
+                        .map(|t| serde_json::to_string(t).unwrap_or_default())
+                        .collect();
                     let head_room = 400 + node.len() * 2;
                     let budget = self.max_report_bytes.saturating_sub(head_room).max(1);
                     let mut parts: Vec<Vec<&str>> = vec![Vec::new()];
@@ -373,7 +341,7 @@ impl WatchdogConfig {
                     json!({"node": node, "down_since": at(*down_since_ms), "up_at": at(*at_ms), "in_flight": in_flight}).to_string(),
                 )),
                 Event::Stuck { node, transfer } => {
-                    out.push(msg("stuck", node, transfer.to_string()))
+                    out.push(msg("stuck", node, serde_json::to_string(transfer).unwrap_or_default()))
                 }
                 Event::Forgotten { .. } => {}
             }
@@ -394,6 +362,23 @@ struct WatchdogService {
 }
 
 impl WatchdogService {
+    /// The counters of health, alive, status and `stats`.
+    fn typed_counters(&self) -> reply::Counters {
+        reply::Counters {
+            counts: self.table.counts.clone(),
+            heartbeats: self.heartbeats,
+            in_flight: self.table.len() as u64,
+            journal: self.journal.as_ref().map(|j| reply::JournalCounters {
+                compactions: j.compactions,
+                written: j.written,
+            }),
+            malformed: self.tally.total(),
+            nodes: self.table.node_count() as u64,
+            reports: self.reports,
+            skipped: self.skipped,
+        }
+    }
+
     /// Write the journal lines made so far (before any acknowledgement they cover).
     fn write_journal(&mut self) -> anyhow::Result<()> {
         let Some(j) = self.journal.as_mut() else {
@@ -445,7 +430,7 @@ impl WatchdogService {
                 }
                 Event::Up { node, .. } => tracing::info!(node = %node, "node up again"),
                 Event::Stuck { node, transfer } => {
-                    tracing::info!(node = %node, url = %transfer["url"], "transfer stuck")
+                    tracing::info!(node = %node, url = %transfer.url, "transfer stuck")
                 }
                 Event::Forgotten { transfers } => tracing::info!(
                     transfers,
@@ -508,37 +493,20 @@ impl Service for WatchdogService {
     }
 
     fn counters(&self) -> Value {
-        json!({
-            "in_flight": self.table.len(),
-            "nodes": self.table.node_count(),
-            "counts": self.table.counts,
-            "heartbeats": self.heartbeats,
-            "reports": self.reports,
-            "skipped": self.skipped,
-            "malformed": self.tally.total(),
-            "journal": self.journal.as_ref().map(|j| json!({
-                "written": j.written, "compactions": j.compactions,
-            })),
-        })
+        serde_json::to_value(self.typed_counters()).unwrap_or_default()
     }
 
     fn request(&mut self, command: &str, body: &[u8], now: DateTime<Utc>) -> Option<Value> {
-        match command {
-            "inflight" => {
-                let filter: Value = serde_json::from_slice(body).unwrap_or_default();
-                let limit = filter["limit"].as_u64().unwrap_or(1000) as usize;
-                Some(self.table.inflight(&filter, limit, now))
-            }
-            "stats" => {
-                // the counters and the in-flight table (transfers listed up to `limit`, 1000)
-                let filter: Value = serde_json::from_slice(body).unwrap_or_default();
-                let limit = filter["limit"].as_u64().unwrap_or(1000) as usize;
-                let mut v = self.counters();
-                v["inflight"] = self.table.inflight(&filter, limit, now);
-                Some(v)
-            }
-            _ => None,
-        }
+        // an unreadable body asks for everything, as `{}` does
+        let filter: InflightFilter = serde_json::from_slice(body).unwrap_or_default();
+        let table = || self.table.inflight(&filter, filter.limit(), now);
+        let reply = match command {
+            "inflight" => serde_json::to_value(table()),
+            // the counters and the in-flight table (transfers listed up to `limit`, 1000)
+            "stats" => serde_json::to_value(StatsReply::new(self.typed_counters(), table())),
+            _ => return None,
+        };
+        Some(reply.unwrap_or_default())
     }
 
     fn degraded(&self) -> bool {
@@ -564,53 +532,62 @@ pub fn main(args: Args) -> std::process::ExitCode {
 
 /// `--query`: the `inflight` request, printed.
 async fn query(cfg: &WatchdogConfig, args: &Args) -> anyhow::Result<std::process::ExitCode> {
-    let conn = crate::broker::connect(&cfg.broker, "dd_watchdog query").await?;
-    let key = match &cfg.daemon.instance {
-        Some(i) => format!(
-            "v01.rpc.dd_watchdog.{}.inflight",
-            crate::topic::escape_word(i)
-        ),
-        None => "v01.rpc.dd_watchdog.all.inflight".to_string(),
+    let key = crate::rpc::request_key("dd_watchdog", cfg.daemon.instance.as_deref(), "inflight");
+    let filter = InflightFilter {
+        client: args.client.clone(),
+        limit: None,
+        node: args.node.clone(),
+        source: args.source.clone(),
     };
-    let filter = json!({"node": args.node, "client": args.client, "source": args.source});
-    let replies = crate::broker::request(
-        &conn,
-        &cfg.daemon.exchange,
-        &key,
-        filter.to_string().as_bytes(),
-        std::time::Duration::from_secs(5),
-        Some(1),
-    )
-    .await?;
-    let _ = conn.close(200, "OK".into()).await;
-    let Some(reply) = replies.first() else {
-        anyhow::bail!("no dd_watchdog answered within 5 s");
+    let question =
+        crate::rpc::Question::new(&cfg.daemon.exchange, key, std::time::Duration::from_secs(5))
+            .with_body(&filter)
+            .at_most(1);
+    let answers =
+        crate::rpc::ask_once::<InflightReply>(&cfg.broker, "dd_watchdog query", &question).await?;
+    let Some(reply) = answers.replies.first() else {
+        match answers.unreadable.first() {
+            Some(e) => anyhow::bail!("unreadable answer: {e}"),
+            None => anyhow::bail!("no dd_watchdog answered within 5 s"),
+        }
     };
-    let v: Value = serde_json::from_slice(&reply.body).context("unreadable answer")?;
-    let r = &v["result"];
+    let Some(r) = reply.result.as_ref() else {
+        anyhow::bail!(
+            "dd_watchdog {} refused the request: {}",
+            reply.instance,
+            reply.error.as_deref().unwrap_or("no reason given")
+        );
+    };
     // written with `?`: a closed pipe (`| head`) ends the command quietly
     use std::io::Write as _;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
-        writeln!(out, "{r}")?;
-        return Ok(std::process::ExitCode::SUCCESS);
+        writeln!(out, "{}", serde_json::to_value(r)?)?;
+    } else {
+        print_table(&mut out, r)?;
     }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `--query`'s two tables: the nodes, then the transfers.
+fn print_table(out: &mut impl std::io::Write, r: &InflightReply) -> std::io::Result<()> {
+    let time = |t: &DateTime<Utc>| crate::rpc::wire_time(t);
     writeln!(
         out,
         "{:<24} {:<5} {:>9} {:>14} {:<24} LAST SEEN",
         "NODE", "STATE", "IN FLIGHT", "BYTES", "OLDEST"
     )?;
-    for n in r["nodes"].as_array().into_iter().flatten() {
+    for n in &r.nodes {
         writeln!(
             out,
             "{:<24} {:<5} {:>9} {:>14} {:<24} {}",
-            n["node"].as_str().unwrap_or(""),
-            n["state"].as_str().unwrap_or(""),
-            n["in_flight"].to_string(),
-            n["bytes"].to_string(),
-            n["oldest"].as_str().unwrap_or("-"),
-            n["last_seen"].as_str().unwrap_or("-"),
+            n.node,
+            n.state.as_str(),
+            n.in_flight.to_string(),
+            n.bytes.to_string(),
+            n.oldest.as_ref().map_or_else(|| "-".to_string(), time),
+            time(&n.last_seen),
         )?;
     }
     writeln!(out)?;
@@ -619,26 +596,26 @@ async fn query(cfg: &WatchdogConfig, args: &Args) -> anyhow::Result<std::process
         "{:<24} {:<16} {:<16} {:>10} {:>8} URL",
         "STARTED", "NODE", "CLIENT", "BYTES", "AGE S"
     )?;
-    for t in r["transfers"].as_array().into_iter().flatten() {
+    for t in &r.transfers {
         writeln!(
             out,
             "{:<24} {:<16} {:<16} {:>10} {:>8.1} {}",
-            t["started"].as_str().unwrap_or(""),
-            t["node"].as_str().unwrap_or(""),
-            t["client"].as_str().unwrap_or(""),
-            t["bytes"].to_string(),
-            t["age_s"].as_f64().unwrap_or(0.0),
-            t["url"].as_str().unwrap_or(""),
+            time(&t.started),
+            t.node,
+            t.client,
+            t.bytes.to_string(),
+            t.age_s.unwrap_or(0.0),
+            t.url,
         )?;
     }
-    if r["truncated"] == true {
+    if r.truncated {
         writeln!(
             out,
             "... {} in flight in all (use --json, or narrow with --node/--client/--source)",
-            r["total"]
+            r.total
         )?;
     }
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `--print-config` and the file layer: no journal is `""` (left out would mean the default).
@@ -659,9 +636,9 @@ async fn set_aside_if_the_queue_is_new(cfg: &WatchdogConfig, path: &Path) -> any
     }
     let queue = cfg.subscription().queue.name;
     let asked = async {
-        let conn = crate::broker::connect(&cfg.broker, "dd_watchdog start").await?;
-        let found = crate::broker::queue_exists(&conn, &queue).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "OK".into())).await;
+        let link = crate::broker::Link::open(&cfg.broker, "dd_watchdog start").await?;
+        let found = link.queue_exists(&queue).await;
+        link.close("OK").await;
         found
     };
     match tokio::time::timeout(Duration::from_secs(15), asked).await {

@@ -13,9 +13,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
+use super::reply::{InflightFilter, InflightReply, NodeRow, NodeState, TransferRow};
 use crate::record::LogRecord;
 
 const NONE: u32 = u32::MAX;
@@ -98,7 +98,7 @@ pub enum Event {
         /// Declared down (ms).
         at_ms: i64,
         /// The transfers in flight there.
-        transfers: Vec<Value>,
+        transfers: Vec<TransferRow>,
     },
     /// A node that was down spoke again.
     Up {
@@ -116,7 +116,7 @@ pub enum Event {
         /// The node.
         node: String,
         /// The transfer.
-        transfer: Value,
+        transfer: TransferRow,
     },
     /// Transfers dropped after the forget limit (logged, not published: they were reported
     /// as stuck or down before).
@@ -127,7 +127,7 @@ pub enum Event {
 }
 
 /// Counters for stats.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
     /// Transfers opened.
     pub opened: u64,
@@ -512,7 +512,7 @@ impl Table {
         }
     }
 
-    fn transfers_of(&self, keep: impl Fn(&Transfer) -> bool) -> Vec<Value> {
+    fn transfers_of(&self, keep: impl Fn(&Transfer) -> bool) -> Vec<TransferRow> {
         let mut v: Vec<(&Box<str>, &Transfer)> =
             self.transfers.iter().filter(|(_, t)| keep(t)).collect();
         v.sort_by(|a, b| a.1.started_ms.cmp(&b.1.started_ms).then(a.0.cmp(b.0)));
@@ -521,16 +521,24 @@ impl Table {
             .collect()
     }
 
-    /// The table as JSON, for one node, client or source (or all): per node count, oldest,
-    /// bytes and state; and the transfers (at most `limit`).
-    pub fn inflight(&self, filter: &Value, limit: usize, now: DateTime<Utc>) -> Value {
+    /// The table for one node, client or source (or all): per node count, oldest, bytes and
+    /// state; and the transfers (at most `limit`, oldest first).
+    pub fn inflight(
+        &self,
+        filter: &InflightFilter,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> InflightReply {
         let now_ms = now.timestamp_millis();
-        let want = |field: &str| {
-            filter[field]
-                .as_str()
+        let want = |name: &Option<String>| {
+            name.as_deref()
                 .map(|n| self.names.find(n).unwrap_or(NONE - 1))
         };
-        let (node, client, source) = (want("node"), want("client"), want("source"));
+        let (node, client, source) = (
+            want(&filter.node),
+            want(&filter.client),
+            want(&filter.source),
+        );
         let keep = |t: &Transfer| {
             node.is_none_or(|n| t.node == n)
                 && client.is_none_or(|c| t.client == c)
@@ -543,13 +551,25 @@ impl Table {
             let o = oldest.entry(t.node).or_insert(t.started_ms);
             *o = (*o).min(t.started_ms);
         }
-        let mut nodes: Vec<(&str, &Node, Option<i64>)> = self
+        let mut nodes: Vec<NodeRow> = self
             .nodes
             .iter()
             .filter(|(id, _)| node.is_none_or(|n| **id == n))
-            .map(|(id, n)| (self.names.name(*id), n, oldest.get(id).copied()))
+            .map(|(id, n)| NodeRow {
+                bytes: n.bytes,
+                down_since: n.down_since_ms.map(at),
+                in_flight: n.count,
+                last_seen: at(n.last_seen_ms),
+                node: self.names.name(*id).to_string(),
+                oldest: oldest.get(id).copied().map(at),
+                state: if n.down_since_ms.is_some() {
+                    NodeState::Down
+                } else {
+                    NodeState::Up
+                },
+            })
             .collect();
-        nodes.sort_by(|a, b| a.0.cmp(b.0));
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
         let mut transfers: Vec<(&Box<str>, &Transfer)> =
             self.transfers.iter().filter(|(_, t)| keep(t)).collect();
         let total = transfers.len();
@@ -559,23 +579,18 @@ impl Table {
             transfers
                 .sort_unstable_by(|a, b| a.1.started_ms.cmp(&b.1.started_ms).then(a.0.cmp(b.0)));
         }
-        json!({
-            "time": now,
-            "total": total,
-            "nodes": nodes.iter().map(|(name, n, oldest)| json!({
-                "node": name,
-                "state": if n.down_since_ms.is_some() { "down" } else { "up" },
-                "last_seen": at(n.last_seen_ms),
-                "down_since": n.down_since_ms.map(at),
-                "in_flight": n.count,
-                "bytes": n.bytes,
-                "oldest": oldest.map(at),
-            })).collect::<Vec<_>>(),
-            "transfers": transfers.into_iter().take(limit)
-                .map(|(k, t)| view(&self.names, k, t, now_ms)).collect::<Vec<_>>(),
-            "truncated": total > limit,
-            "counts": self.counts,
-        })
+        InflightReply {
+            counts: self.counts.clone(),
+            nodes,
+            time: now,
+            total: total as u64,
+            transfers: transfers
+                .into_iter()
+                .take(limit)
+                .map(|(k, t)| view(&self.names, k, t, now_ms))
+                .collect(),
+            truncated: total > limit,
+        }
     }
 
     /// Put back a transfer from the journal.
@@ -715,20 +730,17 @@ fn journal_open(j: &mut Vec<u8>, key: &str, t: &Transfer, names: &Names) {
     j.extend_from_slice(format!("\t{}\t{}\t{}\n", t.started_ms, t.opened_ms, t.bytes).as_bytes());
 }
 
-fn view(names: &Names, key: &str, t: &Transfer, now_ms: i64) -> Value {
+fn view(names: &Names, key: &str, t: &Transfer, now_ms: i64) -> TransferRow {
     let url = key.splitn(3, '\u{1f}').nth(2).unwrap_or("");
-    let opt = |id: u32| (id != NONE).then(|| names.name(id));
-    let mut v = json!({
-        "node": names.name(t.node),
-        "client": names.name(t.client),
-        "source": opt(t.source),
-        "url": url,
-        "flow": opt(t.flow),
-        "started": at(t.started_ms),
-        "bytes": t.bytes,
-    });
-    if now_ms != i64::MIN {
-        v["age_s"] = json!((now_ms - t.opened_ms) as f64 / 1000.0);
+    let opt = |id: u32| (id != NONE).then(|| names.name(id).to_string());
+    TransferRow {
+        age_s: (now_ms != i64::MIN).then(|| (now_ms - t.opened_ms) as f64 / 1000.0),
+        bytes: t.bytes,
+        client: names.name(t.client).to_string(),
+        flow: opt(t.flow),
+        node: names.name(t.node).to_string(),
+        source: opt(t.source),
+        started: at(t.started_ms),
+        url: url.to_string(),
     }
-    v
 }

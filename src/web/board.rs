@@ -9,18 +9,19 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-/// The states a name can be in (dd_speedo's thresholds), in the order of the state set.
-pub const STATES: [&str; 5] = ["ok", "late", "failing", "slow", "abnormal"];
+use crate::rpc::Reply;
+use crate::speedo::reply::NameStats;
+use crate::speedo::{Health, Kind, StatsReply};
 
 /// One client or source as the page and `/metrics` see it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Name {
     /// `client` or `source`.
-    pub kind: &'static str,
+    pub kind: Kind,
     /// Its name.
     pub name: String,
     /// Threshold state (`ok`, `late`, `failing`, `slow`, `abnormal`).
-    pub state: String,
+    pub state: Health,
     /// Why, in words (dd_speedo's reason), when not ok.
     pub reason: Option<String>,
     /// Good files per minute between the last two answers.
@@ -57,7 +58,7 @@ pub struct Name {
 #[derive(Debug, Clone)]
 pub struct Board {
     history: usize,
-    names: BTreeMap<(&'static str, String), Name>,
+    names: BTreeMap<(Kind, String), Name>,
     /// The dd_speedo instance that answered last.
     pub instance: Option<String>,
     /// Its interval (seconds).
@@ -67,11 +68,7 @@ pub struct Board {
     /// Requests sent / answered / not answered in time.
     pub polls: [u64; 3],
     /// The last `health` answers of every daemon.
-    pub daemons: Vec<Value>,
-}
-
-fn f(v: &Value) -> Option<f64> {
-    v.as_f64()
+    pub daemons: Vec<Reply<crate::daemon::Health>>,
 }
 
 impl Board {
@@ -89,71 +86,76 @@ impl Board {
     }
 
     /// Take a `stats` result of dd_speedo `instance`, received at `now`.
-    pub fn update(&mut self, stats: &Value, instance: &str, now: DateTime<Utc>) {
+    pub fn update(&mut self, stats: &StatsReply, instance: &str, now: DateTime<Utc>) {
         self.instance = Some(instance.to_string());
-        self.interval = stats["interval"].as_u64();
+        self.interval = Some(u64::from(stats.interval));
         self.updated = Some(now);
-        for (kind, list) in [("client", &stats["clients"]), ("source", &stats["sources"])] {
-            for v in list.as_array().into_iter().flatten() {
-                let Some(name) = v["name"].as_str() else {
-                    continue;
-                };
-                let history = self.history;
-                let entry = self
-                    .names
-                    .entry((kind, name.to_string()))
-                    .or_insert_with(|| Name {
-                        kind,
-                        name: name.to_string(),
-                        state: "ok".to_string(),
-                        reason: None,
-                        rate: None,
-                        files_per_min: None,
-                        bytes_per_sec: None,
-                        error_ratio: None,
-                        lag_mean: None,
-                        lag_max: None,
-                        expected: None,
-                        seconds_since_good: None,
-                        good: 0,
-                        errors: 0,
-                        good_bytes: 0,
-                        bad_bytes: 0,
-                        history: VecDeque::with_capacity(history),
-                        last_good: None,
-                    });
-                let good = v["good"].as_u64().unwrap_or(0);
-                let rate = match entry.last_good {
-                    // a restarted dd_speedo counts from its state file, or from 0: no rate
-                    Some((before, at)) if good >= before && now > at => {
-                        let secs = (now - at).num_milliseconds() as f64 / 1000.0;
-                        Some((good - before) as f64 * 60.0 / secs)
-                    }
-                    _ => None,
-                };
-                entry.last_good = Some((good, now));
-                entry.rate = rate;
-                if let Some(r) = rate {
-                    if entry.history.len() == history {
-                        entry.history.pop_front();
-                    }
-                    entry.history.push_back((r * 100.0).round() / 100.0);
-                }
-                entry.state = v["state"].as_str().unwrap_or("ok").to_string();
-                entry.reason = v["reason"].as_str().map(str::to_string);
-                entry.files_per_min = f(&v["files_per_min"]);
-                entry.bytes_per_sec = f(&v["bytes_per_sec"]);
-                entry.error_ratio = f(&v["error_ratio"]);
-                entry.lag_mean = f(&v["lag_mean"]);
-                entry.lag_max = f(&v["lag_max"]);
-                entry.expected = f(&v["expected_files_per_min"]);
-                entry.seconds_since_good = f(&v["seconds_since_good"]);
-                entry.good = good;
-                entry.errors = v["errors"].as_u64().unwrap_or(0);
-                entry.good_bytes = v["good_bytes"].as_u64().unwrap_or(0);
-                entry.bad_bytes = v["bad_bytes"].as_u64().unwrap_or(0);
+        for (kind, list) in [
+            (Kind::Client, &stats.clients),
+            (Kind::Source, &stats.sources),
+        ] {
+            for v in list {
+                self.take(kind, v, now);
             }
         }
+    }
+
+    /// Take one name's line of a `stats` result.
+    fn take(&mut self, kind: Kind, v: &NameStats, now: DateTime<Utc>) {
+        let history = self.history;
+        let entry = self
+            .names
+            .entry((kind, v.name.clone()))
+            .or_insert_with(|| Name {
+                kind,
+                name: v.name.clone(),
+                state: Health::Ok,
+                reason: None,
+                rate: None,
+                files_per_min: None,
+                bytes_per_sec: None,
+                error_ratio: None,
+                lag_mean: None,
+                lag_max: None,
+                expected: None,
+                seconds_since_good: None,
+                good: 0,
+                errors: 0,
+                good_bytes: 0,
+                bad_bytes: 0,
+                history: VecDeque::with_capacity(history),
+                last_good: None,
+            });
+        let good = v.good;
+        let rate = match entry.last_good {
+            // a restarted dd_speedo counts from its state file, or from 0: no rate
+            Some((before, at)) if good >= before && now > at => {
+                let secs = (now - at).num_milliseconds() as f64 / 1000.0;
+                Some((good - before) as f64 * 60.0 / secs)
+            }
+            _ => None,
+        };
+        entry.last_good = Some((good, now));
+        entry.rate = rate;
+        if let Some(r) = rate {
+            if entry.history.len() == history {
+                entry.history.pop_front();
+            }
+            entry.history.push_back((r * 100.0).round() / 100.0);
+        }
+        entry.state = v.state;
+        entry.reason = Some(v.reason.clone());
+        entry.files_per_min = v.files_per_min;
+        entry.bytes_per_sec = v.bytes_per_sec;
+        entry.error_ratio = v.error_ratio;
+        entry.lag_mean = v.lag_mean;
+        entry.lag_max = v.lag_max;
+        entry.expected = v.expected_files_per_min;
+        entry.seconds_since_good = v.seconds_since_good;
+        entry.good = good;
+        entry.errors = v.errors;
+        entry.good_bytes = v.good_bytes;
+        entry.bad_bytes = v.bad_bytes;
     }
 
     /// Every name, clients first, each kind by name.
@@ -169,7 +171,7 @@ impl Board {
 
     /// The JSON of `/api/speedos` and of each `speedos` event.
     pub fn snapshot(&self, now: DateTime<Utc>, poll_s: f64) -> Value {
-        let list = |kind: &str| -> Vec<&Name> {
+        let list = |kind: Kind| -> Vec<&Name> {
             self.names
                 .values()
                 .filter(|n| n.kind == kind)
@@ -181,8 +183,8 @@ impl Board {
             "fresh": self.fresh(now, poll_s),
             "instance": self.instance,
             "interval": self.interval,
-            "clients": list("client"),
-            "sources": list("source"),
+            "clients": list(Kind::Client),
+            "sources": list(Kind::Source),
         })
     }
 }
@@ -191,15 +193,16 @@ impl Board {
 mod tests {
     use super::*;
 
-    fn stats(good: u64, state: &str) -> Value {
-        json!({
+    fn stats(good: u64, state: &str) -> StatsReply {
+        serde_json::from_value(json!({
             "interval": 1,
-            "clients": [{"name": "c1", "state": state, "reason": null, "good": good,
+            "clients": [{"name": "c1", "state": state, "good": good,
                          "errors": 1, "good_bytes": good * 10, "bad_bytes": 5,
                          "files_per_min": null, "lag_mean": 0.5, "lag_max": 2.0}],
             "sources": [{"name": "s1", "state": "ok", "good": good * 2, "errors": 0,
                          "good_bytes": 0, "bad_bytes": 0, "files_per_min": 12.0}],
-        })
+        }))
+        .unwrap()
     }
 
     fn at(s: i64) -> DateTime<Utc> {
@@ -220,7 +223,7 @@ mod tests {
         }
         let c1 = b.names().next().unwrap();
         assert_eq!(c1.history, VecDeque::from(vec![420.0, 0.0, 360.0]));
-        assert_eq!(c1.state, "late");
+        assert_eq!(c1.state.as_str(), "late");
         assert_eq!((c1.good, c1.errors, c1.good_bytes), (26, 1, 260));
         // a restarted dd_speedo (counts went down) gives no rate, not a negative one
         b.update(&stats(3, "ok"), "i", at(10));

@@ -13,7 +13,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
-use super::board::{Board, Name, STATES};
+use super::board::{Board, Name};
+use crate::speedo::Health;
 
 /// dd_web's own counters.
 #[derive(Debug, Default)]
@@ -53,7 +54,10 @@ pub struct Metrics {
 type Labels = Vec<(&'static str, String)>;
 
 fn name_labels(n: &Name) -> Labels {
-    vec![("kind", n.kind.to_string()), ("name", n.name.clone())]
+    vec![
+        ("kind", n.kind.as_str().to_string()),
+        ("name", n.name.clone()),
+    ]
 }
 
 fn with(mut l: Labels, k: &'static str, v: &str) -> Labels {
@@ -200,9 +204,9 @@ impl Collector for Metrics {
         )?;
         let mut states = Vec::new();
         for n in &names {
-            for s in STATES {
+            for s in Health::ALL {
                 let on = if n.state == s { 1.0 } else { 0.0 };
-                states.push((with(name_labels(n), "state", s), on));
+                states.push((with(name_labels(n), "state", s.as_str()), on));
             }
         }
         gauges(
@@ -227,14 +231,13 @@ impl Collector for Metrics {
         let mut up = Vec::new();
         let mut daemon_counts = Vec::new();
         for d in &board.daemons {
-            let id: Labels = vec![
-                ("tool", d["tool"].as_str().unwrap_or("").to_string()),
-                ("instance", d["instance"].as_str().unwrap_or("").to_string()),
-            ];
-            let healthy = d["result"]["state"].as_str() != Some("degraded");
+            let id: Labels = vec![("tool", d.tool.clone()), ("instance", d.instance.clone())];
+            let result = d.result.as_ref();
+            let healthy = result.is_none_or(|h| h.state != crate::daemon::State::Degraded);
             up.push((id.clone(), if healthy { 1.0 } else { 0.0 }));
             let mut leaves = Vec::new();
-            numeric_leaves("", &d["result"]["counters"], &mut leaves);
+            let none = Value::Null;
+            numeric_leaves("", result.map_or(&none, |h| &h.counters), &mut leaves);
             for (k, v) in leaves {
                 daemon_counts.push((with(id.clone(), "counter", &k), v));
             }
@@ -329,9 +332,17 @@ mod tests {
             {"name": "a \"quoted\" name", "state": "late", "good": 5, "errors": 2,
              "good_bytes": 50, "bad_bytes": 20, "lag_mean": 1.5, "lag_max": 3.0}],
             "sources": []});
-        b.update(&stats, "sp", chrono::Utc::now());
-        b.daemons = vec![json!({"tool": "dd_speedo", "instance": "sp",
-            "result": {"state": "running", "counters": {"received": 7, "by": {"x": 1}}}})];
+        b.update(
+            &serde_json::from_value(stats).unwrap(),
+            "sp",
+            chrono::Utc::now(),
+        );
+        b.daemons = vec![
+            serde_json::from_value(json!({"tool": "dd_speedo", "instance": "sp",
+            "command": "health", "host": "h", "ok": true,
+            "result": {"state": "running", "counters": {"received": 7, "by": {"x": 1}}}}))
+            .unwrap(),
+        ];
         let text = render(Metrics {
             board: Arc::new(Mutex::new(b)),
             web: Arc::default(),

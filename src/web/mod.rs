@@ -336,16 +336,13 @@ pub fn router(app: Arc<App>) -> Router {
 /// permission ends it with the error (dd_web then exits: no retry can mend it).
 async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let cfg = &app.cfg;
-    let key = match &cfg.speedo_instance {
-        Some(i) => format!("v01.rpc.dd_speedo.{}.stats", crate::topic::escape_word(i)),
-        None => "v01.rpc.dd_speedo.all.stats".to_string(),
-    };
+    let key = crate::rpc::request_key("dd_speedo", cfg.speedo_instance.as_deref(), "stats");
     let poll = Duration::from_secs_f64(cfg.poll);
     let mut backoff = crate::broker::Backoff::new(&cfg.broker);
     let mut last_health: Option<std::time::Instant> = None;
     let mut warned_many = false;
     'connect: loop {
-        let conn = match crate::broker::connect_with_retry(
+        let link = match crate::broker::Link::open_with_retry(
             &cfg.broker,
             "dd_web",
             &mut backoff,
@@ -361,13 +358,9 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
         loop {
             let started = std::time::Instant::now();
             let wait = poll.min(Duration::from_secs(2));
-            let max = if cfg.speedo_instance.is_some() {
-                Some(1)
-            } else {
-                None
-            };
+            let question = crate::rpc::Question::new(&cfg.exchange, key.clone(), wait);
             let replies = tokio::select! {
-                r = crate::broker::request(&conn, &cfg.exchange, &key, b"{}", wait, max) => r,
+                r = crate::rpc::ask::<crate::speedo::StatsReply>(&link, &question) => r,
                 _ = shutdown.requested() => return Ok(()),
             };
             let replies = match replies {
@@ -388,14 +381,9 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
                     continue 'connect;
                 }
             };
-            let answers: Vec<Value> = replies
-                .iter()
-                .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
-                .filter(|v| v["ok"] == true)
-                .collect();
-            if answers.len() > 1 && !warned_many {
+            if replies.answered() > 1 && !warned_many {
                 tracing::warn!(
-                    instances = answers.len(),
+                    instances = replies.answered(),
                     "several dd_speedo instances answer; showing the first (pick one with --speedo-instance)"
                 );
                 warned_many = true;
@@ -403,11 +391,10 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
             let snapshot = {
                 let mut board = app.board();
                 board.polls[0] += 1;
-                match answers.first() {
-                    Some(a) => {
+                match replies.first_ok() {
+                    Some((a, stats)) => {
                         board.polls[1] += 1;
-                        let inst = a["instance"].as_str().unwrap_or("");
-                        board.update(&a["result"], inst, Utc::now());
+                        board.update(stats, &a.instance, Utc::now());
                     }
                     None => board.polls[2] += 1,
                 }
@@ -416,21 +403,13 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
             let _ = app.events.send(snapshot.into());
             if last_health.is_none_or(|t| t.elapsed().as_secs_f64() >= cfg.health_interval) {
                 last_health = Some(std::time::Instant::now());
-                let health = crate::broker::request(
-                    &conn,
+                let question = crate::rpc::Question::new(
                     &cfg.exchange,
-                    "v01.rpc.all.health",
-                    b"{}",
+                    crate::rpc::broadcast_key("health"),
                     Duration::from_secs(1),
-                    None,
-                )
-                .await;
-                if let Ok(h) = health {
-                    let daemons: Vec<Value> = h
-                        .iter()
-                        .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
-                        .collect();
-                    app.board().daemons = daemons;
+                );
+                if let Ok(h) = crate::rpc::ask::<crate::daemon::Health>(&link, &question).await {
+                    app.board().daemons = h.replies;
                 }
             }
             let left = poll.saturating_sub(started.elapsed());

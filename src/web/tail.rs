@@ -23,18 +23,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use super::metrics::WebCounters;
 use super::{App, error};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, ErrorKind, Link, Tail};
 use crate::record::render_line;
 
 const COOKIE: &str = "ddmon_session";
@@ -43,7 +38,7 @@ const COOKIE: &str = "ddmon_session";
 pub struct Session {
     /// The broker user.
     pub user: String,
-    conn: lapin::Connection,
+    link: Link,
 }
 
 /// One open tail.
@@ -69,11 +64,7 @@ impl Tails {
         }
         let sessions: Vec<Arc<Session>> = self.sessions.lock().await.drain().map(|e| e.1).collect();
         for s in sessions {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                s.conn.close(200, "dd_web stopping".into()),
-            )
-            .await;
+            s.link.close("dd_web stopping").await;
         }
     }
 }
@@ -123,8 +114,8 @@ pub async fn login(State(app): State<Arc<App>>, Json(form): Json<Login>) -> Resp
     let mut broker = app.cfg.broker.clone();
     broker.url = crate::config::with_credentials(&broker.url, &form.user, &form.password);
     let name = format!("dd_web tail for {}", form.user);
-    match crate::broker::connect(&broker, &name).await {
-        Ok(conn) => {
+    match Link::open(&broker, &name).await {
+        Ok(link) => {
             WebCounters::bump(&app.web.logins[0]);
             let id = token();
             tracing::info!(user = %form.user, "signed in");
@@ -132,7 +123,7 @@ pub async fn login(State(app): State<Arc<App>>, Json(form): Json<Login>) -> Resp
                 id.clone(),
                 Arc::new(Session {
                     user: form.user.clone(),
-                    conn,
+                    link,
                 }),
             );
             let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/");
@@ -142,12 +133,12 @@ pub async fn login(State(app): State<Arc<App>>, Json(form): Json<Login>) -> Resp
             )
                 .into_response()
         }
-        Err(BrokerError::Refused(m)) => {
+        Err(e) if !e.is_transient() && e.kind() != ErrorKind::Setup => {
             WebCounters::bump(&app.web.logins[1]);
             tracing::info!(user = %form.user, "sign-in refused by the broker");
             error(
                 StatusCode::UNAUTHORIZED,
-                format!("the broker refused {}: {m}", form.user),
+                format!("the broker refused {}: {}", form.user, e.reason()),
             )
         }
         Err(e) => error(
@@ -166,11 +157,7 @@ pub async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
                 t.stop.notify_one();
             }
         }
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            s.conn.close(200, "signed out".into()),
-        )
-        .await;
+        s.link.close("signed out").await;
     }
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response()
@@ -212,16 +199,12 @@ pub struct TailQuery {
     source: Option<String>,
 }
 
-fn status_of(e: &lapin::Error) -> (StatusCode, String) {
-    let text = e.to_string();
-    let status = if text.contains("ACCESS_REFUSED") || text.contains("403") {
-        StatusCode::FORBIDDEN
-    } else if text.contains("NOT_FOUND") || text.contains("404") {
-        StatusCode::NOT_FOUND
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
-    (status, text)
+fn status_of(e: &BrokerError) -> StatusCode {
+    match e.kind() {
+        ErrorKind::Refused => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_GATEWAY,
+    }
 }
 
 enum Out {
@@ -263,62 +246,31 @@ pub async fn open(
             );
         }
     }
-    let ch = match s.conn.create_channel().await {
-        Ok(c) => c,
-        Err(e) => {
+    if !s.link.is_open() {
+        app.tails.sessions.lock().await.remove(&sid);
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "the session's connection is gone; sign in again",
+        );
+    }
+    let id = token();
+    let queue =
+        crate::broker::QueueSpec::name_for(&s.user, "dd_web", &format!("tail.{}", &id[..12]));
+    let tag = format!("dd_web.{}", &id[..12]);
+    let tail = match s.link.open_tail(&queue, &exchange, 200, &tag).await {
+        Ok(t) => t,
+        Err(e) if e.is_transient() && !s.link.is_open() => {
             app.tails.sessions.lock().await.remove(&sid);
             return error(
                 StatusCode::UNAUTHORIZED,
                 format!("the session's connection is gone ({e}); sign in again"),
             );
         }
-    };
-    let id = token();
-    let queue =
-        crate::broker::QueueSpec::name_for(&s.user, "dd_web", &format!("tail.{}", &id[..12]));
-    let setup = async {
-        ch.queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-        ch.queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        ch.basic_qos(200, BasicQosOptions::default()).await?;
-        ch.basic_consume(
-            queue.as_str().into(),
-            format!("dd_web.{}", &id[..12]).as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-    };
-    let consumer = match setup.await {
-        Ok(c) => c,
         Err(e) => {
-            let (status, text) = status_of(&e);
+            let text = e.reason().to_string();
             tracing::info!(user = %s.user, exchange = %exchange, "tail refused: {text}");
-            // the refusal closed the channel; the exclusive queue lives with the connection
-            // until deleted
-            if let Ok(c) = s.conn.create_channel().await {
-                let _ = c
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-                let _ = c.close(200, "tail refused".into()).await;
-            }
             return error(
-                status,
+                status_of(&e),
                 format!("the broker refused {}'s tail on {exchange}: {text}", s.user),
             );
         }
@@ -338,8 +290,7 @@ pub async fn open(
         app.clone(),
         id.clone(),
         ctl,
-        ch,
-        consumer,
+        tail,
         queue,
         filter,
         tx,
@@ -362,13 +313,11 @@ pub async fn open(
         .into_response()
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_tail(
     app: Arc<App>,
     id: String,
     ctl: Arc<TailCtl>,
-    ch: lapin::Channel,
-    mut consumer: lapin::Consumer,
+    mut tail: Tail,
     queue: String,
     filter: crate::log::Filter,
     tx: mpsc::Sender<Out>,
@@ -379,15 +328,11 @@ async fn run_tail(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let why = loop {
         tokio::select! {
-            d = consumer.next() => match d {
-                Some(Ok(d)) => {
-                    let headers = crate::broker::headers_of(&d.properties);
-                    let line = crate::record::parse(d.routing_key.as_str(), &headers, &d.data)
+            d = tail.next() => match d {
+                Some(d) => {
+                    let line = crate::record::parse(&d.routing_key, &d.headers, &d.body)
                         .ok()
-                        .and_then(|p| render_line(d.routing_key.as_str(), &p));
-                    // bounded: an ack asked for as the connection dies may never settle
-                    let ack = d.acker.ack(BasicAckOptions::default());
-                    let _ = tokio::time::timeout(crate::broker::SETTLE_TIMEOUT, ack).await;
+                        .and_then(|p| render_line(&d.routing_key, &p));
                     let Some(line) = line.filter(|l| filter.accepts(l)) else {
                         continue;
                     };
@@ -431,13 +376,7 @@ async fn run_tail(
     if why == "browser gone" || why == "page silent" {
         WebCounters::bump(&app.web.tails_expired);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = ch
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = ch.close(200, "tail closed".into()).await;
-    })
-    .await;
+    tail.close("tail closed").await;
     app.tails.tails.lock().await.remove(&id);
     app.web.tails_open.fetch_sub(1, Ordering::Relaxed);
     tracing::info!(user = %ctl.user, queue = %queue, why, "tail closed");
@@ -451,7 +390,7 @@ pub async fn sweep(app: Arc<App>, mut shutdown: crate::daemon::Shutdown) {
             _ = shutdown.requested() => return,
         }
         let mut sessions = app.tails.sessions.lock().await;
-        sessions.retain(|_, s| s.conn.status().connected());
+        sessions.retain(|_, s| s.link.is_open());
     }
 }
 

@@ -39,7 +39,7 @@ pub fn broker_config() -> BrokerConfig {
 
 /// A connection, or a loud failure naming the broker and how to start one.
 pub async fn connect() -> lapin::Connection {
-    match ddmon::broker::connect(&broker_config(), "ddmon-test").await {
+    match ddmon::broker::raw::connect(&broker_config(), "ddmon-test").await {
         Ok(c) => c,
         Err(e) => panic!(
             "NO BROKER: these tests need RabbitMQ at {} ({e}); run scripts/test, which starts one",
@@ -54,7 +54,9 @@ pub async fn connect_url(url: &str) -> lapin::Connection {
         url: url.to_string(),
         ..BrokerConfig::default()
     };
-    ddmon::broker::connect(&cfg, "ddmon-test").await.unwrap()
+    ddmon::broker::raw::connect(&cfg, "ddmon-test")
+        .await
+        .unwrap()
 }
 
 /// A unique name for this test run.
@@ -119,7 +121,8 @@ impl Drop for Scratch {
         let exchanges = self.exchanges.lock().unwrap().clone();
         // Drop may run inside a tokio runtime: clean up on one of its own.
         run_detached(async move {
-            let Ok(conn) = ddmon::broker::connect(&broker_config(), "ddmon-test-cleanup").await
+            let Ok(conn) =
+                ddmon::broker::raw::connect(&broker_config(), "ddmon-test-cleanup").await
             else {
                 return;
             };
@@ -356,7 +359,7 @@ impl Running {
 /// A private queue on `exchange` bound to `keys`, consumed by the test.
 pub async fn listen(conn: &lapin::Connection, exchange: &str, keys: &[&str]) -> lapin::Consumer {
     let ch = conn.create_channel().await.unwrap();
-    ddmon::broker::declare_topic_exchange(&ch, exchange)
+    ddmon::broker::raw::declare_topic_exchange(&ch, exchange)
         .await
         .unwrap();
     let q = ch
@@ -574,7 +577,7 @@ pub async fn durable_tap(conn: &lapin::Connection, name: &str, exchange: &str, k
             dead_letter_exchange: None,
         },
     };
-    let ch = ddmon::broker::declare_queue(conn, &sub).await.unwrap();
+    let ch = ddmon::broker::raw::declare_queue(conn, &sub).await.unwrap();
     let _ = ch.close(200, "tapped".into()).await;
 }
 

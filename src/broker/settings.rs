@@ -1,47 +1,54 @@
-//! The layered configuration: built-in defaults < TOML file < environment < flags.
+//! How to reach the broker: [`BrokerConfig`] (the `[broker]` table of every config file) and
+//! the URL text helpers (mask a password, put credentials in, split a cluster's list).
 //!
-//! Every tool's config struct implements `Default` (the built-in layer) and `Deserialize` with
-//! `deny_unknown_fields` and `default` (the file layer: a key left out keeps its default, an
-//! unknown key is an error naming the key and the file). Environment and flags arrive together
-//! through clap (`#[arg(env = ...)]`, a flag beats its variable), as `Option`s that the tool's
-//! `merge` lays over the file layer. [`BrokerConfig`] is shared by every tool and masks its
-//! password whenever it is serialised, so `--print-config` and logs never show it.
+//! It lives with the transport because it is what a connection needs; `config` re-exports it
+//! and lays the file, environment and flags over it. Its password is masked whenever it is
+//! serialised, so `--print-config` and logs never show it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// The default broker: the local RabbitMQ's default vhost as guest.
 pub const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// A configuration mistake: nothing a retry could fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("cannot read config file {path}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this tool (an unknown key, a wrong type...).
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The TOML parser's message (it names the key and line).
-        message: String,
-    },
-    /// A value is invalid.
-    #[error("invalid {field}: {message}")]
-    Invalid {
-        /// Which setting.
-        field: &'static str,
-        /// What is wrong with it.
-        message: String,
-    },
+/// A broker setting that is not valid (the URL does not parse, backoff bounds reversed).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct SettingsError {
+    /// Which setting.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The parts of one broker URL that tools need besides connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// The user (`guest` when the URL names none, as RabbitMQ does).
+    pub user: String,
+    /// The password (empty when none).
+    pub password: String,
+    /// The host name, as written.
+    pub host: String,
+    /// The port (the scheme's default when none is written).
+    pub port: u16,
+    /// The vhost, decoded (`/` for `%2f`).
+    pub vhost: String,
+}
+
+impl BrokerUrl {
+    /// Parse one `amqp://` or `amqps://` URL.
+    pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+        let u = url.parse::<lapin::uri::AMQPUri>()?;
+        Ok(BrokerUrl {
+            user: u.authority.userinfo.username,
+            password: u.authority.userinfo.password,
+            host: u.authority.host,
+            port: u.authority.port,
+            vhost: u.vhost,
+        })
+    }
 }
 
 /// How to reach the broker: shared by every tool (`[broker]` in each config file).
@@ -83,33 +90,30 @@ impl BrokerConfig {
 
     /// The user name in the (first) URL (`guest` when none is given, as RabbitMQ does).
     pub fn user(&self) -> String {
-        self.urls()
-            .first()
-            .copied()
-            .unwrap_or_default()
-            .parse::<lapin::uri::AMQPUri>()
-            .map(|u| u.authority.userinfo.username)
+        let first = self.urls().first().copied().unwrap_or_default();
+        BrokerUrl::parse(first)
+            .map(|u| u.user)
             .unwrap_or_else(|_| "guest".to_string())
     }
 
     /// Check the URL parses, so a typo is a configuration error and not a retry loop.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         if self.urls().is_empty() {
-            return Err(ConfigError::Invalid {
+            return Err(SettingsError {
                 field: "broker url",
                 message: "no URL".into(),
             });
         }
         for url in self.urls() {
-            url.parse::<lapin::uri::AMQPUri>()
+            BrokerUrl::parse(url)
                 .map(|_| ())
-                .map_err(|e| ConfigError::Invalid {
+                .map_err(|e| SettingsError {
                     field: "broker url",
                     message: format!("{e} in {}", mask_url(url)),
                 })?;
         }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
-            return Err(ConfigError::Invalid {
+            return Err(SettingsError {
                 field: "broker reconnect_min_ms",
                 message: "must be at least 1 and at most reconnect_max_ms".to_string(),
             });
@@ -214,9 +218,8 @@ pub fn with_password(url: &str, password: &str) -> String {
             .collect::<Vec<_>>()
             .join(",");
     }
-    let user = url
-        .parse::<lapin::uri::AMQPUri>()
-        .map(|u| u.authority.userinfo.username)
+    let user = BrokerUrl::parse(url)
+        .map(|u| u.user)
         .unwrap_or_else(|_| "guest".to_string());
     with_credentials(url, &user, password)
 }
@@ -224,66 +227,6 @@ pub fn with_password(url: &str, password: &str) -> String {
 /// Does `url` carry a password?
 pub fn url_has_password(url: &str) -> bool {
     mask_url(url) != url
-}
-
-/// Read a password file (its first line), warning when others may read it. The password is
-/// never part of an error or a log line.
-pub fn read_password_file(path: &Path) -> Result<String, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let bad = |message: String| ConfigError::Invalid {
-        field: "password file",
-        message,
-    };
-    let meta =
-        std::fs::metadata(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(
-            file = %path.display(),
-            mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "password file is readable by others: chmod 600 it"
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-    let password = text.lines().next().unwrap_or("").to_string();
-    if password.is_empty() {
-        return Err(bad(format!("{} is empty", path.display())));
-    }
-    Ok(password)
-}
-
-/// Read the file layer: `T::default()` when no file is given, else the file's keys over the
-/// defaults. Unknown keys are errors that name the key and the file.
-pub fn load_file<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigError> {
-    let Some(path) = path else {
-        return Ok(T::default());
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_toml(&text, path)
-}
-
-/// Parse TOML text as the file layer (see [`load_file`]); `path` names it in errors.
-pub fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string().trim_end().replace('\n', " "),
-    })
-}
-
-/// The effective config as TOML, for `--print-config` (the broker password is masked by
-/// [`BrokerConfig`]'s serialisation).
-pub fn to_toml<T: Serialize>(cfg: &T) -> String {
-    toml::to_string_pretty(cfg).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
-}
-
-/// Lay a flag or environment value over the file layer when one was given.
-pub fn overlay<T>(slot: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *slot = v;
-    }
 }
 
 #[cfg(test)]
@@ -334,25 +277,9 @@ mod tests {
             url: "amqp://admin:hunter2@h/%2f".into(),
             ..BrokerConfig::default()
         };
-        let text = to_toml(&b);
+        let text = toml::to_string_pretty(&b).unwrap();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("admin:****@h"), "{text}");
-    }
-
-    #[test]
-    fn unknown_key_names_key_and_file() {
-        let err = parse_toml::<BrokerConfig>("urll = \"x\"\n", Path::new("/etc/ddmon/x.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/etc/ddmon/x.toml"), "{err}");
-        assert!(err.contains("urll"), "{err}");
-    }
-
-    #[test]
-    fn file_keys_override_defaults_only_where_given() {
-        let b: BrokerConfig = parse_toml("prefetch = 10\n", Path::new("f")).unwrap();
-        assert_eq!(b.prefetch, 10);
-        assert_eq!(b.url, DEFAULT_BROKER);
     }
 
     #[test]
