@@ -1,6 +1,6 @@
-//! End-to-end: how fast `dd_log` drains a queue of records into a pipe, against a minimal lapin
-//! consumer (same prefetch, one ack per message, no parsing, no output) measured in the same
-//! run on the same queue. Prints each run, the medians and the ratio.
+//! End-to-end: how fast `dd_log` drains a queue of records into a pipe, against a tuned lapin
+//! consumer (prefetch 1000, one `multiple` ack per 100 deliveries, no parsing, no output)
+//! measured in the same run on the same queue. Prints each run, the medians and the ratio.
 //!
 //! `cargo bench --bench e2e_drain` (or `scripts/bench`); `DRAIN_RECORDS` (default 200000) and
 //! `DRAIN_RUNS` (default 3) tune it. Needs the broker (`scripts/broker-up`).

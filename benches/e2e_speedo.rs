@@ -1,7 +1,7 @@
 //! End-to-end: how fast `dd_speedo` drains a queue of records (parse, count, publish speedos
-//! every second, ack), against a minimal lapin consumer (same prefetch, one ack per message,
-//! no parsing) measured in the same run on the same queue. Also prints dd_speedo's peak
-//! resident memory.
+//! every second, ack), against a tuned lapin consumer (prefetch 1000, one `multiple` ack per
+//! 100 deliveries, no parsing) measured in the same run on the same queue. Also prints
+//! dd_speedo's peak resident memory.
 //!
 //! `cargo bench --bench e2e_speedo` (or `scripts/bench`); `SPEEDO_RECORDS` (default 200000)
 //! and `SPEEDO_RUNS` (default 3) tune it. Needs the broker (`scripts/broker-up`).

@@ -1,7 +1,7 @@
 //! End-to-end: how fast `dd_watchdog` drains a queue of records with its journal on (parse,
-//! open/close transfers, write the journal before each ack), against a minimal lapin consumer
-//! (same prefetch, one ack per message, no parsing) in the same run on the same queue; and
-//! the same with `--fsync`. Also prints dd_watchdog's peak resident memory.
+//! open/close transfers, write the journal before each ack), against a tuned lapin consumer
+//! (prefetch 1000, one `multiple` ack per 100 deliveries, no parsing) in the same run on the
+//! same queue; and the same with `--fsync`. Also prints dd_watchdog's peak resident memory.
 //!
 //! `cargo bench --bench e2e_watchdog` (or `scripts/bench`); `WATCHDOG_RECORDS` (default
 //! 200000) and `WATCHDOG_RUNS` (default 3) tune it. Needs the broker (`scripts/broker-up`).

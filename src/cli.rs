@@ -50,6 +50,8 @@ pub struct BrokerOnly {
     pub broker: crate::config::BrokerConfig,
 }
 
+impl crate::config::Config for BrokerOnly {}
+
 impl CommonOpts {
     /// The broker settings alone (for a tool with no config of its own): defaults < file <
     /// environment < flags, validated.

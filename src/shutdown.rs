@@ -10,6 +10,7 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
+    tx: watch::Sender<bool>,
 }
 
 impl Shutdown {
@@ -17,6 +18,7 @@ impl Shutdown {
     pub fn install() -> std::io::Result<Shutdown> {
         use tokio::signal::unix::{SignalKind, signal};
         let (tx, rx) = watch::channel(false);
+        let signalled = tx.clone();
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
         tokio::spawn(async move {
@@ -32,16 +34,22 @@ impl Shutdown {
                     std::process::exit(130);
                 }
                 tracing::info!(signal = name, "stopping: finishing the message in hand");
-                let _ = tx.send(true);
+                let _ = signalled.send(true);
             }
         });
-        Ok(Shutdown { rx })
+        Ok(Shutdown { rx, tx })
     }
 
     /// A handle that never fires, and its trigger (for tests and embedding).
     pub fn manual() -> (watch::Sender<bool>, Shutdown) {
         let (tx, rx) = watch::channel(false);
-        (tx, Shutdown { rx })
+        (tx.clone(), Shutdown { rx, tx })
+    }
+
+    /// Ask every holder to stop, as a signal does (a tool that saw its work is over: its
+    /// reader went away).
+    pub fn stop(&self) {
+        let _ = self.tx.send(true);
     }
 
     /// Has a stop been asked for?

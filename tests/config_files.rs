@@ -110,3 +110,51 @@ fn every_example_is_checked_by_a_test() {
         ]
     );
 }
+
+/// A file that leaves the input block out keeps each daemon's own defaults (the block is
+/// flattened into the file's top level; serde alone would give the block's generic default).
+#[test]
+fn a_file_without_the_input_keys_keeps_each_daemons_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("only_broker.toml");
+    std::fs::write(&path, "[broker]\nprefetch = 7\n").unwrap();
+    let p = Some(path.as_path());
+    let log: ddmon::log::LogConfig = ddmon::config::load_file(p).unwrap();
+    let speedo: ddmon::speedo::SpeedoConfig = ddmon::config::load_file(p).unwrap();
+    let route: ddmon::route::RouteConfig = ddmon::config::load_file(p).unwrap();
+    let watchdog: ddmon::watchdog::WatchdogConfig = ddmon::config::load_file(p).unwrap();
+    assert_eq!(log.input, ddmon::log::LogConfig::default().input);
+    assert_eq!(speedo.input, ddmon::speedo::SpeedoConfig::default().input);
+    assert_eq!(route.input, ddmon::route::RouteConfig::default().input);
+    assert_eq!(
+        watchdog.input,
+        ddmon::watchdog::WatchdogConfig::default().input
+    );
+    assert_eq!(speedo.input.topics, ["v02.#", "v03.#"]);
+    assert_eq!(route.input.queue.as_deref(), Some("route"));
+    assert_eq!(speedo.broker.prefetch, 7);
+    // a key given is kept, the others still the daemon's
+    std::fs::write(&path, "queue = \"mine\"\n").unwrap();
+    let route: ddmon::route::RouteConfig = ddmon::config::load_file(p).unwrap();
+    assert_eq!(route.input.queue.as_deref(), Some("mine"));
+    assert_eq!(route.input.topics, ["v02.#", "v03.#"]);
+}
+
+/// An unknown key at the top level of a daemon's file still names the key, its line and the
+/// keys there are (the flattened block hides the place from the TOML parser).
+#[test]
+fn an_unknown_top_level_key_names_its_line_and_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(&path, "exchange = \"log\"\nintervall = 5\n").unwrap();
+    let err = ddmon::config::load_file::<ddmon::speedo::SpeedoConfig>(Some(&path))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("typo.toml"), "{err}");
+    assert!(err.contains("unknown field `intervall`"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("`interval`") && err.contains("`topics`"),
+        "{err}"
+    );
+}

@@ -240,6 +240,53 @@ async fn closed_pipe_exits_zero_quietly_and_loses_nothing() {
     assert!((2600..3000).contains(&left), "{left} left in the queue");
 }
 
+/// The case exactly: a queue holding 20 records, then `dd_log --queue Q | head -1`
+/// and silence. Every line fits in the pipe, so no write ever fails: dd_log must notice the
+/// closed stdout while idle (it waited forever before), exit 0, and leave unprinted records
+/// to the queue.
+#[tokio::test]
+async fn closed_pipe_while_idle_exits_zero() {
+    let conn = connect().await;
+    let s = Scratch::new();
+    let (name, full) = prepare_queue(&s, &[]);
+    publish(&s.exchange, v02_messages(&sim_records(20, 9))).await;
+    let script = format!(
+        "set -o pipefail; {} --exchange {} --queue {} | head -1",
+        env!("CARGO_BIN_EXE_dd_log"),
+        s.exchange,
+        name
+    );
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .env("DD_BROKER", broker_url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // a hang check, not a timing: it exits at once (within a second) or never did
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dd_log | head -1 did not exit after head closed the pipe");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), "");
+    // what dd_log printed into the pipe was acknowledged; nothing more was lost
+    let (left, unacked) = queue_counts(&conn, &full).await.unwrap();
+    assert_eq!(unacked, 0);
+    assert!(left < 20, "{left} left in the queue");
+}
+
 #[tokio::test]
 async fn bad_input_is_counted_rejected_and_skipped() {
     let conn = connect().await;

@@ -1,5 +1,6 @@
 //! Shared by the end-to-end benches: a queue filled with confirms, the baseline consumer
-//! (one ack per message, nothing else), medians, memory readings, requests and clean-up.
+//! (tuned as a careful engineer writes it: prefetch 1000, one `multiple` ack per 100
+//! deliveries, nothing else), medians, memory readings, requests and clean-up.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -59,14 +60,27 @@ pub async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
     let _ = conn.close(200, "OK".into()).await;
 }
 
-/// The baseline: consume `n` messages from `queue`, ack each, nothing else.
+/// The baseline's prefetch (`BENCH_BASELINE_PREFETCH`, default 1000).
+pub fn baseline_prefetch() -> u16 {
+    env_num("BENCH_BASELINE_PREFETCH", 1000) as u16
+}
+
+/// The baseline acknowledges once per this many deliveries, `multiple` (`BENCH_ACK_EVERY`,
+/// default 100).
+pub fn ack_every() -> usize {
+    env_num("BENCH_ACK_EVERY", 100).max(1)
+}
+
+/// The baseline: consume `n` messages from `queue` with a prefetch of 1000, one `multiple`
+/// ack per 100 deliveries (and one for the rest), nothing else: the consumer a careful
+/// engineer writes for the same job, not one that waits for an ack per message.
 pub async fn baseline(cfg: &BrokerConfig, queue: &str, n: usize) -> Duration {
     let started = Instant::now();
     let conn = ddmon::broker::raw::connect(cfg, "bench-baseline")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
+    ch.basic_qos(baseline_prefetch(), BasicQosOptions::default())
         .await
         .unwrap();
     let mut consumer = ch
@@ -78,9 +92,15 @@ pub async fn baseline(cfg: &BrokerConfig, queue: &str, n: usize) -> Duration {
         )
         .await
         .unwrap();
-    for _ in 0..n {
+    let every = ack_every();
+    for i in 1..=n {
         let d = consumer.next().await.unwrap().unwrap();
-        d.acker.ack(BasicAckOptions::default()).await.unwrap();
+        if i % every == 0 || i == n {
+            d.acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .unwrap();
+        }
     }
     let took = started.elapsed();
     conn.close(200, "OK".into()).await.unwrap();

@@ -268,52 +268,7 @@ impl Publisher {
             confirms.push(c);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent_at = std::time::Instant::now();
-        tokio::spawn(async move {
-            let mut returned = Vec::new();
-            for (i, c) in confirms.into_iter().enumerate() {
-                // lapin does not always settle a confirm whose channel died with the broker:
-                // watch the channel, so that a lost connection is an error (and a resend), not
-                // a wait forever.
-                // A broker that never confirms (seen on connections opened while it was
-                // restarting) gets the same treatment after CONFIRM_TIMEOUT: the batch is
-                // published again on a new connection (duplicates, never a stall).
-                let mut c = Box::pin(c);
-                let outcome = loop {
-                    tokio::select! {
-                        r = &mut c => break r,
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                            let why = if !ch.status().connected() {
-                                "channel closed before the broker confirmed"
-                            } else if sent_at.elapsed() > CONFIRM_TIMEOUT {
-                                "no confirm from the broker in time"
-                            } else {
-                                continue;
-                            };
-                            let _ = tx.send(Err(BrokerError::unreachable(why)));
-                            return;
-                        }
-                    }
-                };
-                match outcome {
-                    Ok(conf) if conf.is_ack() => {
-                        if conf.take_message().is_some() {
-                            returned.push(i);
-                        }
-                    }
-                    Ok(_) => {
-                        let nack = BrokerError::unreachable("the broker refused (nack) a message");
-                        let _ = tx.send(Err(nack));
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(classify(e)));
-                        return;
-                    }
-                }
-            }
-            let _ = tx.send(Ok(Confirmed { returned }));
-        });
+        tokio::spawn(watch_confirms(ch, confirms, std::time::Instant::now(), tx));
         Ok(Confirms(rx))
     }
 
@@ -331,6 +286,58 @@ impl Publisher {
             close_quietly(&conn, "OK").await;
         }
     }
+}
+
+/// Wait for a batch's confirms in order and send the outcome: which `mandatory` messages came
+/// back, or why the batch must be sent again. lapin does not always settle a confirm whose
+/// channel died with the broker: the channel is watched, so that a lost connection is an
+/// error (and a resend), not a wait forever. A broker that never confirms (seen on
+/// connections opened while it was restarting) gets the same treatment after
+/// [`CONFIRM_TIMEOUT`]: the batch is published again on a new connection (duplicates, never
+/// a stall).
+async fn watch_confirms(
+    ch: Channel,
+    confirms: Vec<lapin::PublisherConfirm>,
+    sent_at: std::time::Instant,
+    tx: tokio::sync::oneshot::Sender<Result<Confirmed, BrokerError>>,
+) {
+    let mut returned = Vec::new();
+    for (i, c) in confirms.into_iter().enumerate() {
+        let mut c = Box::pin(c);
+        let outcome = loop {
+            tokio::select! {
+                r = &mut c => break r,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    let why = if !ch.status().connected() {
+                        "channel closed before the broker confirmed"
+                    } else if sent_at.elapsed() > CONFIRM_TIMEOUT {
+                        "no confirm from the broker in time"
+                    } else {
+                        continue;
+                    };
+                    let _ = tx.send(Err(BrokerError::unreachable(why)));
+                    return;
+                }
+            }
+        };
+        match outcome {
+            Ok(conf) if conf.is_ack() => {
+                if conf.take_message().is_some() {
+                    returned.push(i);
+                }
+            }
+            Ok(_) => {
+                let nack = BrokerError::unreachable("the broker refused (nack) a message");
+                let _ = tx.send(Err(nack));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(classify(e)));
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Ok(Confirmed { returned }));
 }
 
 /// The local publisher and publishers to other brokers (other clusters), opened on first use.

@@ -104,6 +104,29 @@ impl InputConfig {
     }
 }
 
+impl InputConfig {
+    /// Keep the keys the file gave (`given`, its top-level table); take the others from the
+    /// tool's default.
+    pub fn keep_given(&mut self, given: &toml::Table, default: &InputConfig) {
+        let d = default.clone();
+        if !given.contains_key("exchange") {
+            self.exchange = d.exchange;
+        }
+        if !given.contains_key("queue") {
+            self.queue = d.queue;
+        }
+        if !given.contains_key("quorum") {
+            self.quorum = d.quorum;
+        }
+        if !given.contains_key("dead_letter_exchange") {
+            self.dead_letter_exchange = d.dead_letter_exchange;
+        }
+        if !given.contains_key("topics") {
+            self.topics = d.topics;
+        }
+    }
+}
+
 impl InputOpts {
     /// Lay the flags (and `DD_EXCHANGE`) over the file layer.
     pub fn apply(&self, cfg: &mut InputConfig) {

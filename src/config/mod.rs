@@ -87,9 +87,7 @@ pub fn read_password_file(path: &Path) -> Result<String, ConfigError> {
 
 /// Read the file layer: `T::default()` when no file is given, else the file's keys over the
 /// defaults. Unknown keys are errors that name the key and the file.
-pub fn load_file<T: DeserializeOwned + Serialize + Default>(
-    path: Option<&Path>,
-) -> Result<T, ConfigError> {
+pub fn load_file<T: Config>(path: Option<&Path>) -> Result<T, ConfigError> {
     let Some(path) = path else {
         return Ok(T::default());
     };
@@ -101,14 +99,31 @@ pub fn load_file<T: DeserializeOwned + Serialize + Default>(
 }
 
 /// Parse TOML text as the file layer (see [`load_file`]); `path` names it in errors.
-pub fn parse_toml<T: DeserializeOwned + Serialize + Default>(
-    text: &str,
-    path: &Path,
-) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
+pub fn parse_toml<T: Config>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    let mut cfg: T = toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         message: explain::<T>(&e, text).trim_end().replace('\n', " "),
-    })
+    })?;
+    if let Some(input) = cfg.input_block() {
+        // serde fills a flattened block's missing keys from the block's own default, not
+        // the tool's: lay the file's keys over the tool's default instead
+        let given: toml::Table = toml::from_str(text).unwrap_or_default();
+        let mut defaults = T::default();
+        if let Some(d) = defaults.input_block() {
+            input.keep_given(&given, d);
+        }
+    }
+    Ok(cfg)
+}
+
+impl Config for BrokerConfig {}
+
+/// A tool's configuration: the file layer's type. A daemon's has an input block.
+pub trait Config: DeserializeOwned + Serialize + Default {
+    /// The flattened input block, if the tool has one.
+    fn input_block(&mut self) -> Option<&mut InputConfig> {
+        None
+    }
 }
 
 /// The parser's message. A key unknown at the top level of a config whose input block is

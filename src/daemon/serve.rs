@@ -136,21 +136,7 @@ pub async fn serve<S: Service>(
     // requests first: a daemon seen consuming its input also answers `stats` and `health`
     let mut requests = match &runtime {
         Some(rt) => {
-            let sub = Subscription {
-                exchange: rt.exchange().to_string(),
-                bindings: rt.request_bindings(),
-                queue: QueueSpec {
-                    name: QueueSpec::name_for(
-                        &cfg.broker.user(),
-                        tool,
-                        &format!("rpc.{}", crate::topic::escape_word(&rt.identity().instance)),
-                    ),
-                    durable: false,
-                    exclusive: true,
-                    quorum: false,
-                    dead_letter_exchange: None,
-                },
-            };
+            let sub = request_subscription(rt, &cfg.broker.user());
             Consumer::start(cfg.broker, tool, sub, shutdown.clone()).await?
         }
         None => None,
@@ -192,6 +178,24 @@ pub async fn serve<S: Service>(
         p.close().await;
     }
     outcome
+}
+
+/// The daemon's own request queue: exclusive, bound to its instance's, its tool's and every
+/// daemon's request keys.
+fn request_subscription(rt: &Runtime, user: &str) -> Subscription {
+    let tool = &rt.identity().tool;
+    let instance = crate::topic::escape_word(&rt.identity().instance);
+    Subscription {
+        exchange: rt.exchange().to_string(),
+        bindings: rt.request_bindings(),
+        queue: QueueSpec {
+            name: QueueSpec::name_for(user, tool, &format!("rpc.{instance}")),
+            durable: false,
+            exclusive: true,
+            quorum: false,
+            dead_letter_exchange: None,
+        },
+    }
 }
 
 struct Loop<'a, S: Service> {

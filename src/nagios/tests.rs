@@ -1,6 +1,9 @@
 //! The verdict in virtual time: states, ranges, staleness, selection, output lines exactly.
 
 use super::*;
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use config::replace_host;
 use serde_json::json;
 
 fn now() -> DateTime<Utc> {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::record::{Encoding, LogRecord, render_json, render_line};
+use chrono::{DateTime, Utc};
 use chrono::{Duration, TimeZone};
 use proptest::prelude::*;
 

@@ -17,6 +17,7 @@
 //! table is written to a temporary file, synced, and renamed over it. A last line cut short by
 //! a crash is ignored.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -46,9 +47,56 @@ pub struct Loaded {
     pub bad: u64,
 }
 
-fn unescape(s: &str) -> String {
+/// One line of the journal: the only place it is encoded ([`Line::encode`], by the table as
+/// it changes and in a snapshot) and decoded ([`Line::decode`], when the journal is replayed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// `o`: a transfer opened (`source` and `flow` empty when the record had none).
+    Open {
+        /// The node.
+        node: Cow<'a, str>,
+        /// The client.
+        client: Cow<'a, str>,
+        /// srcpath + relpath.
+        url: Cow<'a, str>,
+        /// The source, or empty.
+        source: Cow<'a, str>,
+        /// The flow, or empty.
+        flow: Cow<'a, str>,
+        /// The `102`'s datestamp (ms).
+        started_ms: i64,
+        /// When it was opened (ms).
+        opened_ms: i64,
+        /// Bytes.
+        bytes: u64,
+    },
+    /// `c`: closed by its final code (the key is `node\x1fclient\x1furl`).
+    Close(Cow<'a, str>),
+    /// `s`: reported stuck.
+    Stuck(Cow<'a, str>),
+    /// `f`: forgotten after `--forget-after`.
+    Forget(Cow<'a, str>),
+    /// `d`: a node down since (ms).
+    Down(Cow<'a, str>, i64),
+    /// `u`: a node up again, or up and watched (ms of its last word).
+    Up(Cow<'a, str>, i64),
+}
+
+/// Escape a field (tab, newline, backslash).
+fn esc(out: &mut Vec<u8>, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            _ => out.push(b),
+        }
+    }
+}
+
+fn unescape(s: &str) -> Cow<'_, str> {
     if !s.contains('\\') {
-        return s.to_string();
+        return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -64,33 +112,121 @@ fn unescape(s: &str) -> String {
             out.push(c);
         }
     }
-    out
+    Cow::Owned(out)
+}
+
+impl<'a> Line<'a> {
+    /// Append the line, newline included.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let fields = |out: &mut Vec<u8>, tag: &[u8], parts: &[&str]| {
+            out.extend_from_slice(tag);
+            for p in parts {
+                out.push(b'\t');
+                esc(out, p);
+            }
+        };
+        match self {
+            Line::Open {
+                node,
+                client,
+                url,
+                source,
+                flow,
+                started_ms,
+                opened_ms,
+                bytes,
+            } => {
+                fields(out, b"o", &[node, client, url, source, flow]);
+                out.extend_from_slice(format!("\t{started_ms}\t{opened_ms}\t{bytes}").as_bytes());
+            }
+            Line::Close(key) => fields(out, b"c", &[key]),
+            Line::Stuck(key) => fields(out, b"s", &[key]),
+            Line::Forget(key) => fields(out, b"f", &[key]),
+            Line::Down(node, ms) => {
+                fields(out, b"d", &[node]);
+                out.extend_from_slice(format!("\t{ms}").as_bytes());
+            }
+            Line::Up(node, ms) => {
+                fields(out, b"u", &[node]);
+                out.extend_from_slice(format!("\t{ms}").as_bytes());
+            }
+        }
+        out.push(b'\n');
+    }
+
+    /// Read one line (without its newline); `None` when it is not a journal line.
+    pub fn decode(line: &'a str) -> Option<Line<'a>> {
+        let f: Vec<Cow<'a, str>> = line.split('\t').map(unescape).collect();
+        let mut f = f.into_iter();
+        let tag = f.next()?;
+        let rest: Vec<Cow<'a, str>> = f.collect();
+        let ms = |s: &str| s.parse::<i64>().ok();
+        match (tag.as_ref(), rest.len()) {
+            ("o", 8) => {
+                let mut r = rest.into_iter();
+                let mut next = || r.next().unwrap_or_default();
+                let (node, client, url, source, flow) = (next(), next(), next(), next(), next());
+                let (started, opened, bytes) = (next(), next(), next());
+                Some(Line::Open {
+                    node,
+                    client,
+                    url,
+                    source,
+                    flow,
+                    started_ms: ms(&started)?,
+                    opened_ms: ms(&opened)?,
+                    bytes: bytes.parse().ok()?,
+                })
+            }
+            ("c" | "s" | "f", 1) => {
+                let key = rest.into_iter().next()?;
+                Some(match tag.as_ref() {
+                    "c" => Line::Close(key),
+                    "s" => Line::Stuck(key),
+                    _ => Line::Forget(key),
+                })
+            }
+            ("d" | "u", 2) => {
+                let mut r = rest.into_iter();
+                let node = r.next()?;
+                let at = ms(&r.next()?)?;
+                Some(if tag == "d" {
+                    Line::Down(node, at)
+                } else {
+                    Line::Up(node, at)
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Replay one journal line into the table.
 fn apply(table: &mut Table, line: &str) -> bool {
-    let fields: Vec<String> = line.split('\t').map(unescape).collect();
-    let f: Vec<&str> = fields.iter().map(String::as_str).collect();
-    match f.first().copied() {
-        Some("o") => table.restore_open(&f[1..]),
+    match Line::decode(line) {
+        Some(Line::Open {
+            node,
+            client,
+            url,
+            source,
+            flow,
+            started_ms,
+            opened_ms,
+            bytes,
+        }) => table.restore_open(
+            [&node, &client, &url, &source, &flow].map(|c| c.as_ref()),
+            started_ms,
+            opened_ms,
+            bytes,
+        ),
         // closed, or forgotten
-        Some("c" | "f") if f.len() == 2 => {
-            table.restore_close(f[1]);
-            true
-        }
-        Some("s") if f.len() == 2 => {
-            table.restore_stuck(f[1]);
-            true
-        }
-        Some(kind @ ("d" | "u")) if f.len() == 3 => match f[2].parse::<i64>() {
-            Ok(ms) => {
-                table.restore_node(f[1], (kind == "d").then_some(ms), ms);
-                true
-            }
-            Err(_) => false,
-        },
-        _ => false,
+        Some(Line::Close(key) | Line::Forget(key)) => table.restore_close(&key),
+        Some(Line::Stuck(key)) => table.restore_stuck(&key),
+        Some(Line::Down(node, ms)) => table.restore_node(&node, Some(ms), ms),
+        Some(Line::Up(node, ms)) => table.restore_node(&node, None, ms),
+        None => return false,
     }
+    true
 }
 
 impl Journal {

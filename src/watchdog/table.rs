@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::journal::Line;
 use super::reply::{InflightFilter, InflightReply, NodeRow, NodeState, TransferRow};
 use crate::record::LogRecord;
 
@@ -198,18 +199,6 @@ pub const MAX_LISTED: usize = 10_000;
 /// not grow the table without bound).
 pub const MAX_EARLY: usize = 100_000;
 
-/// Escape a journal field (tab, newline, backslash).
-pub fn esc(out: &mut Vec<u8>, s: &str) {
-    for b in s.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            _ => out.push(b),
-        }
-    }
-}
-
 fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
@@ -293,9 +282,7 @@ impl Table {
         if let Some(since) = n.down_since_ms.take() {
             let name = self.names.name(node).to_string();
             if let Some(j) = self.journal.as_mut() {
-                j.extend_from_slice(b"u\t");
-                esc(j, &name);
-                j.extend_from_slice(format!("\t{now_ms}\n").as_bytes());
+                Line::Up(name.as_str().into(), now_ms).encode(j);
             }
             out.push(Event::Up {
                 node: name,
@@ -355,7 +342,7 @@ impl Table {
                     stuck: false,
                 };
                 if let Some(j) = self.journal.as_mut() {
-                    journal_open(j, &self.key, &t, &self.names);
+                    open_line(&self.key, &t, &self.names).encode(j);
                 }
                 let n = self.nodes.get_mut(&node).expect("seen above");
                 n.starts = true;
@@ -382,9 +369,7 @@ impl Table {
                         n.bytes = n.bytes.saturating_sub(t.bytes);
                     }
                     if let Some(j) = self.journal.as_mut() {
-                        j.extend_from_slice(b"c\t");
-                        esc(j, &self.key);
-                        j.push(b'\n');
+                        Line::Close(self.key.as_str().into()).encode(j);
                     }
                 }
                 None => {
@@ -427,9 +412,7 @@ impl Table {
             self.counts.downs += 1;
             let name = self.names.name(id).to_string();
             if let Some(j) = self.journal.as_mut() {
-                j.extend_from_slice(b"d\t");
-                esc(j, &name);
-                j.extend_from_slice(format!("\t{now_ms}\n").as_bytes());
+                Line::Down(name.as_str().into(), now_ms).encode(j);
             }
             out.push(Event::Down {
                 node: name,
@@ -458,9 +441,7 @@ impl Table {
                     t.stuck = true;
                     self.counts.stuck += 1;
                     if let Some(j) = self.journal.as_mut() {
-                        j.extend_from_slice(b"s\t");
-                        esc(j, key);
-                        j.push(b'\n');
+                        Line::Stuck(key.as_ref().into()).encode(j);
                     }
                     out.push(Event::Stuck {
                         node: self.names.name(t.node).to_string(),
@@ -500,9 +481,7 @@ impl Table {
                 n.bytes = n.bytes.saturating_sub(t.bytes);
             }
             if let Some(j) = journal.as_mut() {
-                j.extend_from_slice(b"f\t");
-                esc(j, key);
-                j.push(b'\n');
+                Line::Forget(key.as_ref().into()).encode(j);
             }
             false
         });
@@ -593,17 +572,9 @@ impl Table {
         }
     }
 
-    /// Put back a transfer from the journal.
-    pub fn restore_open(&mut self, f: &[&str]) -> bool {
-        // node client url source flow started opened bytes
-        if f.len() != 8 {
-            return false;
-        }
-        let (Ok(started_ms), Ok(opened_ms), Ok(bytes)) =
-            (f[5].parse(), f[6].parse(), f[7].parse::<u64>())
-        else {
-            return false;
-        };
+    /// Put back a transfer from the journal: node, client, url, source and flow (empty:
+    /// none), its times and bytes.
+    pub fn restore_open(&mut self, f: [&str; 5], started_ms: i64, opened_ms: i64, bytes: u64) {
         let node = self.names.id(f[0]);
         let client = self.names.id(f[1]);
         let opt = |names: &mut Names, s: &str| if s.is_empty() { NONE } else { names.id(s) };
@@ -635,7 +606,6 @@ impl Table {
             n.count += 1;
         }
         n.bytes = n.bytes.saturating_add(bytes);
-        true
     }
 
     /// Take back a closed transfer from the journal.
@@ -674,22 +644,19 @@ impl Table {
         // every node first (an up node with nothing in flight is still watched after a
         // restart), then the transfers, then their stuck marks
         for (id, n) in &self.nodes {
-            let (kind, ms) = match n.down_since_ms {
-                Some(since) => (b"d\t", since),
-                None => (b"u\t", n.last_seen_ms),
-            };
-            out.extend_from_slice(kind);
-            esc(out, self.names.name(*id));
-            out.extend_from_slice(format!("\t{ms}\n").as_bytes());
+            let node = self.names.name(*id).into();
+            match n.down_since_ms {
+                Some(since) => Line::Down(node, since),
+                None => Line::Up(node, n.last_seen_ms),
+            }
+            .encode(out);
         }
         for (k, t) in &self.transfers {
-            journal_open(out, k, t, &self.names);
+            open_line(k, t, &self.names).encode(out);
         }
         for (k, t) in &self.transfers {
             if t.stuck {
-                out.extend_from_slice(b"s\t");
-                esc(out, k);
-                out.push(b'\n');
+                Line::Stuck(k.as_ref().into()).encode(out);
             }
         }
     }
@@ -700,34 +667,21 @@ impl Table {
     }
 }
 
-fn journal_open(j: &mut Vec<u8>, key: &str, t: &Transfer, names: &Names) {
-    // o node client url source flow started opened bytes (the key's parts, escaped)
-    j.extend_from_slice(b"o\t");
-    for (i, part) in key.splitn(3, '\u{1f}').enumerate() {
-        if i > 0 {
-            j.push(b'\t');
-        }
-        esc(j, part);
+/// A transfer's `o` line (the key's three parts, then source, flow, times and bytes).
+fn open_line<'a>(key: &'a str, t: &Transfer, names: &'a Names) -> Line<'a> {
+    let mut parts = key.splitn(3, '\u{1f}');
+    let mut part = || parts.next().unwrap_or("").into();
+    let opt = |id: u32| if id == NONE { "" } else { names.name(id) }.into();
+    Line::Open {
+        node: part(),
+        client: part(),
+        url: part(),
+        source: opt(t.source),
+        flow: opt(t.flow),
+        started_ms: t.started_ms,
+        opened_ms: t.opened_ms,
+        bytes: t.bytes,
     }
-    j.push(b'\t');
-    esc(
-        j,
-        if t.source == NONE {
-            ""
-        } else {
-            names.name(t.source)
-        },
-    );
-    j.push(b'\t');
-    esc(
-        j,
-        if t.flow == NONE {
-            ""
-        } else {
-            names.name(t.flow)
-        },
-    );
-    j.extend_from_slice(format!("\t{}\t{}\t{}\n", t.started_ms, t.opened_ms, t.bytes).as_bytes());
 }
 
 fn view(names: &Names, key: &str, t: &Transfer, now_ms: i64) -> TransferRow {

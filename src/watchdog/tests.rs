@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::record::{Encoding, LogRecord};
+use chrono::{DateTime, Utc};
 use chrono::{Duration, TimeZone};
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
 fn t0() -> DateTime<Utc> {
@@ -186,8 +188,8 @@ fn stuck_once() {
 #[test]
 fn a_node_gets_the_timeout_from_the_start_too() {
     let mut t = Table::new(limits(), t0(), false);
-    let at = t0().timestamp_millis().to_string();
-    t.restore_open(&["n1", "a", "https://x/y", "ec", "f", &at, &at, "5"]);
+    let at = t0().timestamp_millis();
+    t.restore_open(["n1", "a", "https://x/y", "ec", "f"], at, at, 5);
     assert!(
         t.tick(t0() + ms(9_000)).is_empty(),
         "not down at once after a restart"
@@ -440,17 +442,13 @@ fn after_an_outage_the_queued_finals_come_before_forgetting() {
     // a transfer opened long before this table started (restored from the journal)
     let start = t0() + ms(500_000);
     let mut t = Table::new(lim, start, false);
-    let at = t0().timestamp_millis().to_string();
-    assert!(t.restore_open(&[
-        "n1",
-        "a",
-        "https://src.example/data/x",
-        "ec",
-        "f",
-        &at,
-        &at,
-        "100"
-    ]));
+    let at = t0().timestamp_millis();
+    t.restore_open(
+        ["n1", "a", "https://src.example/data/x", "ec", "f"],
+        at,
+        at,
+        100,
+    );
     // its final waits in the queue behind others: the first ticks do not forget it
     t.input(start + ms(1000));
     assert!(t.tick(start + ms(1000)).is_empty());
@@ -539,5 +537,44 @@ proptest::proptest! {
                 .collect()
         };
         proptest::prop_assert_eq!(states(&a), states(&b));
+    }
+}
+
+proptest::proptest! {
+    /// A journal line reads back as it was written, whatever its fields hold (tabs,
+    /// newlines, backslashes): the one type encodes and decodes it.
+    #[test]
+    fn journal_lines_read_back_as_written(
+        node in "\\PC{0,12}", client in "[a-z\t\\\\\n]{0,8}", url in "\\PC{0,20}",
+        source in "\\PC{0,6}", started in proptest::num::i64::ANY, bytes in proptest::num::u64::ANY,
+    ) {
+        use journal::Line;
+        use std::borrow::Cow;
+        let key = format!("{node}\u{1f}{client}\u{1f}{url}");
+        let lines = [
+            Line::Open {
+                node: Cow::from(node.as_str()),
+                client: client.as_str().into(),
+                url: url.as_str().into(),
+                source: source.as_str().into(),
+                flow: "".into(),
+                started_ms: started,
+                opened_ms: started / 2,
+                bytes,
+            },
+            Line::Close(key.as_str().into()),
+            Line::Stuck(key.as_str().into()),
+            Line::Forget(key.as_str().into()),
+            Line::Down(node.as_str().into(), started),
+            Line::Up(node.as_str().into(), started),
+        ];
+        for line in lines {
+            let mut buf = Vec::new();
+            line.encode(&mut buf);
+            let text = std::str::from_utf8(&buf).unwrap();
+            proptest::prop_assert_eq!(text.matches('\n').count(), 1);
+            let back = Line::decode(text.strip_suffix('\n').unwrap());
+            proptest::prop_assert_eq!(back, Some(line));
+        }
     }
 }

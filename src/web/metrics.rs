@@ -123,6 +123,19 @@ fn numeric_leaves(prefix: &str, v: &Value, out: &mut Vec<(String, u64)>) {
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let board = super::lock_board(&self.board).clone();
+        self.speedo_families(&mut enc, &board)?;
+        daemon_families(&mut enc, &board)?;
+        self.web_families(&mut enc, &board)
+    }
+}
+
+impl Metrics {
+    /// Per client and source: counts, figures, lag, state; and whether dd_speedo answers.
+    fn speedo_families(
+        &self,
+        enc: &mut DescriptorEncoder,
+        board: &Board,
+    ) -> Result<(), std::fmt::Error> {
         let now = chrono::Utc::now();
         let names: Vec<&Name> = board.names().collect();
         let mut files = Vec::new();
@@ -134,13 +147,13 @@ impl Collector for Metrics {
             bytes.push((with(name_labels(n), "result", "error"), n.bad_bytes));
         }
         counters(
-            &mut enc,
+            enc,
             "ddmon_speedo_files",
             "Files counted by dd_speedo since it started, good or error",
             files,
         )?;
         counters(
-            &mut enc,
+            enc,
             "ddmon_speedo_bytes",
             "Bytes counted by dd_speedo since it started, good or error",
             bytes,
@@ -152,71 +165,44 @@ impl Collector for Metrics {
                 .collect()
         };
         gauges(
-            &mut enc,
+            enc,
             "ddmon_speedo_files_per_minute",
             "Good files in the last whole minute",
             opt(|n| n.files_per_min),
         )?;
         gauges(
-            &mut enc,
+            enc,
             "ddmon_speedo_rate_files_per_minute",
             "Good files per minute between dd_web's last two readings",
             opt(|n| n.rate),
         )?;
         gauges(
-            &mut enc,
+            enc,
             "ddmon_speedo_bytes_per_second",
             "Good bytes per second in the last whole minute",
             opt(|n| n.bytes_per_sec),
         )?;
         gauges(
-            &mut enc,
+            enc,
             "ddmon_speedo_error_ratio",
             "Errors / attempts in the last whole minute",
             opt(|n| n.error_ratio),
         )?;
         gauges(
-            &mut enc,
+            enc,
             "ddmon_speedo_expected_files_per_minute",
             "The learned expectation of files per minute",
             opt(|n| n.expected),
         )?;
         gauges(
-            &mut enc,
+            enc,
             "ddmon_speedo_seconds_since_good",
             "Seconds since the last good delivery",
             opt(|n| n.seconds_since_good),
         )?;
-        let mut lag = Vec::new();
-        for n in &names {
-            if let Some(v) = n.lag_mean {
-                lag.push((with(name_labels(n), "stat", "mean"), v));
-            }
-            if let Some(v) = n.lag_max {
-                lag.push((with(name_labels(n), "stat", "max"), v));
-            }
-        }
+        lag_and_states(enc, &names)?;
         gauges(
-            &mut enc,
-            "ddmon_speedo_lag_seconds",
-            "Lag from a record's time to its arrival, mean and largest, last whole minute",
-            lag,
-        )?;
-        let mut states = Vec::new();
-        for n in &names {
-            for s in Health::ALL {
-                let on = if n.state == s { 1.0 } else { 0.0 };
-                states.push((with(name_labels(n), "state", s.as_str()), on));
-            }
-        }
-        gauges(
-            &mut enc,
-            "ddmon_speedo_state",
-            "Threshold state of each client and source (1 for the current state)",
-            states,
-        )?;
-        gauges(
-            &mut enc,
+            enc,
             "ddmon_speedo_up",
             "1 when dd_speedo answered dd_web's last requests in time",
             vec![(
@@ -227,43 +213,24 @@ impl Collector for Metrics {
                     0.0
                 },
             )],
-        )?;
-        let mut up = Vec::new();
-        let mut daemon_counts = Vec::new();
-        for d in &board.daemons {
-            let id: Labels = vec![("tool", d.tool.clone()), ("instance", d.instance.clone())];
-            let result = d.result.as_ref();
-            let healthy = result.is_none_or(|h| h.state != crate::daemon::State::Degraded);
-            up.push((id.clone(), if healthy { 1.0 } else { 0.0 }));
-            let mut leaves = Vec::new();
-            let none = Value::Null;
-            numeric_leaves("", result.map_or(&none, |h| &h.counters), &mut leaves);
-            for (k, v) in leaves {
-                daemon_counts.push((with(id.clone(), "counter", &k), v));
-            }
-        }
-        gauges(
-            &mut enc,
-            "ddmon_daemon_healthy",
-            "Each ddmon daemon that answered the last health request: 1 healthy, 0 degraded",
-            up,
-        )?;
-        counters(
-            &mut enc,
-            "ddmon_daemon_events",
-            "Each ddmon daemon's own counters, as it reported them",
-            daemon_counts,
-        )?;
+        )
+    }
+    /// dd_web's own: tails, lines, sign-ins, polls.
+    fn web_families(
+        &self,
+        enc: &mut DescriptorEncoder,
+        board: &Board,
+    ) -> Result<(), std::fmt::Error> {
         let w = &self.web;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         gauges(
-            &mut enc,
+            enc,
             "ddmon_web_tails_open",
             "Live tails open now",
             vec![(vec![], get(&w.tails_open) as f64)],
         )?;
         counters(
-            &mut enc,
+            enc,
             "ddmon_web_tail_lines",
             "Log lines sent to browsers, and dropped for a browser too slow",
             vec![
@@ -275,7 +242,7 @@ impl Collector for Metrics {
             ],
         )?;
         counters(
-            &mut enc,
+            enc,
             "ddmon_web_tails",
             "Tails opened, and closed because their browser went away",
             vec![
@@ -287,7 +254,7 @@ impl Collector for Metrics {
             ],
         )?;
         counters(
-            &mut enc,
+            enc,
             "ddmon_web_logins",
             "Sign-ins, as the broker accepted or refused them",
             vec![
@@ -296,7 +263,7 @@ impl Collector for Metrics {
             ],
         )?;
         counters(
-            &mut enc,
+            enc,
             "ddmon_web_polls",
             "dd_speedo stats requests: sent, answered, unanswered",
             vec![
@@ -307,6 +274,70 @@ impl Collector for Metrics {
         )?;
         Ok(())
     }
+}
+
+/// The lag (mean and largest) and the state of each client and source.
+fn lag_and_states(enc: &mut DescriptorEncoder, names: &[&Name]) -> Result<(), std::fmt::Error> {
+    let mut lag = Vec::new();
+    for n in names {
+        if let Some(v) = n.lag_mean {
+            lag.push((with(name_labels(n), "stat", "mean"), v));
+        }
+        if let Some(v) = n.lag_max {
+            lag.push((with(name_labels(n), "stat", "max"), v));
+        }
+    }
+    gauges(
+        enc,
+        "ddmon_speedo_lag_seconds",
+        "Lag from a record's time to its arrival, mean and largest, last whole minute",
+        lag,
+    )?;
+    let mut states = Vec::new();
+    for n in names {
+        for s in Health::ALL {
+            let on = if n.state == s { 1.0 } else { 0.0 };
+            states.push((with(name_labels(n), "state", s.as_str()), on));
+        }
+    }
+    gauges(
+        enc,
+        "ddmon_speedo_state",
+        "Threshold state of each client and source (1 for the current state)",
+        states,
+    )?;
+    Ok(())
+}
+
+/// Every daemon that answered the last health request: healthy or not, and its counters.
+fn daemon_families(enc: &mut DescriptorEncoder, board: &Board) -> Result<(), std::fmt::Error> {
+    let mut up = Vec::new();
+    let mut daemon_counts = Vec::new();
+    for d in &board.daemons {
+        let id: Labels = vec![("tool", d.tool.clone()), ("instance", d.instance.clone())];
+        let result = d.result.as_ref();
+        let healthy = result.is_none_or(|h| h.state != crate::daemon::State::Degraded);
+        up.push((id.clone(), if healthy { 1.0 } else { 0.0 }));
+        let mut leaves = Vec::new();
+        let none = Value::Null;
+        numeric_leaves("", result.map_or(&none, |h| &h.counters), &mut leaves);
+        for (k, v) in leaves {
+            daemon_counts.push((with(id.clone(), "counter", &k), v));
+        }
+    }
+    gauges(
+        enc,
+        "ddmon_daemon_healthy",
+        "Each ddmon daemon that answered the last health request: 1 healthy, 0 degraded",
+        up,
+    )?;
+    counters(
+        enc,
+        "ddmon_daemon_events",
+        "Each ddmon daemon's own counters, as it reported them",
+        daemon_counts,
+    )?;
+    Ok(())
 }
 
 /// The whole `/metrics` text (OpenMetrics, `# EOF` last).

@@ -233,18 +233,8 @@ pub async fn open(
         Some(src) => app.cfg.source_exchange_template.replace("{source}", src),
         None => app.cfg.exchange.clone(),
     };
-    {
-        let tails = app.tails.tails.lock().await;
-        let mine = tails.values().filter(|t| t.user == s.user).count();
-        if mine >= app.cfg.max_tails_per_user {
-            return error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "{} has {mine} tails open, the most allowed; close one first",
-                    s.user
-                ),
-            );
-        }
+    if let Some(refused) = too_many_tails(&app, &s.user).await {
+        return refused;
     }
     if !s.link.is_open() {
         app.tails.sessions.lock().await.remove(&sid);
@@ -295,6 +285,23 @@ pub async fn open(
         filter,
         tx,
     ));
+    events(&id, &exchange, rx)
+}
+
+/// A 429 when `user` has as many tails open as allowed.
+async fn too_many_tails(app: &App, user: &str) -> Option<Response> {
+    let tails = app.tails.tails.lock().await;
+    let mine = tails.values().filter(|t| t.user == user).count();
+    (mine >= app.cfg.max_tails_per_user).then(|| {
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{user} has {mine} tails open, the most allowed; close one first"),
+        )
+    })
+}
+
+/// The tail's Server-Sent Events: `tail` (its id) first, then what the tail sends.
+fn events(id: &str, exchange: &str, rx: mpsc::Receiver<Out>) -> Response {
     let first = Event::default()
         .event("tail")
         .data(json!({"id": id, "exchange": exchange}).to_string());

@@ -1,0 +1,334 @@
+//! dd_speedo as a daemon: its service on the serve loop (count, publish, answer), its persistence (the state file and the count journal, kept by `Keeper`), and the entry points (`main`, `run`, `run_replay`).
+
+use crate::broker::Delivery;
+use crate::clock::{Clock, SystemClock};
+use crate::daemon::{Handled, ServeConfig, Service, Shutdown, serve};
+use crate::record::{MalformedTally, Parsed};
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use super::*;
+
+/// The state file's bookkeeping, and the count journal that covers what the last state file
+/// does not yet hold.
+#[derive(Default)]
+struct Keeper {
+    path: Option<PathBuf>,
+    journal: Option<journal::CountJournal>,
+    last: Option<DateTime<Utc>>,
+    writes: u64,
+    bytes: u64,
+    error: Option<String>,
+}
+
+impl Keeper {
+    fn failed(&mut self, msg: String) {
+        if self.error.as_deref() != Some(msg.as_str()) {
+            tracing::error!("{msg}");
+        }
+        self.error = Some(msg);
+    }
+
+    fn save(&mut self, speedo: &Speedo, now: DateTime<Utc>) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        self.last = Some(now);
+        let seq = self.journal.as_ref().map_or(0, journal::CountJournal::seq);
+        match state::save(&path, speedo, now, seq) {
+            Ok(n) => {
+                if self.error.take().is_some() {
+                    tracing::info!(file = %path.display(), "state file written again");
+                }
+                self.writes += 1;
+                self.bytes = n;
+                // the state file holds every count the journal held
+                if let Some(j) = self.journal.as_mut() {
+                    if let Err(e) = j.truncate() {
+                        let msg = format!("cannot empty {}: {e}", j.path().display());
+                        self.failed(msg);
+                    }
+                }
+            }
+            Err(e) => self.failed(format!("cannot write state file {}: {e}", path.display())),
+        }
+    }
+
+    /// Note a counted record in the journal.
+    fn note(&mut self, r: &crate::record::LogRecord, at: DateTime<Utc>) {
+        if let Some(j) = self.journal.as_mut() {
+            j.record(r, at);
+        }
+    }
+
+    /// Write the journal before the records are acknowledged.
+    fn flush(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            if let Err(e) = j.flush() {
+                let msg = format!("cannot write {}: {e}", j.path().display());
+                self.failed(msg);
+            }
+        }
+    }
+}
+
+/// dd_speedo as a [`Service`].
+struct SpeedoService {
+    cfg: SpeedoConfig,
+    speedo: Speedo,
+    tally: MalformedTally,
+    skipped: u64,
+    speedos: u64,
+    alerts: u64,
+    keeper: Keeper,
+}
+
+impl SpeedoService {
+    /// The counters of health, alive, status and `stats`.
+    fn typed_counters(&self) -> reply::Counters {
+        let (clients, sources) = self.speedo.names();
+        reply::Counters {
+            alerts: self.alerts,
+            clients: clients as u64,
+            counted: self.speedo.counted,
+            malformed: self.tally.total(),
+            neutral: self.speedo.neutral,
+            skipped: self.skipped,
+            sources: sources as u64,
+            speedos: self.speedos,
+            state_file: reply::StateFile {
+                bytes: self.keeper.bytes,
+                error: self.keeper.error.clone(),
+                path: self.keeper.path.clone(),
+                saved_at: self.keeper.last,
+                writes: self.keeper.writes,
+            },
+            states: self
+                .speedo
+                .states()
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n as u64))
+                .collect(),
+        }
+    }
+
+    fn publish(&mut self, outputs: Vec<Output>) -> Handled {
+        if outputs.is_empty() {
+            return Handled::ack();
+        }
+        for o in &outputs {
+            match o {
+                Output::Speedo(_) => self.speedos += 1,
+                Output::Alert(a) => {
+                    self.alerts += 1;
+                    tracing::info!(kind = a.kind.as_str(), name = %a.name, old = a.old.as_str(), new = a.new.as_str(), reason = %a.reason, "state change");
+                }
+            }
+        }
+        let publish = self.cfg.outgoing(&outputs);
+        let declare: BTreeSet<String> = publish.iter().map(|m| m.exchange.clone()).collect();
+        Handled {
+            publish,
+            declare: declare.into_iter().collect(),
+            ..Handled::default()
+        }
+    }
+}
+
+impl Service for SpeedoService {
+    fn tool(&self) -> &'static str {
+        "dd_speedo"
+    }
+
+    fn handle(&mut self, d: &Delivery, now: DateTime<Utc>) -> anyhow::Result<Handled> {
+        let record = match self.tally.parse(&d.routing_key, &d.headers, &d.body, now) {
+            Ok(Parsed::Log(r)) => r,
+            Ok(Parsed::NotReport | Parsed::Event(_)) => {
+                self.skipped += 1;
+                return Ok(Handled::ack());
+            }
+            // counted and warned about by the tally; rejected (dead-lettered where configured)
+            Err(_) => return Ok(Handled::reject()),
+        };
+        // Close what ended before this record arrived, then count it.
+        let outputs = self.speedo.advance(now);
+        self.speedo.observe(&record, now);
+        self.keeper.note(&record, now);
+        Ok(self.publish(outputs))
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.keeper.flush();
+        Ok(())
+    }
+
+    fn tick(&mut self, now: DateTime<Utc>) -> Handled {
+        let outputs = self.speedo.advance(now);
+        let due = match self.keeper.last {
+            None => true,
+            Some(t) => (now - t).as_seconds_f64() >= self.cfg.state_interval,
+        };
+        if due {
+            self.keeper.save(&self.speedo, now);
+        }
+        self.publish(outputs)
+    }
+
+    fn counters(&self) -> serde_json::Value {
+        serde_json::to_value(self.typed_counters()).unwrap_or_default()
+    }
+
+    fn request(
+        &mut self,
+        command: &str,
+        _body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Option<serde_json::Value> {
+        (command == "stats").then(|| {
+            let reply = StatsReply {
+                counters: self.typed_counters(),
+                malformed_by_kind: self
+                    .tally
+                    .by_kind()
+                    .into_iter()
+                    .map(|(k, n)| (k.to_string(), n))
+                    .collect(),
+                ..self.speedo.stats(now)
+            };
+            serde_json::to_value(reply).unwrap_or_default()
+        })
+    }
+
+    fn degraded(&self) -> bool {
+        self.keeper.error.is_some()
+    }
+}
+
+/// Entry point of the `dd_speedo` binary.
+pub fn main(args: Args) -> std::process::ExitCode {
+    let config = || Ok(SpeedoConfig::from_args(&args)?);
+    let format = args.format;
+    let files = args.replay.clone();
+    // a replay is a command at a terminal (warnings only); the daemon logs at info
+    let level = if files.is_empty() { 3 } else { 2 };
+    crate::cli::main("dd_speedo", &args.common, level, config, move |cfg| {
+        if !files.is_empty() {
+            return run_replay(&cfg, &files, format).map(|_| std::process::ExitCode::SUCCESS);
+        }
+        crate::cli::block_on(async move {
+            let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+            run(&cfg, shutdown, &SystemClock).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        })
+    })
+}
+
+/// `--replay`: every file in order through one speedo, the speedos on stdout.
+pub fn run_replay(
+    cfg: &SpeedoConfig,
+    files: &[PathBuf],
+    format: Format,
+) -> anyhow::Result<replay::ReplayTotals> {
+    use std::io::Write as _;
+    // The start is set by the first record: the capture's own time.
+    let mut speedo = cfg.speedo(Utc::now())?;
+    let mut totals = replay::ReplayTotals::default();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let json = format == Format::Json;
+    for path in files {
+        let mut input: Box<dyn std::io::BufRead> = if path.as_os_str() == "-" {
+            Box::new(std::io::BufReader::new(std::io::stdin()))
+        } else {
+            let f = std::fs::File::open(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Box::new(std::io::BufReader::with_capacity(1 << 16, f))
+        };
+        replay::replay(&mut speedo, &mut input, &mut out, json, &mut totals)
+            .with_context(|| format!("cannot replay {}", path.display()))?;
+    }
+    replay::finish(&mut speedo, &mut out, json, &mut totals)?;
+    out.flush()?;
+    tracing::info!(
+        lines = totals.lines,
+        records = totals.records,
+        skipped = totals.skipped,
+        bad = totals.bad,
+        printed = totals.printed,
+        "replay done"
+    );
+    Ok(totals)
+}
+
+/// Run the daemon until a stop is asked for.
+pub async fn run(cfg: &SpeedoConfig, shutdown: Shutdown, clock: &dyn Clock) -> anyhow::Result<()> {
+    let mut speedo = cfg.speedo(clock.now())?;
+    let mut covered = 0;
+    match &cfg.state_file {
+        None => {
+            tracing::warn!("no --state-file: counters and learning start from zero at every start")
+        }
+        Some(path) => match state::load(path, clock.now())
+            .with_context(|| format!("cannot read state file {}", path.display()))?
+        {
+            state::Loaded::Missing => {
+                tracing::info!(file = %path.display(), "no state file yet: starting from zero")
+            }
+            state::Loaded::State(saved) => {
+                tracing::info!(file = %path.display(), saved_at = %saved.saved_at, clients = saved.clients.len(), sources = saved.sources.len(), "state restored");
+                covered = saved.journal_seq;
+                speedo.restore(*saved);
+            }
+            state::Loaded::Unreadable(why, aside) => tracing::error!(
+                file = %path.display(), moved_to = %aside.display(),
+                "state file unreadable ({why}): moved aside, starting from zero"
+            ),
+        },
+    }
+    // the records counted after the last state file, from the count journal
+    let mut journal = None;
+    if let Some(path) = &cfg.state_file {
+        let jpath = journal::CountJournal::path_for(path);
+        let lines = journal::CountJournal::replay(&jpath, covered)
+            .with_context(|| format!("cannot read count journal {}", jpath.display()))?;
+        let last = lines.last().map_or(covered, |l| l.0);
+        if !lines.is_empty() {
+            tracing::info!(file = %jpath.display(), records = lines.len(), "counting again what the state file did not hold yet");
+        }
+        for (_, at, r) in &lines {
+            speedo.observe(r, *at);
+        }
+        journal = Some(
+            journal::CountJournal::open(&jpath, last)
+                .with_context(|| format!("cannot open count journal {}", jpath.display()))?,
+        );
+    }
+    let mut service = SpeedoService {
+        cfg: cfg.clone(),
+        speedo,
+        tally: MalformedTally::default(),
+        skipped: 0,
+        speedos: 0,
+        alerts: 0,
+        keeper: Keeper {
+            path: cfg.state_file.clone(),
+            journal,
+            ..Keeper::default()
+        },
+    };
+    // the replayed counts go into a state file at once, and the journal starts afresh
+    service.keeper.save(&service.speedo, clock.now());
+    let serve_cfg = ServeConfig {
+        broker: &cfg.broker,
+        input: cfg.subscription(),
+        daemon: Some(&cfg.daemon),
+        publishes: true,
+        remotes: Default::default(),
+    };
+    let outcome = serve(&mut service, serve_cfg, shutdown, clock).await;
+    // Whatever happened, keep what was counted.
+    service.keeper.save(&service.speedo, clock.now());
+    outcome
+}

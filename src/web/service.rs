@@ -1,0 +1,306 @@
+//! dd_web's server: the shared state (`App`), the routes (page, `/metrics`, `/api/speedos`, SSE events, sign-in and tails), the poller that asks dd_speedo and every daemon, and the entry points (`main`, `run`).
+
+use crate::daemon::Shutdown;
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use board::Board;
+use chrono::Utc;
+use metrics::{Metrics, WebCounters};
+use serde_json::Value;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+use super::*;
+
+/// What every handler shares.
+pub struct App {
+    /// The configuration.
+    pub cfg: WebConfig,
+    /// The board.
+    pub board: Arc<Mutex<Board>>,
+    /// The latest snapshot to every `/api/events` stream.
+    pub events: broadcast::Sender<Arc<str>>,
+    /// dd_web's counters.
+    pub web: Arc<WebCounters>,
+    /// Signed-in users and their tails.
+    pub tails: tail::Tails,
+    /// Fires on SIGINT/SIGTERM: every stream ends, so that the server can stop.
+    pub shutdown: Shutdown,
+}
+
+impl App {
+    /// The board (a panic elsewhere while it was held leaves it as it was: still shown).
+    pub fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        lock_board(&self.board)
+    }
+}
+
+/// Lock the board, taking it back from a poisoned lock.
+pub fn lock_board(board: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
+    board
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        PAGE,
+    )
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let text = metrics::render(Metrics {
+        board: app.board.clone(),
+        web: app.web.clone(),
+        poll_s: app.cfg.poll,
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+fn snapshot(app: &App) -> Value {
+    app.board().snapshot(Utc::now(), app.cfg.poll)
+}
+
+async fn speedos(State(app): State<Arc<App>>) -> impl IntoResponse {
+    axum::Json(snapshot(&app))
+}
+
+async fn events(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let first: Arc<str> = snapshot(&app).to_string().into();
+    let rx = app.events.subscribe();
+    let state = (Some(first), rx, app.shutdown.clone());
+    let stream = futures_lite::stream::unfold(state, |(first, mut rx, mut stop)| async move {
+        if let Some(f) = first {
+            let ev = Event::default().event("speedos").data(&*f);
+            return Some((Ok::<_, Infallible>(ev), (None, rx, stop)));
+        }
+        loop {
+            let next = tokio::select! {
+                n = rx.recv() => n,
+                _ = stop.requested() => return None,
+            };
+            match next {
+                Ok(s) => {
+                    let ev = Event::default().event("speedos").data(&*s);
+                    return Some((Ok(ev), (None, rx, stop)));
+                }
+                // a slow page skips to the newest snapshot
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}
+
+/// A JSON error with a status.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({"error": message.into()});
+    (status, axum::Json(body)).into_response()
+}
+
+fn security_headers(mut r: Response) -> Response {
+    let h: &mut HeaderMap = r.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+/// The router (also used by the tests).
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics_text))
+        .route("/api/speedos", get(speedos))
+        .route("/api/events", get(events))
+        .route("/api/login", post(tail::login))
+        .route("/api/logout", post(tail::logout))
+        .route("/api/me", get(tail::me))
+        .route("/api/tails/{id}/alive", post(tail::alive))
+        .route("/tail", get(tail::open))
+        .layer(axum::middleware::map_response(|r: Response| async move {
+            security_headers(r)
+        }))
+        .with_state(app)
+}
+
+/// Ask dd_speedo for its stats every `poll` seconds, and every daemon for its health every
+/// `health_interval`; reconnect with backoff when the broker goes away. A refused login or
+/// permission ends it with the error (dd_web then exits: no retry can mend it).
+async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let cfg = &app.cfg;
+    let key = crate::rpc::request_key("dd_speedo", cfg.speedo_instance.as_deref(), "stats");
+    let poll = Duration::from_secs_f64(cfg.poll);
+    let mut backoff = crate::broker::Backoff::new(&cfg.broker);
+    let mut last_health: Option<std::time::Instant> = None;
+    let mut warned_many = false;
+    'connect: loop {
+        let link = match crate::broker::Link::open_with_retry(
+            &cfg.broker,
+            "dd_web",
+            &mut backoff,
+            &mut shutdown,
+        )
+        .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e).context("cannot poll dd_speedo"),
+        };
+        tracing::info!("connected; asking dd_speedo for stats every {:?}", poll);
+        loop {
+            let started = std::time::Instant::now();
+            let wait = poll.min(Duration::from_secs(2));
+            let question = crate::rpc::Question::new(&cfg.exchange, key.clone(), wait);
+            let replies = tokio::select! {
+                r = crate::rpc::ask::<crate::speedo::StatsReply>(&link, &question) => r,
+                _ = shutdown.requested() => return Ok(()),
+            };
+            let replies = match replies {
+                Ok(r) => r,
+                // a missing permission (403, 530); a missing exchange (404) is dd_speedo not
+                // started yet, and anything else is retried
+                Err(e) if e.denies_access() => {
+                    return Err(e).with_context(|| {
+                        format!("cannot ask dd_speedo on exchange {:?}", cfg.exchange)
+                    });
+                }
+                Err(e) => {
+                    // no exchange yet, or the connection went: wait, then start again
+                    tracing::warn!(error = %e, "stats request failed; trying again");
+                    if !backoff.wait(&mut shutdown).await {
+                        return Ok(());
+                    }
+                    continue 'connect;
+                }
+            };
+            if replies.answered() > 1 && !warned_many {
+                tracing::warn!(
+                    instances = replies.answered(),
+                    "several dd_speedo instances answer; showing the first (pick one with --speedo-instance)"
+                );
+                warned_many = true;
+            }
+            show(&app, &replies);
+            if last_health.is_none_or(|t| t.elapsed().as_secs_f64() >= cfg.health_interval) {
+                last_health = Some(std::time::Instant::now());
+                ask_health(&app, &link).await;
+            }
+            let left = poll.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(left) => {}
+                _ = shutdown.requested() => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Put dd_speedo's answer on the board and send the board to every open page.
+fn show(app: &App, replies: &crate::rpc::Answers<crate::speedo::StatsReply>) {
+    let snapshot = {
+        let mut board = app.board();
+        board.polls[0] += 1;
+        match replies.first_ok() {
+            Some((a, stats)) => {
+                board.polls[1] += 1;
+                board.update(stats, &a.instance, Utc::now());
+            }
+            None => board.polls[2] += 1,
+        }
+        board.snapshot(Utc::now(), app.cfg.poll).to_string()
+    };
+    let _ = app.events.send(snapshot.into());
+}
+
+/// Ask every daemon for its health (for `/metrics`); a failed request keeps the last answers.
+async fn ask_health(app: &App, link: &crate::broker::Link) {
+    let question = crate::rpc::Question::new(
+        &app.cfg.exchange,
+        crate::rpc::broadcast_key("health"),
+        Duration::from_secs(1),
+    );
+    if let Ok(h) = crate::rpc::ask::<crate::daemon::Health>(link, &question).await {
+        app.board().daemons = h.replies;
+    }
+}
+
+/// Serve until SIGINT/SIGTERM.
+pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let (events, _) = broadcast::channel(4);
+    let app = Arc::new(App {
+        board: Arc::new(Mutex::new(Board::new(cfg.history))),
+        events,
+        web: Arc::default(),
+        tails: tail::Tails::default(),
+        shutdown: shutdown.clone(),
+        cfg,
+    });
+    tracing::info!("dd_web serving http://{addr}/");
+    let mut poll = tokio::spawn(poller(app.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(tail::sweep(app.clone(), shutdown.clone()));
+    let mut stop = shutdown.clone();
+    let server = axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(async move { stop.requested().await })
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.context("HTTP server failed")?,
+        r = &mut poll => match r {
+            // a refused login or permission: said in one line, exit at once
+            Ok(Err(e)) => return Err(e),
+            // stopped: the server finishes its graceful shutdown
+            _ => (&mut server).await.context("HTTP server failed")?,
+        },
+    }
+    poll.abort();
+    let _ = sweeper.await;
+    app.tails.close_all().await;
+    tracing::info!("dd_web stopped");
+    Ok(())
+}
+
+/// Entry point of the `dd_web` binary.
+pub fn main(args: Args) -> std::process::ExitCode {
+    let config = || Ok(WebConfig::from_args(&args)?);
+    crate::cli::main("dd_web", &args.common, 3, config, |cfg| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+            run(cfg, shutdown).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        })
+    })
+}
