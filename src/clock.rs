@@ -5,6 +5,12 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 
+/// A time kept as milliseconds since the epoch (the state machines keep their times so), as a
+/// time again (out of range: the epoch).
+pub fn at_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
 /// A source of the current UTC time.
 pub trait Clock: Send + Sync {
     /// The current time.

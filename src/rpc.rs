@@ -175,6 +175,18 @@ pub async fn ask<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// Ask on an open connection and keep every reply that is JSON as it came (for a command
+/// that prints the answers themselves: `dd_status --json`).
+pub async fn ask_raw(link: &Link, q: &Question) -> Result<Vec<serde_json::Value>, BrokerError> {
+    let raw = link
+        .request(&q.exchange, &q.key, &q.body, q.wait, q.max)
+        .await?;
+    Ok(raw
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.body).ok())
+        .collect())
+}
+
 /// Connect (once), ask, close: a command's whole question. `name` names the connection in
 /// the broker's view.
 pub async fn ask_once<T: DeserializeOwned>(

@@ -431,7 +431,10 @@ fn write_truth(path: &std::path::Path, lost: &[LogRecord]) -> anyhow::Result<()>
 
 /// Entry point of the `dd_sim` binary.
 pub fn main(args: Args) -> std::process::ExitCode {
-    let config = || Ok(args.common.broker_config()?);
+    let config = || {
+        crate::config::check_name("exchange", &args.exchange)?;
+        Ok(args.common.broker_config()?)
+    };
     crate::cli::main("dd_sim", &args.common, 3, config, |cfg| {
         let broker = cfg.broker;
         crate::cli::block_on(async {

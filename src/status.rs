@@ -156,7 +156,10 @@ pub fn render_table(rows: &[Row], now: DateTime<Utc>) -> String {
 
 /// Entry point of the `dd_status` binary.
 pub fn main(args: Args) -> std::process::ExitCode {
-    let config = || Ok(args.common.broker_config()?);
+    let config = || {
+        crate::config::check_name("exchange", &args.exchange)?;
+        Ok(args.common.broker_config()?)
+    };
     crate::cli::main(
         "dd_status",
         &args.common,
@@ -171,15 +174,13 @@ pub fn main(args: Args) -> std::process::ExitCode {
                     crate::rpc::broadcast_key("health"),
                     wait,
                 );
-                crate::rpc::ask_once::<Value>(&broker, "dd_status", &question)
-                    .await
-                    .context("health request failed")
+                let link = crate::broker::Link::open(&broker, "dd_status").await?;
+                let answers = crate::rpc::ask_raw(&link, &question).await;
+                link.close("OK").await;
+                answers.context("health request failed")
             })?;
-            let answers: Vec<Value> = replies
-                .replies
-                .iter()
-                .filter_map(|r| serde_json::to_value(r).ok())
-                .collect();
+            // `--json` prints the answers as they came; the table reads them as `Health`
+            let answers: Vec<Value> = replies;
             let rows: Vec<Row> = answers.iter().filter_map(Row::from_reply).collect();
             let degraded = rows.iter().any(|r| r.state == State::Degraded);
             if args.json {

@@ -48,6 +48,12 @@ pub fn cut(key: &str) -> &str {
     &key[..end]
 }
 
+/// A source's exchange from a template (`log_{source}`, `xr_{source}`), cut to 255 bytes as
+/// every name is: the one rule dd_log2source, dd_speedo and dd_web share.
+pub fn source_exchange(template: &str, source: &str) -> String {
+    cut(&template.replace("{source}", source)).to_string()
+}
+
 /// Build a routing key: `prefix` (already a valid topic, e.g. `v01.speedo.client`) followed by
 /// each of `words` escaped, joined by `.`, cut to the 255-byte limit.
 pub fn build(prefix: &str, words: &[&str]) -> String {

@@ -181,7 +181,7 @@ async fn drain_queue(conn: &lapin::Connection, queue: &str) -> Vec<RawMessage> {
         .unwrap();
     let mut out = Vec::new();
     while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(1500), c.next()).await {
-        let headers = ddmon::broker::headers_of(&d.properties);
+        let headers = ddmon::broker::raw::headers_of(&d.properties);
         out.push((d.routing_key.to_string(), headers, d.data.clone()));
         d.acker.ack(BasicAckOptions::default()).await.unwrap();
     }

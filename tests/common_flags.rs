@@ -197,3 +197,47 @@ fn dd_watchdog_names_its_default_journal_by_broker_vhost_and_queue() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--journal FILE or --no-journal"), "{err}");
 }
+
+/// A name longer than AMQP's 255 bytes (an exchange, a binding, an instance) is a usage
+/// mistake said at start in one line: exit 2 (the Nagios plugin: UNKNOWN, 3), never a panic
+/// deep in the client (it was: "ShortString exceeds maximum length", exit 1, no status line).
+#[test]
+fn a_name_over_255_bytes_is_a_usage_error() {
+    let long = "x".repeat(300);
+    let state = std::env::temp_dir();
+    let state = state.to_str().unwrap();
+    for (name, bin) in TOOLS {
+        let mut cases = vec![vec!["--exchange", long.as_str()]];
+        if name == "dd_log" {
+            cases.push(vec!["--topic", long.as_str()]);
+        }
+        if [
+            "dd_speedo",
+            "dd_log2source",
+            "dd_watchdog",
+            "check_dd_speedo",
+        ]
+        .contains(&name)
+        {
+            cases.push(vec!["--instance", long.as_str()]);
+        }
+        for args in cases {
+            let (code, out, err) = run(bin, &args, &[("STATE_DIRECTORY", state)]);
+            let what = format!("{name} {} <300 bytes>", args[0]);
+            if name == "check_dd_speedo" {
+                assert_eq!(code, 3, "{what}: {out}{err}");
+                assert!(out.starts_with("DD_SPEEDO UNKNOWN - "), "{what}: {out}");
+                assert!(out.contains("300 bytes"), "{what}: {out}");
+                assert_eq!(out.lines().count(), 1, "{what}: {out}");
+            } else {
+                assert_eq!(code, 2, "{what}: {out}{err}");
+                assert_eq!(out, "", "{what}");
+                assert_eq!(err.lines().count(), 1, "{what}: {err}");
+                assert!(
+                    err.contains("300 bytes") && !err.contains("panicked"),
+                    "{what}: {err}"
+                );
+            }
+        }
+    }
+}

@@ -40,12 +40,20 @@ impl Router {
 
 /// Start dd_log2source on the scratch exchange; source exchanges are `<scratch>.src_<source>`.
 async fn start(conn: &lapin::Connection, s: &Scratch, extra: &[&str]) -> Router {
-    let queue = unique("r");
-    let instance = queue.replace('.', "-");
+    start_on(conn, s, &unique("r"), extra).await
+}
+
+/// The same on the input queue NAME (`q_guest.dd_log2source.<queue>`).
+async fn start_on(conn: &lapin::Connection, s: &Scratch, queue: &str, extra: &[&str]) -> Router {
+    let instance = format!(
+        "{}-{:04x}",
+        queue.replace('.', "-"),
+        ddmon::broker::random_u64() as u16
+    );
     let full = format!("q_guest.dd_log2source.{queue}");
     s.track_queue(&full);
     let mut c = dd_log2source();
-    c.args(["--exchange", &s.exchange, "--queue", &queue])
+    c.args(["--exchange", &s.exchange, "--queue", queue])
         .args([
             "--source-exchange-template",
             &format!("{}.src_{{source}}", s.exchange),
@@ -269,6 +277,57 @@ async fn bind_mode_learns_sources_and_lets_the_broker_route() {
     router.run.terminate();
     let (code, _, err) = router.run.finish(10);
     assert_eq!(code, 0, "{err}");
+}
+
+/// The issue's case: copy mode, stopped, then bind mode on the same queue (the README's
+/// order), then copy mode again. Each mode makes the routing its own at start, so every
+/// record reaches its source's exchange once (it reached it twice when the other mode's
+/// bindings stayed).
+#[tokio::test]
+async fn switching_modes_leaves_one_route_per_record() {
+    let conn = connect().await;
+    let s = Scratch::new();
+    for x in [
+        "src_source00",
+        "src_source01",
+        "src_source02",
+        "unknown",
+        "by_source",
+        "unrouted",
+    ] {
+        s.track_exchange(&format!("{}.{x}", s.exchange));
+    }
+    let queue = unique("switch");
+    s.track_queue(&format!("q_guest.dd_log2source.{queue}"));
+    let mut per_source = BTreeMap::new();
+    for src in ["source00", "source01", "source02"] {
+        let x = format!("{}.src_{src}", s.exchange);
+        per_source.insert(src.to_string(), listen(&conn, &x, &["#"]).await);
+    }
+    let records = sim_records(180, 29);
+    let msgs = v02_messages(&records);
+    let want = |range: std::ops::Range<usize>| {
+        let mut w: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &records[range] {
+            *w.entry(r.source.clone().unwrap()).or_default() += 1;
+        }
+        w
+    };
+    for (i, mode) in ["copy", "bind", "copy"].iter().enumerate() {
+        let router = start_on(&conn, &s, &queue, &["--mode", mode]).await;
+        let part = i * 60..(i + 1) * 60;
+        publish(&s.exchange, msgs[part.clone()].to_vec()).await;
+        let mut got: BTreeMap<String, usize> = BTreeMap::new();
+        for (src, l) in per_source.iter_mut() {
+            got.insert(src.clone(), drain(l, 1500).await.len());
+        }
+        assert_eq!(got, want(part), "run {} in {mode} mode", i + 1);
+        router.run.terminate();
+        let (code, _, err) = router.run.finish(10);
+        assert_eq!(code, 0, "{err}");
+        // the next run finds the queue without a consumer
+        wait_for_consumers(&conn, &format!("q_guest.dd_log2source.{queue}"), 0).await;
+    }
 }
 
 #[tokio::test]

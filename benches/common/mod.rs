@@ -62,7 +62,7 @@ pub async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
 
 /// The baseline's prefetch (`BENCH_BASELINE_PREFETCH`, default 1000).
 pub fn baseline_prefetch() -> u16 {
-    env_num("BENCH_BASELINE_PREFETCH", 1000) as u16
+    env_num("BENCH_BASELINE_PREFETCH", 1000).min(usize::from(u16::MAX)) as u16
 }
 
 /// The baseline acknowledges once per this many deliveries, `multiple` (`BENCH_ACK_EVERY`,
@@ -114,7 +114,7 @@ pub async fn stats(
     tool: &str,
     instance: &str,
 ) -> Option<serde_json::Value> {
-    let key = format!("v01.rpc.{tool}.{instance}.stats");
+    let key = ddmon::rpc::request_key(tool, Some(instance), "stats");
     let r = ddmon::broker::raw::request(
         conn,
         exchange,

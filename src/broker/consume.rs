@@ -415,15 +415,12 @@ impl Link {
 }
 
 impl Tail {
-    /// The next delivery, already acknowledged (a tail loses nothing anyone relies on);
-    /// `None` when the broker closed the tail or its connection.
+    /// The next delivery (to acknowledge with [`Delivery::ack`]); `None` when the broker
+    /// closed the tail or its connection. Cancel-safe: a `select!` that drops this wait
+    /// loses no delivery.
     pub async fn next(&mut self) -> Option<Delivery> {
         match self.stream.next().await {
-            Some(Ok(d)) => {
-                let d = convert(d);
-                d.ack().await;
-                Some(d)
-            }
+            Some(Ok(d)) => Some(convert(d)),
             _ => None,
         }
     }

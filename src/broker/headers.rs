@@ -7,7 +7,7 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use crate::headers::{HeaderValue, Headers};
 
 /// A message's headers, converted (none: empty).
-pub(crate) fn headers_of(props: &BasicProperties) -> Headers {
+pub fn headers_of(props: &BasicProperties) -> Headers {
     props
         .headers()
         .as_ref()

@@ -30,16 +30,16 @@ pub use error::{
     SUBSCRIBE_TIMEOUT,
 };
 pub use publish::{Confirmed, Confirms, Outgoing, Publisher, Publishers};
-pub use rpc::Reply;
+pub use rpc::RawReply;
 pub use settings::{BrokerConfig, BrokerUrl};
-pub use topology::{Declare, ExchangeType, HeadersBinding, QueueSpec, Subscription};
+pub use topology::{Declare, ExchangeType, HeadersBinding, QueueSpec, Subscription, Unbind};
 
 /// The lapin-level entry points, for the tests and benchmarks that drive the broker as any
 /// client would (a raw connection, a channel, a table of headers). The tools never use them:
 /// they go through [`Link`], [`Consumer`] and [`Publisher`].
 pub mod raw {
     pub use super::connect::connect;
-    pub use super::headers::{headers_from_table, table_from_headers};
+    pub use super::headers::{headers_from_table, headers_of, table_from_headers};
     pub use super::rpc::request;
     pub use super::topology::{
         declare_exchange, declare_queue, declare_topic_exchange, delete_queue,

@@ -13,9 +13,9 @@ use super::Link;
 use super::connect::random_u64;
 use super::error::{BrokerError, classify};
 
-/// A reply to a request.
+/// A reply to a request, as bytes (`rpc::Reply<T>` is what it means).
 #[derive(Debug, Clone)]
-pub struct Reply {
+pub struct RawReply {
     /// The reply's body.
     pub body: Vec<u8>,
 }
@@ -29,7 +29,7 @@ pub async fn request(
     body: &[u8],
     wait: Duration,
     max: Option<usize>,
-) -> Result<Vec<Reply>, BrokerError> {
+) -> Result<Vec<RawReply>, BrokerError> {
     const REPLY_TO: &str = "amq.rabbitmq.reply-to";
     let ch = conn.create_channel().await.map_err(classify)?;
     let mut replies = ch
@@ -74,7 +74,7 @@ pub async fn request(
                     .as_ref()
                     .is_some_and(|c| c.as_str() == id);
                 if matches {
-                    out.push(Reply { body: d.data });
+                    out.push(RawReply { body: d.data });
                 }
             }
         }
@@ -92,7 +92,7 @@ impl Link {
         body: &[u8],
         wait: Duration,
         max: Option<usize>,
-    ) -> Result<Vec<Reply>, BrokerError> {
+    ) -> Result<Vec<RawReply>, BrokerError> {
         request(&self.conn, exchange, routing_key, body, wait, max).await
     }
 }

@@ -247,6 +247,13 @@ impl Link {
         queue_exists(&self.conn, name).await
     }
 
+    /// Declare a subscription's queue and bindings now (a consumer declares them again).
+    pub async fn declare_subscription(&self, sub: &Subscription) -> Result<(), BrokerError> {
+        let ch = declare_queue(&self.conn, sub).await?;
+        let _ = bounded(ch.close(200, "OK".into())).await;
+        Ok(())
+    }
+
     /// Delete a queue; how many messages it held.
     pub async fn delete_queue(&self, name: &str) -> Result<u32, BrokerError> {
         delete_queue(&self.conn, name).await
@@ -269,6 +276,77 @@ impl Link {
             }
         }
         let _ = bounded(ch.close(200, "OK".into())).await;
+        Ok(())
+    }
+}
+
+/// A binding to remove (see [`Link::unbind`]).
+#[derive(Debug, Clone)]
+pub enum Unbind<'a> {
+    /// Queue `queue` from exchange `exchange` on `routing_key`.
+    Queue {
+        /// The queue.
+        queue: &'a str,
+        /// The exchange it is bound to.
+        exchange: &'a str,
+        /// The binding key.
+        routing_key: &'a str,
+    },
+    /// Exchange `destination` from exchange `source` on `routing_key`.
+    Exchange {
+        /// The exchange that received.
+        destination: &'a str,
+        /// The exchange bound from.
+        source: &'a str,
+        /// The binding key.
+        routing_key: &'a str,
+    },
+}
+
+impl Link {
+    /// Remove bindings, each on a channel of its own. A binding that is not there is no
+    /// error (RabbitMQ says so too), nor is an exchange or queue that does not exist (then
+    /// there is nothing bound to it): removing is idempotent.
+    pub async fn unbind(&self, steps: &[Unbind<'_>]) -> Result<(), BrokerError> {
+        for step in steps {
+            let ch = bounded(self.conn.create_channel()).await?;
+            let done = match step {
+                Unbind::Queue {
+                    queue,
+                    exchange,
+                    routing_key,
+                } => {
+                    bounded(ch.queue_unbind(
+                        (*queue).into(),
+                        (*exchange).into(),
+                        (*routing_key).into(),
+                        FieldTable::default(),
+                    ))
+                    .await
+                }
+                Unbind::Exchange {
+                    destination,
+                    source,
+                    routing_key,
+                } => {
+                    bounded(ch.exchange_unbind(
+                        (*destination).into(),
+                        (*source).into(),
+                        (*routing_key).into(),
+                        lapin::options::ExchangeUnbindOptions::default(),
+                        FieldTable::default(),
+                    ))
+                    .await
+                }
+            };
+            match done {
+                Ok(()) => {
+                    let _ = bounded(ch.close(200, "OK".into())).await;
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 }

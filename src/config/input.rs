@@ -78,7 +78,12 @@ impl InputConfig {
     /// The durable input queue `q_<user>.<tool>.<NAME>` bound to the exchange on the
     /// topics; NAME is the queue given, else the exchange's name.
     pub fn durable(&self, user: &str, tool: &str) -> Subscription {
-        let name = self.queue_name().unwrap_or(&self.exchange);
+        self.durable_or(user, tool, &self.exchange)
+    }
+
+    /// The same, NAME `fallback` when no queue (or an empty one) is given.
+    pub fn durable_or(&self, user: &str, tool: &str, fallback: &str) -> Subscription {
+        let name = self.queue_name().unwrap_or(fallback);
         Subscription {
             exchange: self.exchange.clone(),
             bindings: self.topics.clone(),
@@ -92,8 +97,18 @@ impl InputConfig {
         }
     }
 
-    /// At least one binding.
+    /// At least one binding; names the broker can carry.
     pub fn validate(&self) -> Result<(), super::ConfigError> {
+        super::check_name("exchange", &self.exchange)?;
+        if let Some(q) = &self.queue {
+            super::check_name("queue", q)?;
+        }
+        if let Some(x) = &self.dead_letter_exchange {
+            super::check_name("dead_letter_exchange", x)?;
+        }
+        for t in &self.topics {
+            super::check_name("topics", t)?;
+        }
         if self.topics.is_empty() {
             return Err(super::ConfigError::Invalid {
                 field: "topics",

@@ -139,8 +139,10 @@ fn explain<T: Serialize + Default>(e: &toml::de::Error, text: &str) -> String {
     else {
         return e.to_string();
     };
+    // a top-level key: before the first `[table]`
     let line = text
         .lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
         .position(|l| {
             let l = l.trim_start();
             l.strip_prefix(key)
@@ -162,6 +164,36 @@ fn explain<T: Serialize + Default>(e: &toml::de::Error, text: &str) -> String {
 /// [`BrokerConfig`]'s serialisation).
 pub fn to_toml<T: Serialize>(cfg: &T) -> String {
     toml::to_string_pretty(cfg).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+}
+
+/// The longest name AMQP carries: exchanges, queues, routing keys and bindings are short
+/// strings.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// A name the broker will carry: at most [`MAX_NAME_BYTES`] bytes (a longer one is a usage
+/// mistake, said at start, not a failure deep in the client).
+pub fn check_name(field: &'static str, name: &str) -> Result<(), ConfigError> {
+    if name.len() <= MAX_NAME_BYTES {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        field,
+        message: format!(
+            "{} bytes long, more than the {MAX_NAME_BYTES} an AMQP name may have",
+            name.len()
+        ),
+    })
+}
+
+/// A source exchange template must name the source (`log_{source}`).
+pub fn check_source_template(template: &str) -> Result<(), ConfigError> {
+    if template.contains("{source}") {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        field: "source_exchange_template",
+        message: "must contain {source}".to_string(),
+    })
 }
 
 /// Lay a flag or environment value over the file layer when one was given.

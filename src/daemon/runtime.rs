@@ -119,6 +119,10 @@ impl DaemonOpts {
 impl DaemonConfig {
     /// Check the values.
     pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        crate::config::check_name("daemon exchange", &self.exchange)?;
+        if let Some(i) = &self.instance {
+            crate::config::check_name("instance", i)?;
+        }
         if !(self.alive_interval.is_finite() && self.alive_interval >= 0.1) {
             return Err(crate::config::ConfigError::Invalid {
                 field: "alive_interval",

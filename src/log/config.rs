@@ -32,6 +32,7 @@ pub enum Format {
 )]
 #[command(
     mut_arg("queue", |a| a.help("Read from a durable named queue (q_<user>.dd_log.<NAME>): nothing is lost while dd_log is down [default: a private tail queue]")),
+    mut_arg("quorum", |a| a.help("Declare the durable queue as a quorum queue")),
     mut_arg("dead_letter_exchange", |a| a.help("Dead-letter exchange for rejected (malformed) messages (of the tail queue too)")),
     mut_arg("topics", |a| a.help("Topic binding on the exchange (repeatable) [default: #]")),
 )]

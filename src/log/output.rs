@@ -143,34 +143,51 @@ impl DailyFiles {
     }
 }
 
-/// Watch standard output while nothing is written to it: when its reader goes away (`| head
-/// -1` exits), ask `shutdown` to stop, as GNU `tail -f` does. A write would learn it too, but
+/// Watches standard output while nothing is written to it: when its reader goes away (`| head
+/// -1` exits), it asks the tool to stop, as GNU `tail -f` does. A write would learn it too, but
 /// only at the next record, which may never come. `poll(2)` reports a pipe whose reader is
-/// gone as `POLLERR` (a terminal hung up as `POLLHUP`); a file never is. Returns whether it
-/// stopped the tool.
-pub fn watch_stdout(shutdown: crate::shutdown::Shutdown) -> std::thread::JoinHandle<bool> {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    std::thread::spawn(move || {
-        let stdout = std::io::stdout();
-        let every = Timespec {
-            tv_sec: 0,
-            tv_nsec: 200_000_000,
-        };
-        while !shutdown.is_requested() {
-            let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
-            match poll(&mut fds, Some(&every)) {
-                Ok(_) if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) => {
-                    tracing::info!("stdout was closed: stopping");
-                    shutdown.stop();
-                    return true;
+/// gone as `POLLERR` (a terminal hung up as `POLLHUP`); a file or `/dev/null` never is, and a
+/// closed descriptor (`POLLNVAL`) is not watched. The watch ends when this is dropped.
+pub struct StdoutWatch {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StdoutWatch {
+    /// Start watching; `shutdown` is asked to stop when stdout's reader goes away.
+    pub fn start(shutdown: crate::shutdown::Shutdown) -> StdoutWatch {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        use std::sync::atomic::Ordering;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let over = done.clone();
+        std::thread::spawn(move || {
+            let stdout = std::io::stdout();
+            let every = Timespec {
+                tv_sec: 0,
+                tv_nsec: 200_000_000,
+            };
+            while !shutdown.is_requested() && !over.load(Ordering::Relaxed) {
+                let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+                match poll(&mut fds, Some(&every)) {
+                    Ok(_) if fds[0].revents().contains(PollFlags::NVAL) => return,
+                    Ok(_) if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) => {
+                        tracing::info!("stdout was closed: stopping");
+                        shutdown.stop();
+                        return;
+                    }
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    // not a descriptor poll can watch: a write will tell
+                    Err(_) => return,
                 }
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                // not a descriptor poll can watch: a write will tell
-                Err(_) => return false,
             }
-        }
-        false
-    })
+        });
+        StdoutWatch { done }
+    }
+}
+
+impl Drop for StdoutWatch {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

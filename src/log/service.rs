@@ -113,12 +113,13 @@ pub async fn run(cfg: &LogConfig, shutdown: Shutdown, clock: &dyn Clock) -> anyh
             DailyFiles::new(dir.clone())
                 .with_context(|| format!("cannot create output directory {}", dir.display()))?,
         ),
-        None => {
-            // a closed stdout ends the run even while no record comes
-            let _watch = output::watch_stdout(shutdown.clone());
-            Sink::stdout()
-        }
+        None => Sink::stdout(),
     };
+    // a closed stdout ends the run even while no record comes (watched until the run ends)
+    let _watch = cfg
+        .output
+        .is_none()
+        .then(|| output::StdoutWatch::start(shutdown.clone()));
     let mut service = LogService {
         format: cfg.format,
         count: cfg.count,

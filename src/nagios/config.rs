@@ -20,6 +20,7 @@ use super::*;
                   Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 )]
 #[command(
+    mut_arg("print_config", |a| a.help("Print the effective configuration (password masked) and exit 0")),
     mut_arg("password_file", |a| a.help("File whose first line is the broker password (Nagios shows command lines: keep the password out of them). Beats DD_PASSWORD, which beats the URL's")),
     mut_arg("config", |a| a.help("TOML file: `exchange`, `instance` and a `[broker]` section (flags beat environment beat file beat defaults; the ranges and names stay on the command line)")),
     mut_arg("verbose", |a| a.help("More detail on stderr")),
@@ -128,6 +129,10 @@ impl CheckConfig {
             broker.url = replace_host(&broker.url, host);
         }
         broker.validate().map_err(|e| e.to_string())?;
+        crate::config::check_name("exchange", &cfg.exchange).map_err(|e| e.to_string())?;
+        if let Some(i) = &cfg.instance {
+            crate::config::check_name("instance", i).map_err(|e| e.to_string())?;
+        }
         Ok(cfg)
     }
 }

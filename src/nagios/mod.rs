@@ -180,6 +180,8 @@ pub fn run(args: &Args) -> Outcome {
                 result: Some(stats),
                 ..
             }) => evaluate(stats, &check, Utc::now()),
+            // answered with nothing: nothing to judge yet
+            Some(r) if r.ok => evaluate(&StatsReply::default(), &check, Utc::now()),
             Some(r) => Outcome::only(
                 Status::Unknown,
                 &format!(

@@ -23,6 +23,10 @@ pub enum Mode {
     Bind,
 }
 
+/// The input queue's NAME when none is given: `q_<user>.dd_log2source.route`, shared by every
+/// instance.
+pub const DEFAULT_QUEUE: &str = "route";
+
 /// dd_log2source's command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -126,7 +130,7 @@ impl crate::config::Config for RouteConfig {
 impl Default for RouteConfig {
     fn default() -> Self {
         RouteConfig {
-            input: InputConfig::reading(&["v02.#", "v03.#"]).with_queue("route"),
+            input: InputConfig::reading(&["v02.#", "v03.#"]).with_queue(DEFAULT_QUEUE),
             source_exchange_template: "log_{source}".to_string(),
             sources: Vec::new(),
             unknown_exchange: "log_unknown".to_string(),
@@ -165,18 +169,15 @@ impl RouteConfig {
             b.validate()?;
         }
         cfg.daemon.validate()?;
-        if !cfg.source_exchange_template.contains("{source}") {
-            return Err(ConfigError::Invalid {
-                field: "source_exchange_template",
-                message: "must contain {source}".to_string(),
-            });
-        }
+        cfg.input.validate()?;
+        crate::config::check_name("unknown_exchange", &cfg.unknown_exchange)?;
+        crate::config::check_source_template(&cfg.source_exchange_template)?;
         Ok(cfg)
     }
 
     /// The exchange of a source.
     pub fn source_exchange(&self, source: &str) -> String {
-        crate::topic::cut(&self.source_exchange_template.replace("{source}", source)).to_string()
+        crate::topic::source_exchange(&self.source_exchange_template, source)
     }
 
     /// The other clusters' brokers, with this broker's other settings.
@@ -217,7 +218,9 @@ impl RouteConfig {
     }
 
     pub(crate) fn subscription(&self) -> Subscription {
-        let mut sub = self.input.durable(&self.broker.user(), "dd_log2source");
+        let mut sub = self
+            .input
+            .durable_or(&self.broker.user(), "dd_log2source", DEFAULT_QUEUE);
         if self.mode == Mode::Bind {
             // the alternate exchange is a fanout: the key does not matter
             sub.exchange = self.alternate_exchange();
@@ -281,6 +284,57 @@ pub(crate) async fn set_up_bind_mode(cfg: &RouteConfig) -> anyhow::Result<()> {
     link.close("OK").await;
     done?;
     tracing::info!(headers_exchange = %hx, alternate_exchange = %ae, "bind mode set up");
+    Ok(())
+}
+
+/// Make the broker's routing this mode's own, once this mode's bindings are in place (so that
+/// no record finds no way meanwhile: at worst, one is copied twice during the switch). Copy
+/// mode removes what bind mode left: the input exchange's bindings into the headers exchange
+/// (which would deliver every record to its source a second time) and the queue's binding to
+/// the alternate exchange; bind mode removes copy mode's bindings of the queue on the input
+/// exchange. On the topics configured now: bindings a past run made on other topics stay
+/// (they are said in the README). Removing what is not there is no error.
+pub(crate) async fn clear_other_mode(cfg: &RouteConfig) -> anyhow::Result<()> {
+    use crate::broker::Unbind;
+    let sub = cfg.subscription();
+    let queue = sub.queue.name.as_str();
+    let (hx, ae) = (cfg.headers_exchange(), cfg.alternate_exchange());
+    let input = cfg.input.exchange.as_str();
+    let mut steps = Vec::new();
+    for topic in &cfg.input.topics {
+        steps.push(match cfg.mode {
+            Mode::Copy => Unbind::Exchange {
+                destination: &hx,
+                source: input,
+                routing_key: topic,
+            },
+            Mode::Bind => Unbind::Queue {
+                queue,
+                exchange: input,
+                routing_key: topic,
+            },
+        });
+    }
+    if cfg.mode == Mode::Copy {
+        steps.push(Unbind::Queue {
+            queue,
+            exchange: &ae,
+            routing_key: "#",
+        });
+    }
+    let link = crate::broker::Link::open(&cfg.broker, "dd_log2source setup").await?;
+    // this mode's queue bindings first: records keep a way while the other's go
+    let mut done = link.declare_subscription(&sub).await;
+    if done.is_ok() {
+        done = link.unbind(&steps).await;
+    }
+    link.close("OK").await;
+    done?;
+    let other = match cfg.mode {
+        Mode::Copy => format!("bind mode's bindings of {input} into {hx} and of {queue} to {ae}"),
+        Mode::Bind => format!("copy mode's bindings of {queue} on {input}"),
+    };
+    tracing::info!(mode = ?cfg.mode, "removed {other} (where there were any): one route per record");
     Ok(())
 }
 

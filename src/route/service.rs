@@ -224,6 +224,9 @@ pub async fn run(
             .await
             .context("cannot set up bind mode")?;
     }
+    clear_other_mode(cfg)
+        .await
+        .context("cannot remove the other mode's bindings")?;
     let mut service = RouteService {
         known: cfg.sources.iter().cloned().collect(),
         cfg: cfg.clone(),

@@ -33,6 +33,7 @@ pub enum Format {
                   Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
 )]
 #[command(
+    mut_arg("exchange", |a| a.help("Exchange to read log records from [default: log]")),
     mut_arg("queue", |a| a.help("The durable input queue is q_<user>.dd_speedo.<NAME> [default: the input exchange's name]. One queue per speedo: two speedos sharing a queue would each count half")),
     mut_arg("topics", |a| a.help("Topic bindings on the input exchange (repeatable) [default: v02.# v03.#]. A binding that would bring in speedo records is refused")),
 )]
@@ -170,13 +171,9 @@ impl SpeedoConfig {
         if !(self.state_interval.is_finite() && self.state_interval > 0.0) {
             return Err(invalid("state_interval", "must be > 0 seconds".into()));
         }
-        if !self.source_exchange_template.contains("{source}") {
-            return Err(invalid(
-                "source_exchange_template",
-                "must contain {source}".into(),
-            ));
-        }
+        crate::config::check_source_template(&self.source_exchange_template)?;
         self.input.validate()?;
+        crate::config::check_name("output_exchange", &self.output_exchange)?;
         // No feedback loop: a speedo never reads speedo records (SPEC §3).
         for t in &self.input.topics {
             let own = ["v01.speedo.client.x", "v01.speedo.alert.source.x"];
@@ -193,7 +190,7 @@ impl SpeedoConfig {
 
     /// A source's exchange.
     pub fn source_exchange(&self, source: &str) -> String {
-        crate::topic::cut(&self.source_exchange_template.replace("{source}", source)).to_string()
+        crate::topic::source_exchange(&self.source_exchange_template, source)
     }
 
     /// The speedo these settings make.

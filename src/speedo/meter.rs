@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::reply::{NameStats, StatsReply, TopBy, TopSubject, TopSubjects, Totals};
 use super::thresholds::{Health, Kind, Learned, Limits, Thresholds};
 use super::topn::SpaceSaving;
+use crate::clock::at_ms;
 use crate::record::{HeaderValue, Headers, LogRecord};
 use crate::topic::StatusClass;
 
@@ -367,10 +368,6 @@ pub struct Speedo {
 
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
-}
-
-fn at_ms(m: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(m).unwrap_or_default()
 }
 
 fn at_s(s: i64) -> DateTime<Utc> {

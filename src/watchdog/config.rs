@@ -21,6 +21,7 @@ use super::*;
 )]
 #[command(
     mut_arg("exchange", |a| a.help("Exchange to read log records and heartbeats from [default: log]")),
+    mut_arg("dead_letter_exchange", |a| a.help("Reject malformed records to this dead-letter exchange")),
     mut_arg("queue", |a| a.help("The durable input queue is q_<user>.dd_watchdog.<NAME> [default: the input exchange's name]")),
     mut_arg("topics", |a| a.help("Topic bindings on the input exchange (repeatable): records and heartbeats [default: v02.# v03.# v01.alive.#]")),
 )]
@@ -170,6 +171,8 @@ impl WatchdogConfig {
         overlay(&mut cfg.max_report_bytes, args.max_report_bytes);
         cfg.broker.validate()?;
         cfg.daemon.validate()?;
+        cfg.input.validate()?;
+        crate::config::check_name("output_exchange", &cfg.output_exchange)?;
         for (field, v) in [
             ("node_timeout", cfg.node_timeout),
             ("stuck_after", cfg.stuck_after),

@@ -4,7 +4,6 @@
 use crate::broker::Outgoing;
 
 use super::*;
-use chrono::DateTime;
 use serde_json::json;
 
 impl WatchdogConfig {
@@ -22,7 +21,7 @@ impl WatchdogConfig {
             content_type: Some("application/json".into()),
             ..Outgoing::default()
         };
-        let at = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        let at = crate::clock::at_ms;
         let mut out = Vec::new();
         for e in events {
             match e {

@@ -47,26 +47,44 @@ impl NodeState {
 /// "limit": N}`, every key optional. `dd_watchdog --query` sends the three names, `null` when
 /// not given (so they are not skipped when `None`), and no `limit`.
 ///
-/// Read with `serde_json::from_slice(body).unwrap_or_default()`. (Today a key of the wrong
-/// type is ignored on its own; typed, it makes the whole filter the default.)
+/// Read with [`InflightFilter::from_body`]: a key of the wrong type is ignored on its own
+/// (a `"limit": "5"` does not undo a `"node"` beside it), an unreadable body asks for all.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct InflightFilter {
     /// Only this client.
+    #[serde(deserialize_with = "lenient")]
     pub client: Option<String>,
     /// Transfers listed at most (default [`DEFAULT_LIMIT`], capped at `table::MAX_LISTED`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub limit: Option<u64>,
     /// Only this node.
+    #[serde(deserialize_with = "lenient")]
     pub node: Option<String>,
     /// Only this source.
+    #[serde(deserialize_with = "lenient")]
     pub source: Option<String>,
+}
+
+/// A value of the wanted type, or none (a wrong type, `null`).
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
 }
 
 /// Transfers listed when the request gives no `limit`.
 pub const DEFAULT_LIMIT: u64 = 1000;
 
 impl InflightFilter {
+    /// A request's body as a filter (an empty or unreadable body: everything).
+    pub fn from_body(body: &[u8]) -> InflightFilter {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+
     /// The limit asked for, or the default.
     pub fn limit(&self) -> usize {
         self.limit.unwrap_or(DEFAULT_LIMIT) as usize
@@ -258,6 +276,16 @@ mod tests {
         assert!(v.get("journal").is_some_and(|j| j.is_null()));
         let v = serde_json::to_value(NodeRow::default()).expect("serializable");
         assert_eq!(v["state"], "up");
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_is_ignored_alone() {
+        let f = InflightFilter::from_body(br#"{"node":"n1","limit":"5","client":7}"#);
+        assert_eq!(f.node.as_deref(), Some("n1"));
+        assert_eq!((f.limit, f.client), (None, None));
+        assert_eq!(InflightFilter::from_body(br#"{"limit":50}"#).limit(), 50);
+        assert_eq!(InflightFilter::from_body(b"").limit(), 1000);
+        assert_eq!(InflightFilter::from_body(b"[1]"), InflightFilter::default());
     }
 
     #[test]

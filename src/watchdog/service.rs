@@ -160,7 +160,7 @@ impl Service for WatchdogService {
 
     fn request(&mut self, command: &str, body: &[u8], now: DateTime<Utc>) -> Option<Value> {
         // an unreadable body asks for everything, as `{}` does
-        let filter: InflightFilter = serde_json::from_slice(body).unwrap_or_default();
+        let filter = InflightFilter::from_body(body);
         let table = || self.table.inflight(&filter, filter.limit(), now);
         let reply = match command {
             "inflight" => serde_json::to_value(table()),

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::Line;
 use super::reply::{InflightFilter, InflightReply, NodeRow, NodeState, TransferRow};
+use crate::clock::at_ms as at;
 use crate::record::LogRecord;
 
 const NONE: u32 = u32::MAX;
@@ -198,10 +199,6 @@ pub const MAX_LISTED: usize = 10_000;
 /// At most this many early finals are remembered (a component that never sends `102` must
 /// not grow the table without bound).
 pub const MAX_EARLY: usize = 100_000;
-
-fn at(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
 
 impl Table {
     /// An empty table started at `now`; `journal`: keep a journal buffer.

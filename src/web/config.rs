@@ -121,6 +121,7 @@ impl WebConfig {
         overlay(&mut cfg.tail_buffer, args.tail_buffer);
         overlay(&mut cfg.tail_timeout, args.tail_timeout);
         cfg.broker.validate()?;
+        crate::config::check_name("exchange", &cfg.exchange)?;
         cfg.listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| ConfigError::Invalid {
@@ -154,12 +155,7 @@ impl WebConfig {
                 });
             }
         }
-        if !cfg.source_exchange_template.contains("{source}") {
-            return Err(ConfigError::Invalid {
-                field: "source_exchange_template",
-                message: "must contain {source}".into(),
-            });
-        }
+        crate::config::check_source_template(&cfg.source_exchange_template)?;
         Ok(cfg)
     }
 }

@@ -160,6 +160,7 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let mut backoff = crate::broker::Backoff::new(&cfg.broker);
     let mut last_health: Option<std::time::Instant> = None;
     let mut warned_many = false;
+    let mut warned_unreadable = false;
     'connect: loop {
         let link = match crate::broker::Link::open_with_retry(
             &cfg.broker,
@@ -200,6 +201,10 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
                     continue 'connect;
                 }
             };
+            if let Some(e) = replies.unreadable.first().filter(|_| !warned_unreadable) {
+                tracing::warn!(error = %e, "a stats answer could not be read; it is not shown");
+                warned_unreadable = true;
+            }
             if replies.answered() > 1 && !warned_many {
                 tracing::warn!(
                     instances = replies.answered(),

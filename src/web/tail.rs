@@ -230,7 +230,7 @@ pub async fn open(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad pattern: {e}")),
     };
     let exchange = match q.source.as_deref().filter(|s| !s.is_empty()) {
-        Some(src) => app.cfg.source_exchange_template.replace("{source}", src),
+        Some(src) => crate::topic::source_exchange(&app.cfg.source_exchange_template, src),
         None => app.cfg.exchange.clone(),
     };
     if let Some(refused) = too_many_tails(&app, &s.user).await {
@@ -337,6 +337,8 @@ async fn run_tail(
         tokio::select! {
             d = tail.next() => match d {
                 Some(d) => {
+                    // acknowledged here, not in the wait that a tick may drop
+                    d.ack().await;
                     let line = crate::record::parse(&d.routing_key, &d.headers, &d.body)
                         .ok()
                         .and_then(|p| render_line(&d.routing_key, &p));
