@@ -358,6 +358,26 @@ async fn a_per_source_instance_publishes_once_on_the_source_exchange() {
     assert_eq!(speedo.finish(15).0, 0);
 }
 
+/// `--state-file /var/lib/ddmon/speedo.json` (the README's) on a fresh machine: the directory
+/// is made, as `dd_log --output` makes its own (it failed on the count journal beside the state
+/// file, a file the user never named).
+#[tokio::test]
+async fn the_state_files_directory_is_made_when_missing() {
+    let sb = sandbox("statedir").await;
+    let conn = connect_to(&sb.vhost).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("var/lib/ddmon/speedo.json");
+    let mut c = dd_speedo(&sb.vhost);
+    c.args(["--instance", "sd", "--state-file", state.to_str().unwrap()]);
+    let run = Running::spawn(c);
+    wait_for_consumers(&conn, "q_guest.dd_speedo.log", 1).await;
+    run.terminate();
+    let (code, _, err) = run.finish(10);
+    assert_eq!(code, 0, "{err}");
+    assert!(state.exists(), "no state file written on stop: {err}");
+    assert!(!err.contains("No such file"), "{err}");
+}
+
 #[tokio::test]
 async fn stats_and_state_file_across_a_restart() {
     let sb = sandbox("state").await;

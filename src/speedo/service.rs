@@ -265,6 +265,15 @@ pub fn run_replay(
 /// Run the daemon until a stop is asked for.
 pub async fn run(cfg: &SpeedoConfig, shutdown: Shutdown, clock: &dyn Clock) -> anyhow::Result<()> {
     let mut speedo = cfg.speedo(clock.now())?;
+    if let Some(dir) = cfg.state_file.as_ref().and_then(|p| p.parent()) {
+        // as dd_log --output does: the state file's directory is made when it is missing
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("cannot create the state file's directory {}", dir.display())
+            })?;
+            tracing::info!(dir = %dir.display(), "made the state file's directory");
+        }
+    }
     let mut covered = 0;
     match &cfg.state_file {
         None => {
