@@ -209,23 +209,38 @@ async fn daily_files_are_appended() {
     assert_eq!(text, want);
 }
 
+/// `set -o pipefail; dd_log --exchange X --queue NAME | head -1` under bash, waited for at
+/// most 15 s (a hang check, not a timing: it exits at once or never did); its output.
+async fn dd_log_into_head(exchange: &str, name: &str) -> std::process::Output {
+    let script = format!(
+        "set -o pipefail; {} --exchange {exchange} --queue {name} | head -1",
+        env!("CARGO_BIN_EXE_dd_log"),
+    );
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .env("DD_BROKER", broker_url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dd_log | head -1 did not exit after head closed the pipe");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[tokio::test]
 async fn closed_pipe_exits_zero_quietly_and_loses_nothing() {
     let conn = connect().await;
     let s = Scratch::new();
     let (name, full) = prepare_queue(&s, &[]);
     publish(&s.exchange, v02_messages(&sim_records(3000, 5))).await;
-    let script = format!(
-        "set -o pipefail; {} --exchange {} --queue {} | head -1",
-        env!("CARGO_BIN_EXE_dd_log"),
-        s.exchange,
-        name
-    );
-    let out = Command::new("bash")
-        .args(["-c", &script])
-        .env("DD_BROKER", broker_url())
-        .output()
-        .unwrap();
+    let out = dd_log_into_head(&s.exchange, &name).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -250,29 +265,7 @@ async fn closed_pipe_while_idle_exits_zero() {
     let s = Scratch::new();
     let (name, full) = prepare_queue(&s, &[]);
     publish(&s.exchange, v02_messages(&sim_records(20, 9))).await;
-    let script = format!(
-        "set -o pipefail; {} --exchange {} --queue {} | head -1",
-        env!("CARGO_BIN_EXE_dd_log"),
-        s.exchange,
-        name
-    );
-    let mut child = Command::new("bash")
-        .args(["-c", &script])
-        .env("DD_BROKER", broker_url())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // a hang check, not a timing: it exits at once (within a second) or never did
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("dd_log | head -1 did not exit after head closed the pipe");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = dd_log_into_head(&s.exchange, &name).await;
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -118,12 +118,6 @@ impl BrokerError {
         }
         self
     }
-
-    /// The same error, its reason prefixed with what was being done.
-    pub fn while_doing(mut self, what: &str) -> BrokerError {
-        self.text = format!("{what}: {}", self.text);
-        self
-    }
 }
 
 /// The kind of an AMQP reply code that closed a channel or connection.

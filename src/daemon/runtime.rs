@@ -295,27 +295,23 @@ impl Runtime {
         own: impl FnOnce(&str) -> Option<Value>,
     ) -> Value {
         let command = crate::rpc::command_of(routing_key);
-        let mut reply = json!({
-            "tool": self.id.tool,
-            "instance": self.id.instance,
-            "host": self.id.host,
-            "command": command,
-        });
         let result = match command {
             "health" => Some(json!(self.describe(now, counters))),
             _ => own(command).or_else(|| (command == "stats").then(|| counters.clone())),
         };
-        match result {
-            Some(r) => {
-                reply["ok"] = json!(true);
-                reply["result"] = r;
-            }
-            None => {
-                reply["ok"] = json!(false);
-                reply["error"] = json!(format!("unknown command {command:?}"));
-            }
-        }
-        reply
+        // the envelope every reader reads (`rpc::Reply`): written by the same type
+        let reply = crate::rpc::Reply {
+            command: command.to_string(),
+            error: result
+                .is_none()
+                .then(|| format!("unknown command {command:?}")),
+            host: self.id.host.clone(),
+            instance: self.id.instance.clone(),
+            ok: result.is_some(),
+            result,
+            tool: self.id.tool.clone(),
+        };
+        json!(reply)
     }
 }
 

@@ -233,7 +233,10 @@ impl RouteConfig {
 /// Bind mode's broker side: the alternate exchange (fanout), the headers exchange that falls
 /// back to it, the binding from the input exchange into it for each topic, and one headers
 /// binding per known source. All durable, so they outlive dd_log2source.
-pub(crate) async fn set_up_bind_mode(cfg: &RouteConfig) -> anyhow::Result<()> {
+pub(crate) async fn set_up_bind_mode(
+    cfg: &RouteConfig,
+    link: &crate::broker::Link,
+) -> anyhow::Result<()> {
     use crate::broker::{Declare, ExchangeType};
     let none = crate::record::Headers::new();
     let ae = cfg.alternate_exchange();
@@ -279,10 +282,7 @@ pub(crate) async fn set_up_bind_mode(cfg: &RouteConfig) -> anyhow::Result<()> {
         });
         steps.push(Declare::HeadersBinding(b));
     }
-    let link = crate::broker::Link::open(&cfg.broker, "dd_log2source setup").await?;
-    let done = link.declare(&steps).await;
-    link.close("OK").await;
-    done?;
+    link.declare(&steps).await?;
     tracing::info!(headers_exchange = %hx, alternate_exchange = %ae, "bind mode set up");
     Ok(())
 }
@@ -294,7 +294,10 @@ pub(crate) async fn set_up_bind_mode(cfg: &RouteConfig) -> anyhow::Result<()> {
 /// the alternate exchange; bind mode removes copy mode's bindings of the queue on the input
 /// exchange. On the topics configured now: bindings a past run made on other topics stay
 /// (they are said in the README). Removing what is not there is no error.
-pub(crate) async fn clear_other_mode(cfg: &RouteConfig) -> anyhow::Result<()> {
+pub(crate) async fn clear_other_mode(
+    cfg: &RouteConfig,
+    link: &crate::broker::Link,
+) -> anyhow::Result<()> {
     use crate::broker::Unbind;
     let sub = cfg.subscription();
     let queue = sub.queue.name.as_str();
@@ -322,14 +325,9 @@ pub(crate) async fn clear_other_mode(cfg: &RouteConfig) -> anyhow::Result<()> {
             routing_key: "#",
         });
     }
-    let link = crate::broker::Link::open(&cfg.broker, "dd_log2source setup").await?;
     // this mode's queue bindings first: records keep a way while the other's go
-    let mut done = link.declare_subscription(&sub).await;
-    if done.is_ok() {
-        done = link.unbind(&steps).await;
-    }
-    link.close("OK").await;
-    done?;
+    link.declare_subscription(&sub).await?;
+    link.unbind(&steps).await?;
     let other = match cfg.mode {
         Mode::Copy => format!("bind mode's bindings of {input} into {hx} and of {queue} to {ae}"),
         Mode::Bind => format!("copy mode's bindings of {queue} on {input}"),

@@ -219,14 +219,21 @@ pub async fn run(
     shutdown: Shutdown,
     clock: &dyn Clock,
 ) -> anyhow::Result<RouteCounts> {
+    // one connection for the set-up: this mode's routing, then the other's removed
+    let link = crate::broker::Link::open(&cfg.broker, "dd_log2source setup").await?;
+    let mut set_up = Ok(());
     if cfg.mode == Mode::Bind {
-        set_up_bind_mode(cfg)
+        set_up = set_up_bind_mode(cfg, &link)
             .await
-            .context("cannot set up bind mode")?;
+            .context("cannot set up bind mode");
     }
-    clear_other_mode(cfg)
-        .await
-        .context("cannot remove the other mode's bindings")?;
+    if set_up.is_ok() {
+        set_up = clear_other_mode(cfg, &link)
+            .await
+            .context("cannot remove the other mode's bindings");
+    }
+    link.close("OK").await;
+    set_up?;
     let mut service = RouteService {
         known: cfg.sources.iter().cloned().collect(),
         cfg: cfg.clone(),
