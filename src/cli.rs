@@ -16,8 +16,9 @@ use crate::config::ConfigError;
 /// Flags every command has (flattened into each command's own flags).
 #[derive(Debug, Clone, Args)]
 pub struct CommonOpts {
-    /// Broker URL: amqp://user:password@host:port/vhost (amqps:// for TLS).
-    /// [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    /// Broker URL: amqp://user:password@host:port/vhost (amqps:// for TLS); a URL without a
+    /// vhost (amqp://host:5672) uses the default vhost `/` (%2f). Several, comma-separated:
+    /// the nodes of a cluster. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
     #[arg(long, env = "DD_BROKER", hide_env_values = true, value_name = "URL")]
     pub broker: Option<String>,
     /// TOML config file (flags beat environment beat file beat defaults).
@@ -50,7 +51,11 @@ pub struct BrokerOnly {
     pub broker: crate::config::BrokerConfig,
 }
 
-impl crate::config::Config for BrokerOnly {}
+impl crate::config::Config for BrokerOnly {
+    fn broker(&self) -> Option<&crate::config::BrokerConfig> {
+        Some(&self.broker)
+    }
+}
 
 impl CommonOpts {
     /// The broker settings alone (for a tool with no config of its own): defaults < file <
@@ -68,6 +73,20 @@ impl CommonOpts {
         &self,
         broker: &mut crate::config::BrokerConfig,
     ) -> Result<(), ConfigError> {
+        use crate::config::PasswordOrigin;
+        broker.password_from = match (&self.config, &self.broker) {
+            (_, Some(_))
+                if std::env::args().any(|a| a == "--broker" || a.starts_with("--broker=")) =>
+            {
+                PasswordOrigin::BrokerFlag
+            }
+            (_, Some(_)) => PasswordOrigin::BrokerEnv,
+            (Some(file), None) if broker.url != crate::config::DEFAULT_BROKER => {
+                PasswordOrigin::ConfigFile(file.clone())
+            }
+            _ if broker.url == crate::config::DEFAULT_BROKER => PasswordOrigin::Default,
+            _ => PasswordOrigin::Url,
+        };
         crate::config::overlay(&mut broker.url, self.broker.clone());
         if self.tls_ca.is_some() {
             broker.tls_ca = self.tls_ca.clone();
@@ -75,9 +94,11 @@ impl CommonOpts {
         if let Some(file) = &self.password_file {
             let password = crate::config::read_password_file(file)?;
             broker.url = crate::config::with_password(&broker.url, &password);
+            broker.password_from = PasswordOrigin::PasswordFile(file.clone());
         } else if let Ok(password) = std::env::var("DD_PASSWORD") {
             if !password.is_empty() {
                 broker.url = crate::config::with_password(&broker.url, &password);
+                broker.password_from = PasswordOrigin::PasswordEnv;
             }
         }
         if let Some(url) = &self.broker {
@@ -140,7 +161,7 @@ pub fn exit_code(tool: &str, outcome: anyhow::Result<()>) -> ExitCode {
 /// The frame of every command's `main`: tracing on stderr (`default_level`, see
 /// [`init_tracing`]), the effective config (`--print-config` prints it and stops), the body,
 /// and the exit code (a failure is one line on stderr).
-pub fn main<C: serde::Serialize>(
+pub fn main<C: crate::config::Config>(
     tool: &str,
     common: &CommonOpts,
     default_level: usize,
@@ -150,15 +171,54 @@ pub fn main<C: serde::Serialize>(
     init_tracing(common, default_level);
     let outcome = config().and_then(|cfg| {
         if common.print_config {
-            print!("{}", crate::config::to_toml(&cfg));
+            print!("{}", print_config(&cfg));
             Ok(ExitCode::SUCCESS)
         } else {
+            if let Some(broker) = cfg.broker() {
+                say_broker(broker);
+            }
             body(cfg)
         }
     });
     match outcome {
         Ok(code) => code,
         Err(e) => exit_code(tool, Err(e)),
+    }
+}
+
+/// `--print-config`'s text: the effective config as TOML, the broker password masked and
+/// where it came from said in a comment above (a TOML comment: the text reads back).
+pub fn print_config<C: crate::config::Config>(cfg: &C) -> String {
+    let toml = crate::config::to_toml(cfg);
+    match cfg.broker() {
+        Some(b) if crate::config::url_has_password(&b.url) => format!(
+            "# broker {} (masked as {}: reading this file back needs the real password \
+             there, or DD_PASSWORD or --password-file)\n{toml}",
+            b.password_said(),
+            crate::config::MASK
+        ),
+        Some(b) => format!("# broker: {}\n{toml}", b.password_said()),
+        None => toml,
+    }
+}
+
+/// Say at info (a daemon's default, a command's -v) which broker and vhost a command uses
+/// and where its password came from: a URL without a vhost means `/`.
+fn say_broker(broker: &crate::config::BrokerConfig) {
+    for url in broker.urls() {
+        let vhost = crate::config::BrokerUrl::parse(url)
+            .map(|u| u.vhost)
+            .unwrap_or_default();
+        let given = url
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.contains('/'));
+        tracing::info!(
+            broker = %crate::config::mask_url(url),
+            vhost = %vhost,
+            "using the broker ({}){}",
+            broker.password_said(),
+            if given { "" } else { "; the URL names no vhost: the default vhost / is used" }
+        );
     }
 }
 

@@ -320,7 +320,14 @@ mod tests {
 #[command(
     name = "dd_sim",
     version,
-    about = "Play a data pump: publish log records to the log exchange"
+    about = "Play a data pump: publish log records to the log exchange",
+    after_help = "Without --count or --duration, dd_sim runs until stopped (Ctrl-C), at --rate a second.\n\n\
+                  Examples:\n  \
+                  dd_sim --count 1000                          # 1000 records at 100/s, then exit\n  \
+                  dd_sim --duration 60 --rate 0                # one minute as fast as the broker confirms\n  \
+                  dd_sim --format v03 --exchange xs_test --count 10   # Sarracenia 3 reports\n  \
+                  dd_sim --kill-node node01 --at 30 --truth lost.jsonl   # a node dies half-way\n\n\
+                  Exit codes: 0 done (also on SIGINT/SIGTERM once connected), 1 failure (also a stop before the broker was reached), 2 usage or config error."
 )]
 pub struct Args {
     /// Stop after publishing this many messages.
@@ -374,6 +381,40 @@ pub struct Args {
     /// Flags shared by every command.
     #[command(flatten)]
     pub common: crate::cli::CommonOpts,
+}
+
+impl Args {
+    /// The figures that make no pump: a share outside 0..1, a negative rate or duration.
+    pub fn check(&self) -> Result<(), crate::config::ConfigError> {
+        let bad = |field: &'static str, message: String| {
+            Err(crate::config::ConfigError::Invalid { field, message })
+        };
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return bad(
+                "--error-rate",
+                format!("{} is not a share between 0 and 1", self.error_rate),
+            );
+        }
+        if !(self.rate.is_finite() && self.rate >= 0.0) {
+            return bad(
+                "--rate",
+                format!("{} is not a rate (0 or more a second)", self.rate),
+            );
+        }
+        if self.duration.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
+            return bad("--duration", "must be more than 0 seconds".to_string());
+        }
+        if !(self.duration_scale.is_finite() && self.duration_scale > 0.0) {
+            return bad("--duration-scale", "must be more than 0".to_string());
+        }
+        if self.sources == 0 || self.clients == 0 || self.nodes == 0 {
+            return bad(
+                "--sources/--clients/--nodes",
+                "each must be at least 1".to_string(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The encodings dd_sim can publish.
@@ -433,6 +474,7 @@ fn write_truth(path: &std::path::Path, lost: &[LogRecord]) -> anyhow::Result<()>
 pub fn main(args: Args) -> std::process::ExitCode {
     let config = || {
         crate::config::check_name("exchange", &args.exchange)?;
+        args.check()?;
         Ok(args.common.broker_config()?)
     };
     crate::cli::main("dd_sim", &args.common, 3, config, |cfg| {

@@ -2,8 +2,9 @@
 //! request, answers collected for `--wait` seconds) and show them as a table or JSON.
 //!
 //! This is the "services monitor" of seed 002: no registry, the daemons answer for
-//! themselves. Exit 0 when every daemon that answered is healthy (also when none answered,
-//! which is said on stderr), 1 when any is degraded, 2 on a usage or configuration mistake.
+//! themselves. Exit 0 when every daemon that answered is healthy, 1 when any is degraded or
+//! none answered (said on stderr, with the exchange and broker asked), 2 on a usage or
+//! configuration mistake.
 
 use std::time::Duration;
 
@@ -22,7 +23,13 @@ use crate::rpc::Reply;
     name = "dd_status",
     version,
     about = "List every running ddmon daemon: tool, instance, host, state, uptime, last alive, counters",
-    after_help = "Exit codes: 0 all healthy (or none answered), 1 a daemon is degraded, 2 usage or config error."
+    after_help = "Every ddmon daemon answers (dd_log only with --service), dd_web too.\n\
+                  UPTIME and LAST ALIVE are the daemon's own, at its answer.\n\n\
+                  Examples:\n  \
+                  dd_status                      # the table, answers collected for 2 s\n  \
+                  dd_status --json | jq '.[].result.state'\n  \
+                  dd_status --exchange log --wait 5\n\n\
+                  Exit codes: 0 all healthy, 1 a daemon is degraded or none answered, 2 usage or config error."
 )]
 pub struct Args {
     /// Seconds to collect answers.
@@ -54,6 +61,8 @@ pub struct Row {
     pub uptime_s: f64,
     /// When it last sent an alive message.
     pub last_alive: Option<DateTime<Utc>>,
+    /// When it answered, by its own clock (`None`: the answer does not say).
+    pub answered: Option<DateTime<Utc>>,
     /// Its counters.
     pub counters: Value,
 }
@@ -71,6 +80,7 @@ impl Row {
             state: h.state,
             uptime_s: h.uptime_s,
             last_alive: h.last_alive,
+            answered: Some(h.time).filter(|t| t.timestamp() != 0),
             counters: h.counters,
         })
     }
@@ -99,7 +109,10 @@ fn counters_text(c: &Value) -> String {
     }
 }
 
-/// The table, sorted by tool then instance, columns aligned.
+/// The table, sorted by tool then instance, columns aligned. LAST ALIVE is measured on the
+/// daemon's clock (from its alive to its answer), as UPTIME is: two clocks' skew or the
+/// answer's way would otherwise show an alive older than the start. `now` stands in for an
+/// answer that does not say its time.
 pub fn render_table(rows: &[Row], now: DateTime<Utc>) -> String {
     let mut rows = rows.to_vec();
     rows.sort_by(|a, b| (&a.tool, &a.instance).cmp(&(&b.tool, &b.instance)));
@@ -118,7 +131,7 @@ pub fn render_table(rows: &[Row], now: DateTime<Utc>) -> String {
             |t| {
                 format!(
                     "{} ago",
-                    human((now - t).num_milliseconds() as f64 / 1000.0)
+                    human((r.answered.unwrap_or(now) - t).num_milliseconds() as f64 / 1000.0)
                 )
             },
         );
@@ -185,11 +198,17 @@ pub fn main(args: Args) -> std::process::ExitCode {
             let degraded = rows.iter().any(|r| r.state == State::Degraded);
             if args.json {
                 println!("{}", Value::Array(answers));
-            } else {
+            } else if !rows.is_empty() {
                 print!("{}", render_table(&rows, Utc::now()));
             }
             if rows.is_empty() {
-                eprintln!("dd_status: no ddmon daemon answered within {}s", args.wait);
+                eprintln!(
+                    "dd_status: no ddmon daemon answered within {}s on exchange {:?} at {}",
+                    args.wait,
+                    args.exchange,
+                    crate::config::mask_url(&broker.url)
+                );
+                return Ok(std::process::ExitCode::FAILURE);
             }
             Ok(if degraded {
                 std::process::ExitCode::FAILURE
@@ -237,6 +256,24 @@ mod tests {
             "{t}"
         );
         assert!(lines[2].starts_with("dd_speedo  b"), "{t}");
+    }
+
+    #[test]
+    fn last_alive_is_measured_on_the_daemons_clock() {
+        // the daemon started at :00 and said alive then; it answered at :07.6; our clock
+        // is 1 s ahead: the alive is 7s old, as its uptime, not 8s
+        let reply = json!({"ok": true, "result": {
+            "tool": "dd_log", "instance": "a", "host": "h", "state": "running",
+            "uptime_s": 7.6, "last_alive": "2026-12-02T04:00:00Z",
+            "time": "2026-12-02T04:00:07.600Z", "counters": {}
+        }});
+        let row = Row::from_reply(&reply).unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-12-02T04:00:08.700Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let t = render_table(&[row], now);
+        let line = t.lines().nth(1).unwrap();
+        assert!(line.contains("7s      7s ago"), "{t}");
     }
 
     #[test]

@@ -142,10 +142,22 @@ async fn ok_then_critical_against_a_real_dd_speedo() {
         lines[1]
     );
     assert!(took < Duration::from_secs(2), "{took:?}");
-    // a range on a metric alone (files per minute need a whole minute: not judged yet)
+    // a range on a metric alone, which no name has yet (files per minute need a whole
+    // minute): UNKNOWN, not an OK that nobody knows (issue 17)
     let (code, out, _) = check(&url, &["--no-states", "--source", "ec", "-w", "1000:"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("source.ec=U;1000:;;0"), "{out}");
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(
+        out.trim_end(),
+        "DD_SPEEDO UNKNOWN - no files_per_min yet for any of the 1 names checked (dd_speedo \
+         gives it after a whole minute of a name): nothing to judge -w/-c on | clients_out=U;;;0 sources_out=U;;;0"
+    );
+    // with the states judged too, a state alert still says what it knows
+    let (code, out, _) = check(&url, &["-w", "1000:"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with("DD_SPEEDO CRITICAL - 1 of 2 clients"),
+        "{out}"
+    );
     let (code, out, _) = check(
         &url,
         &[

@@ -241,3 +241,36 @@ fn a_name_over_255_bytes_is_a_usage_error() {
         }
     }
 }
+
+/// Issue 17: every command's help has examples and its exit codes; dd_sim's says it runs until stopped
+/// without --count/--duration; the broker URL's help says a URL without a vhost means `/`;
+/// check_dd_speedo's quotes `~`.
+#[test]
+fn every_help_has_examples_and_exit_codes() {
+    for (name, bin) in TOOLS {
+        let out = Command::new(bin).arg("--help").output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{name}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let examples = help
+            .split_once("\nExamples:\n")
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("{name} --help has no examples: {help}"));
+        let first = examples.lines().next().unwrap();
+        assert!(first.trim_start().starts_with(name), "{name}: {first}");
+        assert!(help.contains("Exit codes: 0 "), "{name}: {help}");
+        assert!(
+            help.contains("a URL without a vhost (amqp://host:5672) uses the default vhost `/`"),
+            "{name}: {help}"
+        );
+    }
+    let help = |bin: &str| {
+        String::from_utf8(Command::new(bin).arg("--help").output().unwrap().stdout).unwrap()
+    };
+    assert!(
+        help(env!("CARGO_BIN_EXE_dd_sim"))
+            .contains("Without --count or --duration, dd_sim runs until stopped (Ctrl-C)")
+    );
+    let check = help(env!("CARGO_BIN_EXE_check_dd_speedo"));
+    assert!(check.contains("'~:10' (above 10; quote it"), "{check}");
+    assert!(!check.contains(" ~:"), "{check}");
+}

@@ -215,10 +215,59 @@ async fn dd_status_finds_two_daemons() {
         r.terminate();
         assert_eq!(r.finish(10).0, 0);
     }
-    // nobody left: exit 0, said on stderr
+    // nobody left: exit 1, said on stderr with the exchange asked, nothing on stdout
     let out = status(&[]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no ddmon daemon answered"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no ddmon daemon answered within 1.5s on exchange")
+            && err.contains(&s.exchange),
+        "{err}"
+    );
+    // --json says it with an empty array
+    let out = status(&["--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "[]\n");
+}
+
+#[tokio::test]
+async fn dd_status_lists_dd_web() {
+    let conn = connect().await;
+    let s = Scratch::new();
+    let mut web = Command::new(env!("CARGO_BIN_EXE_dd_web"));
+    web.args(["--listen", "127.0.0.1:0", "--exchange", &s.exchange])
+        .args(["--daemon-exchange", &s.exchange, "--instance", "web-a"])
+        .args(["--alive-interval", "1"])
+        .env("DD_BROKER", broker_url());
+    let web = Running::spawn(web);
+    // its request queue is consumed once it answers
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_dd_status"))
+            .args(["--exchange", &s.exchange, "--wait", "1", "--json"])
+            .env("DD_BROKER", broker_url())
+            .output()
+            .unwrap();
+        if out.status.code() == Some(0) || std::time::Instant::now() > deadline {
+            break out;
+        }
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{v}");
+    assert_eq!(rows[0]["result"]["tool"], "dd_web");
+    assert_eq!(rows[0]["result"]["instance"], "web-a");
+    assert!(rows[0]["result"]["counters"]["polls"].is_u64(), "{v}");
+    web.terminate();
+    assert_eq!(web.finish(10).0, 0);
+    drop(conn);
 }
 
 #[tokio::test]

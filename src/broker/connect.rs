@@ -121,7 +121,19 @@ async fn connect_one(cfg: &BrokerConfig, url: &str, name: &str) -> Result<Connec
         .map_err(|_| BrokerError::timeout(format!("no answer within {CONNECT_TIMEOUT:?}")))
         .and_then(|r| r.map_err(classify))
         .map_err(|e| e.at(&mask_url(url)))
+        .map_err(|e| {
+            // a refused login reads as a wrong password: say which password was used
+            if e.denies_access() {
+                e.noting(&cfg.password_said())
+            } else {
+                e
+            }
+        })
 }
+
+/// After this many failed attempts, a retrying connection says it keeps trying (the warning
+/// of each attempt alone reads as a loop that may never end).
+const SAY_KEEPS_TRYING_AFTER: u32 = 3;
 
 /// Connect, retrying transient failures with backoff until `shutdown` fires (then `None`).
 pub(crate) async fn connect_with_retry(
@@ -130,6 +142,7 @@ pub(crate) async fn connect_with_retry(
     backoff: &mut Backoff,
     shutdown: &mut Shutdown,
 ) -> Result<Option<Connection>, BrokerError> {
+    let mut failures = 0u32;
     loop {
         if shutdown.is_requested() {
             return Ok(None);
@@ -141,6 +154,16 @@ pub(crate) async fn connect_with_retry(
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "cannot reach broker, retrying");
+                failures += 1;
+                if failures == SAY_KEEPS_TRYING_AFTER {
+                    tracing::warn!(
+                        "{} keeps trying to reach {} (waits up to {} s between \
+                         attempts) until it answers or is stopped (Ctrl-C)",
+                        name.split_whitespace().next().unwrap_or(name),
+                        mask_url(&cfg.url),
+                        cfg.reconnect_max_ms / 1000
+                    );
+                }
                 if !backoff.wait(shutdown).await {
                     return Ok(None);
                 }

@@ -111,6 +111,12 @@ impl BrokerError {
         self.kind == ErrorKind::NotFound && self.text.starts_with("NOT_FOUND - no ")
     }
 
+    /// The same error with `; <note>` after its reason.
+    pub(crate) fn noting(mut self, note: &str) -> BrokerError {
+        self.text = format!("{}; {note}", self.text);
+        self
+    }
+
     /// The same error, its reason followed by ` at <url>` (the URL already masked).
     pub fn at(mut self, masked_url: &str) -> BrokerError {
         if !matches!(self.kind, ErrorKind::Setup) {

@@ -22,6 +22,44 @@ pub struct SettingsError {
     pub message: String,
 }
 
+/// The mask `--print-config` writes in place of a password.
+pub const MASK: &str = "****";
+
+/// Where the broker password in effect came from, said in a refused login, in
+/// `--print-config` and at `-v`, so a wrong password in one place is not taken for another.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PasswordOrigin {
+    /// The URL, wherever it came from (a config built in code, another cluster's URL).
+    #[default]
+    Url,
+    /// The built-in default URL (`guest:guest`).
+    Default,
+    /// The `[broker] url` of this config file.
+    ConfigFile(PathBuf),
+    /// The `--broker` flag's URL.
+    BrokerFlag,
+    /// The `DD_BROKER` variable's URL.
+    BrokerEnv,
+    /// The `DD_PASSWORD` variable.
+    PasswordEnv,
+    /// The first line of this `--password-file` (or `DD_PASSWORD_FILE`).
+    PasswordFile(PathBuf),
+}
+
+impl std::fmt::Display for PasswordOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordOrigin::Url => write!(f, "the broker URL"),
+            PasswordOrigin::Default => write!(f, "the built-in default URL"),
+            PasswordOrigin::ConfigFile(p) => write!(f, "the [broker] url of {}", p.display()),
+            PasswordOrigin::BrokerFlag => write!(f, "the --broker URL"),
+            PasswordOrigin::BrokerEnv => write!(f, "the DD_BROKER URL"),
+            PasswordOrigin::PasswordEnv => write!(f, "DD_PASSWORD"),
+            PasswordOrigin::PasswordFile(p) => write!(f, "the password file {}", p.display()),
+        }
+    }
+}
+
 /// The parts of one broker URL that tools need besides connecting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
@@ -68,6 +106,9 @@ pub struct BrokerConfig {
     pub reconnect_max_ms: u64,
     /// PEM file of the CA that signs the broker's certificate (amqps), instead of the system's.
     pub tls_ca: Option<PathBuf>,
+    /// Where the password came from (not a setting: said in errors and `--print-config`).
+    #[serde(skip)]
+    pub password_from: PasswordOrigin,
 }
 
 impl Default for BrokerConfig {
@@ -78,6 +119,7 @@ impl Default for BrokerConfig {
             reconnect_min_ms: 250,
             reconnect_max_ms: 30_000,
             tls_ca: None,
+            password_from: PasswordOrigin::Url,
         }
     }
 }
@@ -96,7 +138,19 @@ impl BrokerConfig {
             .unwrap_or_else(|_| "guest".to_string())
     }
 
-    /// Check the URL parses, so a typo is a configuration error and not a retry loop.
+    /// Where the password came from, as said to the user: `"<origin>"`, or that none was
+    /// given.
+    pub fn password_said(&self) -> String {
+        if self.urls().iter().any(|u| url_has_password(u)) {
+            format!("password from {}", self.password_from)
+        } else {
+            "no password given".to_string()
+        }
+    }
+
+    /// Check the URL parses, so a typo is a configuration error and not a retry loop; a
+    /// password that is the mask `--print-config` printed is refused (it reads back as a
+    /// wrong password otherwise).
     pub fn validate(&self) -> Result<(), SettingsError> {
         if self.urls().is_empty() {
             return Err(SettingsError {
@@ -105,12 +159,20 @@ impl BrokerConfig {
             });
         }
         for url in self.urls() {
-            BrokerUrl::parse(url)
-                .map(|_| ())
-                .map_err(|e| SettingsError {
+            let parsed = BrokerUrl::parse(url).map_err(|e| SettingsError {
+                field: "broker url",
+                message: format!("{e} in {}", mask_url(url)),
+            })?;
+            if parsed.password == MASK {
+                return Err(SettingsError {
                     field: "broker url",
-                    message: format!("{e} in {}", mask_url(url)),
-                })?;
+                    message: format!(
+                        "the password in {} is {MASK}, the mask --print-config writes: put the \
+                         real password there, or give it with DD_PASSWORD or --password-file",
+                        self.password_from
+                    ),
+                });
+            }
         }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return Err(SettingsError {

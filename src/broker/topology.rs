@@ -178,7 +178,7 @@ pub async fn declare_queue(conn: &Connection, sub: &Subscription) -> Result<Chan
     channel
         .queue_declare(sub.queue.name.as_str().into(), opts, args)
         .await
-        .map_err(classify)?;
+        .map_err(|e| queue_mismatch(classify(e), sub))?;
     let mut channel = channel;
     for key in &sub.bindings {
         let bind = |ch: Channel| async move {
@@ -195,7 +195,13 @@ pub async fn declare_queue(conn: &Connection, sub: &Subscription) -> Result<Chan
         channel = match bind(channel).await.map_err(classify) {
             Ok(ch) => ch,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                tracing::info!(exchange = %sub.exchange, "exchange missing: declaring it");
+                // a mistyped --exchange would otherwise run on, silent, on a new exchange
+                tracing::warn!(
+                    exchange = %sub.exchange,
+                    "exchange {:?} did not exist: declared it (a durable topic exchange); \
+                     check the name if nothing arrives",
+                    sub.exchange
+                );
                 let ch = conn.create_channel().await.map_err(classify)?;
                 declare_topic_exchange(&ch, &sub.exchange).await?;
                 bind(ch).await.map_err(classify)?
@@ -204,6 +210,27 @@ pub async fn declare_queue(conn: &Connection, sub: &Subscription) -> Result<Chan
         };
     }
     Ok(channel)
+}
+
+/// A queue that exists with other arguments (406): name it and say how to mend it.
+fn queue_mismatch(e: BrokerError, sub: &Subscription) -> BrokerError {
+    if e.kind() != ErrorKind::Precondition {
+        return e;
+    }
+    let name = &sub.queue.name;
+    let fix = if e.reason().contains("x-queue-type") {
+        if sub.queue.quorum {
+            "or drop --quorum to use it as it is"
+        } else {
+            "or add --quorum (quorum = true) to use it as it is"
+        }
+    } else {
+        "or give the settings it was declared with"
+    };
+    e.noting(&format!(
+        "the queue {name:?} already exists with other arguments: delete it \
+         (rabbitmqctl delete_queue {name}, losing what it holds) {fix}"
+    ))
 }
 
 /// Does the queue exist? A passive declare on a channel of its own: `Ok(false)` when the

@@ -17,8 +17,8 @@ pub use input::{InputConfig, InputOpts};
 use serde::de::DeserializeOwned;
 
 pub use crate::broker::settings::{
-    BrokerConfig, BrokerUrl, DEFAULT_BROKER, SettingsError, mask_url, split_urls, url_has_password,
-    with_credentials, with_password,
+    BrokerConfig, BrokerUrl, DEFAULT_BROKER, MASK, PasswordOrigin, SettingsError, mask_url,
+    split_urls, url_has_password, with_credentials, with_password,
 };
 
 /// A configuration mistake: nothing a retry could fix.
@@ -116,12 +116,21 @@ pub fn parse_toml<T: Config>(text: &str, path: &Path) -> Result<T, ConfigError> 
     Ok(cfg)
 }
 
-impl Config for BrokerConfig {}
+impl Config for BrokerConfig {
+    fn broker(&self) -> Option<&BrokerConfig> {
+        Some(self)
+    }
+}
 
 /// A tool's configuration: the file layer's type. A daemon's has an input block.
 pub trait Config: DeserializeOwned + Serialize + Default {
     /// The flattened input block, if the tool has one.
     fn input_block(&mut self) -> Option<&mut InputConfig> {
+        None
+    }
+
+    /// The broker settings, if the tool talks to one broker.
+    fn broker(&self) -> Option<&BrokerConfig> {
         None
     }
 }

@@ -96,8 +96,9 @@ pub trait Service {
 pub struct ServeConfig<'a> {
     /// The broker.
     pub broker: &'a BrokerConfig,
-    /// Where the input comes from.
-    pub input: Subscription,
+    /// Where the input comes from; `None` for a daemon that only answers requests and says
+    /// it is alive (dd_web, whose work is its HTTP server).
+    pub input: Option<Subscription>,
     /// Alive, status and requests; `None` for a plain command (dd_log at a terminal).
     pub daemon: Option<&'a DaemonConfig>,
     /// Does the service publish what it handles (then a publisher is opened even without
@@ -141,14 +142,32 @@ pub async fn serve<S: Service>(
         }
         None => None,
     };
-    let Some(mut input) = Consumer::start(cfg.broker, tool, cfg.input.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("cannot read exchange {:?}", cfg.input.exchange))?
-    else {
-        if let Some(r) = requests {
-            r.close().await;
-        }
-        return Ok(());
+    let mut input = match &cfg.input {
+        Some(sub) => match Consumer::start(cfg.broker, tool, sub.clone(), shutdown.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot read exchange {:?} through queue {:?}",
+                    sub.exchange, sub.queue.name
+                )
+            })? {
+            Some(c) => Some(c),
+            None => {
+                if let Some(r) = requests {
+                    r.close().await;
+                }
+                if cfg.daemon.is_none() && !cfg.publishes {
+                    // a command stopped before it ever read anything did not do its job
+                    anyhow::bail!(
+                        "stopped before the broker at {} was ever reached",
+                        crate::config::mask_url(&cfg.broker.url)
+                    );
+                }
+                return Ok(());
+            }
+        },
+        None if requests.is_none() => return Ok(()), // stopped while connecting
+        None => None,
     };
     let mut loop_ = Loop {
         service,
@@ -170,7 +189,9 @@ pub async fn serve<S: Service>(
             tracing::warn!(error = %e, "could not publish the stopping message");
         }
     }
-    input.close().await;
+    if let Some(i) = input {
+        i.close().await;
+    }
     if let Some(r) = requests {
         r.close().await;
     }
@@ -500,7 +521,7 @@ impl<S: Service> Loop<'_, S> {
 
     async fn run(
         &mut self,
-        input: &mut Consumer,
+        input: &mut Option<Consumer>,
         requests: &mut Option<Consumer>,
     ) -> anyhow::Result<()> {
         let limit = usize::from(self.in_flight_limit.max(1));
@@ -522,10 +543,12 @@ impl<S: Service> Loop<'_, S> {
             }
             // Not biased: a busy input must not starve the requests.
             tokio::select! {
-                d = input.next(), if self.pending.len() < limit => match d? {
+                d = next_delivery(input), if self.pending.len() < limit => match d? {
                     Some(d) => {
                         self.on_delivery(d).await?;
-                        self.take_ready(input, limit).await?;
+                        if let Some(input) = input.as_mut() {
+                            self.take_ready(input, limit).await?;
+                        }
                         self.settle_batch().await?;
                     }
                     None => return self.drain().await,
@@ -585,6 +608,13 @@ struct Pending {
     bind: Vec<HeadersBinding>,
     verdict: Verdict,
     confirms: Option<Confirms>,
+}
+
+/// The next input delivery; never, for a daemon with no input.
+async fn next_delivery(
+    input: &mut Option<Consumer>,
+) -> Result<Option<Delivery>, crate::broker::BrokerError> {
+    next_request(input).await
 }
 
 async fn next_request(

@@ -27,8 +27,16 @@ pub enum Format {
     name = "dd_log",
     version,
     about = "Print the pump's log (and speedo) messages, one line each, topic first",
-    after_help = "Line format: <topic> <time> <status> <source> <client> <node> <flow> <url> <bytes> <duration> <message>\n\
-                  Exit codes: 0 ok (also on SIGINT/SIGTERM and a closed stdout), 1 failure, 2 usage or config error."
+    after_help = "Line format: <topic> <time> <status> <source> <client> <node> <flow> <url> <bytes> <duration> <message>\n\n\
+                  Examples:\n  \
+                  dd_log                                   # tail the log exchange until Ctrl-C\n  \
+                  dd_log -n 10 ' 404 '                     # the next 10 lines matching a regex, then exit\n  \
+                  dd_log --exclude '\\.tmp$' client_a       # lines of client_a, not temporary files\n  \
+                  dd_log --format json | jq .status\n  \
+                  dd_log | grep --line-buffered x | head -1  # grep buffers a pipe: say --line-buffered\n  \
+                  dd_log --queue cap --output /var/log/ddmon  # capture to daily files, nothing lost while down\n\n\
+                  Without -n, dd_log runs until stopped; it keeps retrying an unreachable broker.\n\
+                  Exit codes: 0 ok (also on SIGINT/SIGTERM and a closed stdout), 1 failure (also a stop before the broker was ever reached), 2 usage or config error."
 )]
 #[command(
     mut_arg("queue", |a| a.help("Read from a durable named queue (q_<user>.dd_log.<NAME>): nothing is lost while dd_log is down [default: a private tail queue]")),
@@ -96,6 +104,10 @@ pub struct LogConfig {
 impl crate::config::Config for LogConfig {
     fn input_block(&mut self) -> Option<&mut crate::config::InputConfig> {
         Some(&mut self.input)
+    }
+
+    fn broker(&self) -> Option<&crate::config::BrokerConfig> {
+        Some(&self.broker)
     }
 }
 

@@ -130,7 +130,7 @@ pub async fn run(cfg: &LogConfig, shutdown: Shutdown, clock: &dyn Clock) -> anyh
     };
     let serve_cfg = ServeConfig {
         broker: &cfg.broker,
-        input: cfg.subscription(),
+        input: Some(cfg.subscription()),
         daemon: cfg.service.then_some(&cfg.daemon),
         publishes: false,
         remotes: Default::default(),

@@ -16,7 +16,13 @@ use super::*;
     name = "check_dd_speedo",
     version,
     about = "Nagios / Monitoring Plugins check of dd_speedo: clients and sources out of bounds",
-    after_help = "Ranges (-w, -c): 10 (alert outside 0..10), 10: (below 10), ~:10 (above 10), 10:20 (outside), @10:20 (inside).\n\
+    after_help = "Ranges (-w, -c): 10 (alert outside 0..10), 10: (below 10), '~:10' (above 10; quote it: the shell expands ~), 10:20 (outside), @10:20 (inside).\n\n\
+                  Examples:\n  \
+                  check_dd_speedo                                 # dd_speedo's own states: late, slow, down\n  \
+                  check_dd_speedo --client acme -w 10: -c 1:      # acme's files per minute\n  \
+                  check_dd_speedo --metric lag -w '~:60' -c '~:300'\n  \
+                  check_dd_speedo --kind source --regex '^ec' --max-perfdata 20\n\n\
+                  UNKNOWN when there is nothing to judge yet (no data, or -w/-c on a figure no name has).\n\
                   Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
 )]
 #[command(
@@ -99,7 +105,11 @@ pub struct CheckConfig {
     pub broker: crate::config::BrokerConfig,
 }
 
-impl crate::config::Config for CheckConfig {}
+impl crate::config::Config for CheckConfig {
+    fn broker(&self) -> Option<&crate::config::BrokerConfig> {
+        Some(&self.broker)
+    }
+}
 
 impl Default for CheckConfig {
     fn default() -> Self {

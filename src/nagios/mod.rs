@@ -86,8 +86,8 @@ impl Metric {
 
     fn uom(self) -> &'static str {
         match self {
-            Metric::FilesPerMin | Metric::ErrorRatio => "",
-            Metric::BytesPerSec => "B",
+            // a rate has no unit of the perfdata syntax's (`B` is bytes, not bytes a second)
+            Metric::FilesPerMin | Metric::ErrorRatio | Metric::BytesPerSec => "",
             Metric::Lag => "s",
         }
     }
@@ -234,7 +234,7 @@ pub fn main(args: Args) -> std::process::ExitCode {
     if args.common.print_config {
         return match CheckConfig::from_args(&args) {
             Ok(cfg) => {
-                print!("{}", crate::config::to_toml(&cfg));
+                print!("{}", crate::cli::print_config(&cfg));
                 std::process::ExitCode::SUCCESS
             }
             Err(e) => {

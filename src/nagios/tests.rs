@@ -91,7 +91,7 @@ fn ranges_on_a_metric() {
         now(),
     );
     assert_eq!(o.status, Status::Warning);
-    assert!(o.text.starts_with("DD_SPEEDO WARNING - 0 of 0 clients and 1 of 1 sources out of bounds | clients_out=0;;;0;0 sources_out=1;;;0;1 source.ec=2058.5B;3000:;1000:;0\n"), "{}", o.text);
+    assert!(o.text.starts_with("DD_SPEEDO WARNING - 0 of 0 clients and 1 of 1 sources out of bounds | clients_out=0;;;0;0 sources_out=1;;;0;1 source.ec=2058.5;3000:;1000:;0\n"), "{}", o.text);
     assert!(o.text.ends_with("source ec WARNING: bytes_per_sec=2058.5 outside -w 3000:; files_per_min=14 bytes_per_sec=2058.5 error_ratio=0.1 lag_max=3 last_good=2026-11-22T10:01:05Z"), "{}", o.text);
     let o = evaluate(
         &typed(&stats()),

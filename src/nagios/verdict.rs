@@ -109,6 +109,21 @@ pub fn evaluate(stats: &StatsReply, check: &Check, now: DateTime<Utc>) -> Outcom
         }
     };
     let verdicts: Vec<Verdict> = picked.iter().map(|(k, e)| judge(*k, e, check)).collect();
+    // -w/-c on a figure none of the names has yet (dd_speedo just started): an OK would say
+    // they are within bounds, which nobody knows yet
+    let ranged = check.warning.is_some() || check.critical.is_some();
+    let judged = picked.iter().any(|(_, e)| check.metric.value(e).is_some());
+    if ranged && !judged && verdicts.iter().all(|v| v.status == Status::Ok) {
+        return Outcome::only(
+            Status::Unknown,
+            &format!(
+                "no {} yet for any of the {} names checked (dd_speedo gives it after a whole \
+                 minute of a name): nothing to judge -w/-c on",
+                check.metric.key(),
+                picked.len()
+            ),
+        );
+    }
     summarize(&verdicts, check)
 }
 

@@ -33,7 +33,12 @@ pub const DEFAULT_QUEUE: &str = "route";
     name = "dd_log2source",
     version,
     about = "Route the common log exchange into per-source log_<source> exchanges",
-    after_help = "Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
+    after_help = "Examples:\n  \
+                  dd_log2source                              # copy mode: log -> log_<source>\n  \
+                  dd_log2source --mode bind                  # bind mode: the broker routes by the source header\n  \
+                  dd_log2source --declare-source acme --source-password-file acme.pw\n  \
+                                                             # user acme, log_acme and its permissions (management API)\n\n\
+                  Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
 )]
 #[command(
     mut_arg("queue", |a| a.help("The durable input queue is q_<user>.dd_log2source.<NAME> [default: route]; several instances may share it")),
@@ -124,6 +129,10 @@ pub struct RouteConfig {
 impl crate::config::Config for RouteConfig {
     fn input_block(&mut self) -> Option<&mut crate::config::InputConfig> {
         Some(&mut self.input)
+    }
+
+    fn broker(&self) -> Option<&crate::config::BrokerConfig> {
+        Some(&self.broker)
     }
 }
 

@@ -200,8 +200,14 @@ pub fn main(args: Args) -> std::process::ExitCode {
             let api = permissions::client(&args.management_url, &cfg.broker)?;
             let vhost = permissions::vhost(&cfg.broker);
             let exchange = cfg.source_exchange(source);
-            let declare =
-                permissions::declare_source(&api, &vhost, source, &exchange, password.as_deref());
+            let declare = permissions::declare_source(
+                &api,
+                &args.management_url,
+                &vhost,
+                source,
+                &exchange,
+                password.as_deref(),
+            );
             crate::cli::block_on(declare)?;
             return Ok(std::process::ExitCode::SUCCESS);
         }
@@ -242,7 +248,7 @@ pub async fn run(
     };
     let serve_cfg = ServeConfig {
         broker: &cfg.broker,
-        input: cfg.subscription(),
+        input: Some(cfg.subscription()),
         daemon: Some(&cfg.daemon),
         publishes: true,
         remotes: cfg.remotes(),

@@ -29,7 +29,12 @@ pub enum Format {
     name = "dd_speedo",
     version,
     about = "Speedometers per client and per source: rates, thresholds, alerts, top subjects",
-    after_help = "Body of a speedo record: <datetime> <goodcount> <errorcount> <goodbytecount> <badbytecount> <bytes/interval> <files/interval> <interval>\n\
+    after_help = "Body of a speedo record: <datetime> <goodcount> <errorcount> <goodbytecount> <badbytecount> <bytes/interval> <files/interval> <interval>\n\n\
+                  Examples:\n  \
+                  dd_speedo                                   # speedos every 60 s on log, per client and source\n  \
+                  dd_speedo --interval 10 --config /etc/ddmon/dd_speedo.toml   # thresholds from the file\n  \
+                  dd_log 'speedo'                             # watch the speedo records it publishes\n  \
+                  check_dd_speedo -c 1: --client acme         # judge them from Nagios\n\n\
                   Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
 )]
 #[command(
@@ -113,6 +118,10 @@ pub struct SpeedoConfig {
 impl crate::config::Config for SpeedoConfig {
     fn input_block(&mut self) -> Option<&mut crate::config::InputConfig> {
         Some(&mut self.input)
+    }
+
+    fn broker(&self) -> Option<&crate::config::BrokerConfig> {
+        Some(&self.broker)
     }
 }
 

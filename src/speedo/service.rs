@@ -331,7 +331,7 @@ pub async fn run(cfg: &SpeedoConfig, shutdown: Shutdown, clock: &dyn Clock) -> a
     service.keeper.save(&service.speedo, clock.now());
     let serve_cfg = ServeConfig {
         broker: &cfg.broker,
-        input: cfg.subscription(),
+        input: Some(cfg.subscription()),
         daemon: Some(&cfg.daemon),
         publishes: true,
         remotes: Default::default(),

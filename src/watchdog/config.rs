@@ -17,7 +17,11 @@ use super::*;
     name = "dd_watchdog",
     version,
     about = "Transfers in flight on every node, and what was lost when a node died",
-    after_help = "Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
+    after_help = "Examples:\n  \
+                  dd_watchdog --journal /var/lib/ddmon/wd.journal   # the daemon: in flight per node, down reports\n  \
+                  dd_watchdog --query --node node01                 # ask the running daemon: node01's table now\n  \
+                  dd_log 'watchdog.down'                            # what a dead node left in flight\n\n\
+                  Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
 )]
 #[command(
     mut_arg("exchange", |a| a.help("Exchange to read log records and heartbeats from [default: log]")),
@@ -120,6 +124,10 @@ pub struct WatchdogConfig {
 impl crate::config::Config for WatchdogConfig {
     fn input_block(&mut self) -> Option<&mut crate::config::InputConfig> {
         Some(&mut self.input)
+    }
+
+    fn broker(&self) -> Option<&crate::config::BrokerConfig> {
+        Some(&self.broker)
     }
 }
 

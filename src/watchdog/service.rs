@@ -362,7 +362,7 @@ pub async fn run(
     };
     let serve_cfg = ServeConfig {
         broker: &cfg.broker,
-        input: cfg.subscription(),
+        input: Some(cfg.subscription()),
         daemon: Some(&cfg.daemon),
         publishes: true,
         remotes: Default::default(),

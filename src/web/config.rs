@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
     name = "dd_web",
     version,
     about = "Live speedometers, a live tail the broker authorises, and Prometheus metrics, on the web",
-    after_help = "Binds 127.0.0.1 unless --listen says otherwise.\n\
+    after_help = "Binds 127.0.0.1 unless --listen says otherwise.\n\n\
+                  Examples:\n  \
+                  dd_web                                  # http://127.0.0.1:8080/ (page, /metrics, /tail)\n  \
+                  dd_web --listen 0.0.0.0:8080 --poll 10  # on every interface, polling dd_speedo every 10 s\n  \
+                  curl -s http://127.0.0.1:8080/metrics\n\n\
                   Exit codes: 0 ok (also on SIGINT/SIGTERM), 1 failure, 2 usage or config error."
 )]
 pub struct Args {
@@ -46,6 +50,10 @@ pub struct Args {
     /// [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub tail_timeout: Option<f64>,
+    /// dd_web's own liveness (it answers `health` and `stats` like every daemon, so dd_status
+    /// lists it).
+    #[command(flatten)]
+    pub daemon: crate::daemon::DaemonOpts,
     /// Flags shared by every command. The broker URL's user is dd_web's own (stats and
     /// health requests); a tail runs as the user who signed in.
     #[command(flatten)]
@@ -76,11 +84,17 @@ pub struct WebConfig {
     pub tail_buffer: usize,
     /// Seconds without a sign of life before a tail is closed.
     pub tail_timeout: f64,
+    /// dd_web's own alive, status and requests.
+    pub daemon: crate::daemon::DaemonConfig,
     /// How to reach the broker (dd_web's own user).
     pub broker: BrokerConfig,
 }
 
-impl crate::config::Config for WebConfig {}
+impl crate::config::Config for WebConfig {
+    fn broker(&self) -> Option<&crate::config::BrokerConfig> {
+        Some(&self.broker)
+    }
+}
 
 impl Default for WebConfig {
     fn default() -> Self {
@@ -95,6 +109,7 @@ impl Default for WebConfig {
             max_tails_per_user: 3,
             tail_buffer: 1000,
             tail_timeout: 30.0,
+            daemon: crate::daemon::DaemonConfig::default(),
             broker: BrokerConfig::default(),
         }
     }
@@ -120,6 +135,8 @@ impl WebConfig {
         overlay(&mut cfg.max_tails_per_user, args.max_tails_per_user);
         overlay(&mut cfg.tail_buffer, args.tail_buffer);
         overlay(&mut cfg.tail_timeout, args.tail_timeout);
+        args.daemon.apply(&mut cfg.daemon);
+        cfg.daemon.validate()?;
         cfg.broker.validate()?;
         crate::config::check_name("exchange", &cfg.exchange)?;
         cfg.listen

@@ -255,6 +255,60 @@ async fn ask_health(app: &App, link: &crate::broker::Link) {
     }
 }
 
+/// dd_web as a daemon: no input, its work is the HTTP server; it says it is alive and answers
+/// `health` and `stats` (its counters) on the daemon exchange, so dd_status lists it.
+struct Liveness {
+    app: Arc<App>,
+}
+
+impl crate::daemon::Service for Liveness {
+    fn tool(&self) -> &'static str {
+        "dd_web"
+    }
+
+    fn handle(
+        &mut self,
+        _delivery: &crate::broker::Delivery,
+        _now: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<crate::daemon::Handled> {
+        // no input subscription: nothing is ever delivered here
+        Ok(crate::daemon::Handled::ack())
+    }
+
+    fn counters(&self) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let w = &self.app.web;
+        let polls = self.app.board().polls;
+        serde_json::json!({
+            "logins_accepted": w.logins[0].load(Relaxed),
+            "logins_refused": w.logins[1].load(Relaxed),
+            "polls": polls[0],
+            "polls_answered": polls[1],
+            "polls_unanswered": polls[2],
+            "tail_dropped": w.tail_dropped.load(Relaxed),
+            "tail_lines": w.tail_lines.load(Relaxed),
+            "tails_open": w.tails_open.load(Relaxed),
+        })
+    }
+}
+
+/// Say dd_web is alive and answer its requests until the stop (through outages, as every
+/// daemon); a refusal ends dd_web, as the poller's does.
+async fn liveness(app: Arc<App>, shutdown: Shutdown) -> anyhow::Result<()> {
+    let cfg = crate::daemon::ServeConfig {
+        broker: &app.cfg.broker,
+        input: None,
+        daemon: Some(&app.cfg.daemon),
+        publishes: false,
+        remotes: Default::default(),
+    };
+    let mut service = Liveness { app: app.clone() };
+    let clock = crate::clock::SystemClock;
+    crate::daemon::serve(&mut service, cfg, shutdown, &clock)
+        .await
+        .context("cannot answer health requests")
+}
+
 /// Serve until SIGINT/SIGTERM.
 pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -273,6 +327,8 @@ pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     tracing::info!("dd_web serving http://{addr}/");
     let mut poll = tokio::spawn(poller(app.clone(), shutdown.clone()));
     let sweeper = tokio::spawn(tail::sweep(app.clone(), shutdown.clone()));
+    let mut alive = tokio::spawn(liveness(app.clone(), shutdown.clone()));
+    let mut alive_done = false;
     let mut stop = shutdown.clone();
     let server = axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(async move { stop.requested().await })
@@ -286,9 +342,20 @@ pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
             // stopped: the server finishes its graceful shutdown
             _ => (&mut server).await.context("HTTP server failed")?,
         },
+        r = &mut alive => {
+            alive_done = true;
+            match r {
+                Ok(Err(e)) => return Err(e),
+                _ => (&mut server).await.context("HTTP server failed")?,
+            }
+        }
     }
     poll.abort();
     let _ = sweeper.await;
+    // it publishes `stopping` on the stop; bounded, a broker that is gone does not hold us
+    if !alive_done {
+        let _ = tokio::time::timeout(Duration::from_secs(3), alive).await;
+    }
     app.tails.close_all().await;
     tracing::info!("dd_web stopped");
     Ok(())
