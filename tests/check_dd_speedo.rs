@@ -142,6 +142,50 @@ async fn ok_then_critical_against_a_real_dd_speedo() {
         lines[1]
     );
     assert!(took < Duration::from_secs(2), "{took:?}");
+    // more names than --max-perfdata: judged from dd_speedo's exact counts and the offenders
+    // it lists (the query path of a big pump), the same verdict and offender line
+    let (code, big, _) = check(&url, &["--max-perfdata", "1"]);
+    assert_eq!(code, 2, "{big}");
+    let big_lines: Vec<&str> = big.trim_end().lines().collect();
+    assert!(
+        big_lines[0].starts_with(
+            "DD_SPEEDO CRITICAL - 1 of 2 clients and 0 of 1 sources out of bounds | clients_out=1;;;0;2 sources_out=0;;;0;1 client.lazy="
+        ),
+        "{big}"
+    );
+    assert_eq!(big_lines.len(), 2, "{big}");
+    assert!(
+        big_lines[1].starts_with("client lazy CRITICAL: late: "),
+        "{big}"
+    );
+    // every state but late asked as an offender state: 3 offenders, 1 listed, the rest said
+    let (code, capped, _) = check(
+        &url,
+        &[
+            "--max-perfdata",
+            "1",
+            "--max-offenders",
+            "1",
+            "--warning-states",
+            "ok",
+        ],
+    );
+    assert_eq!(code, 2, "{capped}");
+    let capped: Vec<&str> = capped.trim_end().lines().collect();
+    assert!(
+        capped[0]
+            .starts_with("DD_SPEEDO CRITICAL - 2 of 2 clients and 1 of 1 sources out of bounds"),
+        "{capped:?}"
+    );
+    assert!(
+        capped[1].starts_with("client lazy CRITICAL: late: "),
+        "{capped:?}"
+    );
+    assert_eq!(
+        capped[2],
+        "... and 2 more out of bounds (--max-offenders 1)"
+    );
+    assert_eq!(capped.len(), 3);
     // a range on a metric alone, which no name has yet (files per minute need a whole
     // minute): UNKNOWN, not an OK that nobody knows (issue 17)
     let (code, out, _) = check(&url, &["--no-states", "--source", "ec", "-w", "1000:"]);

@@ -292,19 +292,22 @@ impl Runtime {
         routing_key: &str,
         now: DateTime<Utc>,
         counters: &Value,
-        own: impl FnOnce(&str) -> Option<Value>,
+        own: impl FnOnce(&str) -> Option<Result<Value, String>>,
     ) -> Value {
         let command = crate::rpc::command_of(routing_key);
         let result = match command {
-            "health" => Some(json!(self.describe(now, counters))),
-            _ => own(command).or_else(|| (command == "stats").then(|| counters.clone())),
+            "health" => Some(Ok(json!(self.describe(now, counters)))),
+            _ => own(command).or_else(|| (command == "stats").then(|| Ok(counters.clone()))),
+        };
+        let (result, error) = match result {
+            Some(Ok(v)) => (Some(v), None),
+            Some(Err(why)) => (None, Some(why)),
+            None => (None, Some(format!("unknown command {command:?}"))),
         };
         // the envelope every reader reads (`rpc::Reply`): written by the same type
         let reply = crate::rpc::Reply {
             command: command.to_string(),
-            error: result
-                .is_none()
-                .then(|| format!("unknown command {command:?}")),
+            error,
             host: self.id.host.clone(),
             instance: self.id.instance.clone(),
             ok: result.is_some(),
@@ -376,7 +379,7 @@ mod tests {
         let s = r.answer("v01.rpc.dd_log.x.stats", t(5), &c, |_| None);
         assert_eq!(s["result"]["printed"], 1);
         let own = r.answer("v01.rpc.dd_log.x.inflight", t(5), &c, |cmd| {
-            (cmd == "inflight").then(|| json!([1, 2]))
+            (cmd == "inflight").then(|| Ok(json!([1, 2])))
         });
         assert_eq!(own["result"], json!([1, 2]));
         let bad = r.answer("v01.rpc.dd_log.x.explode", t(5), &c, |_| None);

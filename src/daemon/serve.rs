@@ -69,9 +69,15 @@ pub trait Service {
     }
     /// The counters shown in alive, status, `health` and (by default) `stats`.
     fn counters(&self) -> Value;
-    /// Answer a command of the tool's own (or override `stats`); `None` if unknown. `body` is
-    /// the request's body (JSON arguments, e.g. a filter).
-    fn request(&mut self, _command: &str, _body: &[u8], _now: DateTime<Utc>) -> Option<Value> {
+    /// Answer a command of the tool's own (or override `stats`); `None` if unknown, `Err` with
+    /// why for a request it cannot answer (a bad query). `body` is the request's body (JSON
+    /// arguments, e.g. a query).
+    fn request(
+        &mut self,
+        _command: &str,
+        _body: &[u8],
+        _now: DateTime<Utc>,
+    ) -> Option<Result<Value, String>> {
         None
     }
     /// The broker confirmed what `handle` asked to publish; `returned` are the indices of

@@ -82,6 +82,10 @@ pub struct Args {
     /// totals), so that the output stays within what Nagios keeps.
     #[arg(long, default_value_t = 200, value_name = "N")]
     pub max_perfdata: usize,
+    /// Offenders listed at most, worst first (the counts in the first line stay exact; a last
+    /// line says how many more there are).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_offenders: usize,
     /// Bound on the whole run, connect included; the state given when it runs out.
     #[arg(
         short = 't',
@@ -213,6 +217,8 @@ pub struct Check {
     pub stale: Option<f64>,
     /// Per-name perfdata for at most this many names (else the offenders only).
     pub max_perfdata: usize,
+    /// Offenders listed at most.
+    pub max_offenders: usize,
 }
 
 pub(crate) fn check_of(args: &Args) -> Result<Check, String> {
@@ -254,6 +260,7 @@ pub(crate) fn check_of(args: &Args) -> Result<Check, String> {
         critical_states,
         stale: args.stale,
         max_perfdata: args.max_perfdata,
+        max_offenders: args.max_offenders.max(1),
     })
 }
 

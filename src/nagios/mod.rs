@@ -96,17 +96,28 @@ impl Metric {
     /// name (no range is judged on them then, and their perfdata value is `U`); the lag is 0
     /// when the last interval had no record.
     fn value(self, entry: &NameStats) -> Option<f64> {
+        crate::speedo::reply::figure(
+            self.query_name(),
+            entry.files_per_min,
+            entry.bytes_per_sec,
+            entry.error_ratio,
+            entry.lag_max,
+        )
+        .flatten()
+    }
+
+    /// The metric's name in a query's `outside` (dd_speedo's name for the figure).
+    fn query_name(self) -> &'static str {
         match self {
-            Metric::FilesPerMin => entry.files_per_min,
-            Metric::BytesPerSec => entry.bytes_per_sec,
-            Metric::ErrorRatio => entry
-                .files_per_min
-                .map(|_| entry.error_ratio.unwrap_or(0.0)),
-            Metric::Lag => Some(entry.lag_max.unwrap_or(0.0)),
+            Metric::FilesPerMin => "files_per_min",
+            Metric::BytesPerSec => "bytes_per_sec",
+            Metric::ErrorRatio => "error_ratio",
+            Metric::Lag => "lag",
         }
     }
 }
 
+mod ask;
 mod config;
 mod verdict;
 
@@ -131,7 +142,7 @@ pub fn run(args: &Args) -> Outcome {
         Err(e) => return Outcome::only(Status::Unknown, &e),
     };
     let bound = args.timeout.duration;
-    let (answered, stage) = match ask_speedo(&cfg, bound) {
+    let (answered, stage) = match ask_speedo(&cfg, &check, bound) {
         Ok(a) => a,
         Err(e) => return Outcome::only(Status::Unknown, &format!("cannot start: {e}")),
     };
@@ -159,7 +170,7 @@ pub fn run(args: &Args) -> Outcome {
             )
         }
         Some(Err(e)) => Outcome::only(Status::Unknown, &broker_err(e)),
-        Some(Ok(answers)) => match answers.replies.first() {
+        Some(Ok((answers, exact))) => match answers.replies.first() {
             None if !answers.unreadable.is_empty() => Outcome::only(
                 Status::Unknown,
                 &format!("unreadable answer: {}", answers.unreadable[0]),
@@ -179,7 +190,7 @@ pub fn run(args: &Args) -> Outcome {
                 ok: true,
                 result: Some(stats),
                 ..
-            }) => evaluate(stats, &check, Utc::now()),
+            }) => evaluate_exact(stats, &check, Utc::now(), exact.as_ref()),
             // answered with nothing: nothing to judge yet
             Some(r) if r.ok => evaluate(&StatsReply::default(), &check, Utc::now()),
             Some(r) => Outcome::only(
@@ -195,27 +206,25 @@ pub fn run(args: &Args) -> Outcome {
 
 /// What dd_speedo answered (`None`: the run ran out of `bound`), and where the run was.
 type Asked = (
-    Option<Result<crate::rpc::Answers<StatsReply>, crate::broker::BrokerError>>,
+    Option<Result<(crate::rpc::Answers<StatsReply>, Option<Exact>), crate::broker::BrokerError>>,
     Stage,
 );
 
-/// Connect and ask dd_speedo for its `stats`, the whole within `bound`: the answer is
-/// awaited until just before the bound and the connection closed in what is left.
-fn ask_speedo(cfg: &CheckConfig, bound: Duration) -> std::io::Result<Asked> {
+/// Connect and ask dd_speedo what the check judges (`ask`), the whole within `bound`: the
+/// answers are awaited until just before the bound and the connection closed in what is left.
+fn ask_speedo(cfg: &CheckConfig, check: &Check, bound: Duration) -> std::io::Result<Asked> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let started = Instant::now();
     let left = move || bound.saturating_sub(started.elapsed());
-    let key = crate::rpc::request_key("dd_speedo", cfg.instance.as_deref(), "stats");
     let stage = std::cell::Cell::new(Stage::Connecting);
     let work = async {
         let link = crate::broker::Link::open(&cfg.broker, "check_dd_speedo").await?;
         stage.set(Stage::Asking);
         // leave a moment for the "no answer" verdict and the close before the bound
         let wait = left().saturating_sub(Duration::from_millis(150));
-        let question = crate::rpc::Question::new(&cfg.exchange, key, wait).at_most(1);
-        let answers = crate::rpc::ask::<StatsReply>(&link, &question).await;
+        let answers = ask::ask(&link, cfg, check, wait).await;
         let close = left()
             .saturating_sub(Duration::from_millis(20))
             .min(Duration::from_millis(200));

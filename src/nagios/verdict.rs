@@ -74,8 +74,42 @@ fn perf(
     s
 }
 
-/// Judge dd_speedo's `stats` result at `now`.
+/// The exact counts of a big scope, whose reply lists the offenders only (see `ask`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Exact {
+    /// Clients in the scope.
+    pub clients: u64,
+    /// Sources in the scope.
+    pub sources: u64,
+    /// Clients out of bounds.
+    pub clients_out: u64,
+    /// Sources out of bounds.
+    pub sources_out: u64,
+    /// Names out of the critical bounds (states or range).
+    pub critical: u64,
+    /// With a range: the names that have the figure.
+    pub with_figure: Option<u64>,
+}
+
+impl Exact {
+    /// Names out of bounds.
+    pub fn out(&self) -> u64 {
+        self.clients_out + self.sources_out
+    }
+}
+
+/// Judge dd_speedo's `stats` result at `now` (every name of the scope in its lists).
 pub fn evaluate(stats: &StatsReply, check: &Check, now: DateTime<Utc>) -> Outcome {
+    evaluate_exact(stats, check, now, None)
+}
+
+/// Judge at `now`; with `exact`, the lists hold the offenders only and the counts are those.
+pub fn evaluate_exact(
+    stats: &StatsReply,
+    check: &Check,
+    now: DateTime<Utc>,
+    exact: Option<&Exact>,
+) -> Outcome {
     let interval = f64::from(stats.interval);
     let stale = check.stale.unwrap_or(2.0 * interval + 30.0);
     let Some(data_time) = stats.data_time else {
@@ -92,6 +126,9 @@ pub fn evaluate(stats: &StatsReply, check: &Check, now: DateTime<Utc>) -> Outcom
                 "dd_speedo's data is stale: last interval ended {age:.0} s ago (limit {stale} s)"
             ),
         );
+    }
+    if let Some(x) = exact {
+        return judge_exact(stats, check, x);
     }
     let picked = match pick(stats, check) {
         Ok(p) if p.is_empty() => {
@@ -114,17 +151,42 @@ pub fn evaluate(stats: &StatsReply, check: &Check, now: DateTime<Utc>) -> Outcom
     let ranged = check.warning.is_some() || check.critical.is_some();
     let judged = picked.iter().any(|(_, e)| check.metric.value(e).is_some());
     if ranged && !judged && verdicts.iter().all(|v| v.status == Status::Ok) {
+        return no_figure(check, picked.len() as u64);
+    }
+    summarize(&verdicts, check, None)
+}
+
+/// `-w`/`-c` on a figure none of the `names` checked has yet.
+fn no_figure(check: &Check, names: u64) -> Outcome {
+    Outcome::only(
+        Status::Unknown,
+        &format!(
+            "no {} yet for any of the {names} names checked (dd_speedo gives it after a whole \
+             minute of a name): nothing to judge -w/-c on",
+            check.metric.key()
+        ),
+    )
+}
+
+/// A big scope: the offenders listed judged here, the counts and status from `x`.
+fn judge_exact(stats: &StatsReply, check: &Check, x: &Exact) -> Outcome {
+    if x.clients + x.sources == 0 {
         return Outcome::only(
             Status::Unknown,
-            &format!(
-                "no {} yet for any of the {} names checked (dd_speedo gives it after a whole \
-                 minute of a name): nothing to judge -w/-c on",
-                check.metric.key(),
-                picked.len()
-            ),
+            "dd_speedo has seen no client or source to check",
         );
     }
-    summarize(&verdicts, check)
+    let ranged = check.warning.is_some() || check.critical.is_some();
+    if ranged && x.with_figure == Some(0) && x.out() == 0 {
+        return no_figure(check, x.clients + x.sources);
+    }
+    let listed = stats
+        .clients
+        .iter()
+        .map(|e| (Kind::Client, e))
+        .chain(stats.sources.iter().map(|e| (Kind::Source, e)));
+    let verdicts: Vec<Verdict> = listed.map(|(k, e)| judge(k, e, check)).collect();
+    summarize(&verdicts, check, Some(x))
 }
 
 /// The names to judge: those named (`Err` with the ones dd_speedo has not seen), those the
@@ -239,9 +301,9 @@ fn judge(kind: Kind, e: &NameStats, check: &Check) -> Verdict {
 }
 
 /// The first line (worst status, counts out of bounds, perfdata) and the offenders' lines.
-fn summarize(verdicts: &[Verdict], check: &Check) -> Outcome {
+fn summarize(verdicts: &[Verdict], check: &Check, exact: Option<&Exact>) -> Outcome {
     // Worst: CRITICAL over WARNING; a name is never UNKNOWN on its own.
-    let status = verdicts
+    let mut status = verdicts
         .iter()
         .map(|v| v.status)
         .max()
@@ -252,10 +314,21 @@ fn summarize(verdicts: &[Verdict], check: &Check) -> Outcome {
             .filter(|v| v.kind == kind && (!out || v.status != Status::Ok))
             .count()
     };
-    let (clients, sources) = (count(Kind::Client, false), count(Kind::Source, false));
-    let (clients_out, sources_out) = (count(Kind::Client, true), count(Kind::Source, true));
+    let (mut clients, mut sources) = (count(Kind::Client, false), count(Kind::Source, false));
+    let (mut clients_out, mut sources_out) = (count(Kind::Client, true), count(Kind::Source, true));
+    let listed_out = clients_out + sources_out;
+    if let Some(x) = exact {
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        (clients, sources) = (n(x.clients), n(x.sources));
+        (clients_out, sources_out) = (n(x.clients_out), n(x.sources_out));
+        if x.critical > 0 {
+            status = Status::Critical;
+        } else if x.out() > 0 {
+            status = status.max(Status::Warning);
+        }
+    }
     // many names: only the offenders' figures (the counts are in the totals)
-    let many = verdicts.len() > check.max_perfdata;
+    let many = exact.is_some() || verdicts.len() > check.max_perfdata;
     let mut totals = vec![
         perf(
             "clients_out",
@@ -294,8 +367,16 @@ fn summarize(verdicts: &[Verdict], check: &Check) -> Outcome {
         .filter_map(|v| v.offender.as_ref())
         .collect();
     offenders.sort_by_key(|l| (!l.contains(" CRITICAL: "), (*l).clone()));
-    for l in offenders {
+    for l in offenders.iter().take(check.max_offenders) {
         let _ = write!(text, "\n{l}");
+    }
+    let more = (clients_out + sources_out).saturating_sub(listed_out.min(check.max_offenders));
+    if more > 0 {
+        let _ = write!(
+            text,
+            "\n... and {more} more out of bounds (--max-offenders {})",
+            check.max_offenders
+        );
     }
     Outcome { status, text }
 }

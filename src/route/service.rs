@@ -177,12 +177,12 @@ impl Service for RouteService {
         command: &str,
         _body: &[u8],
         _now: DateTime<Utc>,
-    ) -> Option<serde_json::Value> {
+    ) -> Option<Result<serde_json::Value, String>> {
         (command == "stats").then(|| {
             let mut v = serde_json::to_value(&self.counts).unwrap_or_default();
             v["malformed_by_kind"] = serde_json::json!(self.tally.by_kind());
             v["mode"] = serde_json::json!(self.cfg.mode);
-            v
+            Ok(v)
         })
     }
 }

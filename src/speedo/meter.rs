@@ -748,7 +748,8 @@ impl Speedo {
         out.extend(alerts.into_iter().map(Output::Alert));
     }
 
-    /// Full statistics (the `stats` request); the service adds its counters.
+    /// Full statistics, every name (the tests, the state file's readers); a request is
+    /// answered by [`Speedo::answer`], bounded. The service adds its counters.
     pub fn stats(&self, now: DateTime<Utc>) -> StatsReply {
         let now_ms = ms(now);
         let names = |map: &HashMap<Box<str>, Entry>| {
@@ -760,11 +761,18 @@ impl Speedo {
         };
         StatsReply {
             clients: names(&self.clients),
+            sources: names(&self.sources),
+            ..self.frame(now)
+        }
+    }
+
+    /// A reply with everything but the lines of names: counts, times, totals, top subjects.
+    pub(crate) fn frame(&self, now: DateTime<Utc>) -> StatsReply {
+        StatsReply {
             counted: self.counted,
             data_time: self.last_end,
             interval: u32::try_from(self.interval).unwrap_or(u32::MAX),
             neutral: self.neutral,
-            sources: names(&self.sources),
             started: at_ms(self.started_ms),
             time: now,
             top_subjects: self.top.clone(),
@@ -777,7 +785,7 @@ impl Speedo {
     }
 
     /// One name's line of the `stats` reply.
-    fn name_stats(&self, name: &str, e: &Entry, now_ms: i64) -> NameStats {
+    pub(crate) fn name_stats(&self, name: &str, e: &Entry, now_ms: i64) -> NameStats {
         let limits = self.thresholds.get(e.limits);
         let c = e.meter.counts;
         NameStats {

@@ -7,6 +7,7 @@
 
 pub mod journal;
 mod meter;
+mod query;
 pub mod replay;
 pub mod reply;
 pub mod state;

@@ -50,7 +50,50 @@ pub struct StatsReply {
     pub top_subjects: TopSubjects,
     /// The totals `client.all` and `sources.all`.
     pub totals: Totals,
+    /// A query's answer (SPEC §8): what the lists hold of what matched, and the next page.
+    /// (Left out of an answer made before queries.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<crate::rpc::Page>,
+    /// Names in the query's scope, by kind (`client`, `source`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub in_scope: BTreeMap<String, u64>,
+    /// Names in the query's scope by kind, then by state (every state, 0s included).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_state: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Names matched by the query, by kind (the exact count; the lists may be cut).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub matched: BTreeMap<String, u64>,
+    /// With `outside`: names of the scope that have the figure (the others cannot be judged
+    /// yet), by kind.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub with_figure: BTreeMap<String, u64>,
+    /// Names asked for by name that dd_speedo has not seen, as `<kind> <name>`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_seen: Vec<String>,
 }
+
+/// The figure a query's `outside` (and check_dd_speedo's `--metric`) judges: `None` for a
+/// name that does not have it yet, and the outer `None` for a metric that is not one.
+/// `error_ratio` is 0 for a name with a whole minute and no attempt; `lag` is 0 without
+/// records in the interval.
+pub fn figure(
+    metric: &str,
+    files_per_min: Option<f64>,
+    bytes_per_sec: Option<f64>,
+    error_ratio: Option<f64>,
+    lag_max: Option<f64>,
+) -> Option<Option<f64>> {
+    match metric {
+        "files_per_min" => Some(files_per_min),
+        "bytes_per_sec" => Some(bytes_per_sec),
+        "error_ratio" => Some(files_per_min.map(|_| error_ratio.unwrap_or(0.0))),
+        "lag" => Some(Some(lag_max.unwrap_or(0.0))),
+        _ => None,
+    }
+}
+
+/// The metrics [`figure`] knows.
+pub const METRICS: [&str; 4] = ["files_per_min", "bytes_per_sec", "error_ratio", "lag"];
 
 /// check_dd_speedo's fallback when `interval` is missing.
 fn default_interval() -> u32 {

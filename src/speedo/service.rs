@@ -183,10 +183,12 @@ impl Service for SpeedoService {
     fn request(
         &mut self,
         command: &str,
-        _body: &[u8],
+        body: &[u8],
         now: DateTime<Utc>,
-    ) -> Option<serde_json::Value> {
+    ) -> Option<Result<serde_json::Value, String>> {
         (command == "stats").then(|| {
+            let query = crate::rpc::Query::from_body(body);
+            let answer = self.speedo.answer(&query, now).map_err(|e| e.to_string())?;
             let reply = StatsReply {
                 counters: self.typed_counters(),
                 malformed_by_kind: self
@@ -195,9 +197,9 @@ impl Service for SpeedoService {
                     .into_iter()
                     .map(|(k, n)| (k.to_string(), n))
                     .collect(),
-                ..self.speedo.stats(now)
+                ..answer
             };
-            serde_json::to_value(reply).unwrap_or_default()
+            Ok(serde_json::to_value(reply).unwrap_or_default())
         })
     }
 

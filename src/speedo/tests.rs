@@ -710,3 +710,160 @@ fn figures_wait_for_a_whole_minute() {
     let e = s.entry(Kind::Client, "a").unwrap();
     assert_eq!(e.figures.files_per_min, Some(0.0));
 }
+
+/// A speedo with `n` clients (client00000...) of source `ec`; those whose number is a
+/// multiple of 3 had their only good delivery at the start (late at +121 s), the others
+/// deliver at +120 s; returned at +121 s.
+fn speedo_of_clients(n: usize) -> (Speedo, DateTime<Utc>) {
+    let start = t0();
+    let mut s = speedo_with(60, "[defaults]\ntd = 120\n", start);
+    s.advance(start);
+    for i in 0..n {
+        feed(
+            &mut s,
+            start,
+            &rec(start, &format!("client{i:05}"), Some("ec"), 200, 1),
+        );
+    }
+    let later = start + secs(120.0);
+    for i in (0..n).filter(|i| i % 3 != 0) {
+        feed(
+            &mut s,
+            later,
+            &rec(later, &format!("client{i:05}"), Some("ec"), 200, 1),
+        );
+    }
+    let now = start + secs(121.0);
+    s.advance(now);
+    (s, now)
+}
+
+fn names(r: &StatsReply) -> Vec<&str> {
+    r.clients
+        .iter()
+        .chain(r.sources.iter())
+        .map(|e| e.name.as_str())
+        .collect()
+}
+
+#[test]
+fn an_empty_query_is_todays_answer_within_the_cap() {
+    let (s, now) = speedo_of_clients(1500);
+    let r = s.answer(&crate::rpc::Query::default(), now).unwrap();
+    assert_eq!(r.clients.len(), crate::rpc::query::DEFAULT_LIMIT);
+    assert_eq!(r.clients[0].name, "client00000");
+    assert_eq!(r.sources.len(), 1, "every kind has its own cap");
+    let page = r.page.unwrap();
+    assert!(page.cut);
+    assert_eq!((page.matched, page.returned), (1501, 1001));
+    assert_eq!(r.in_scope["client"], 1500);
+    // small: the same as the full statistics
+    let (small, now) = speedo_of_clients(7);
+    let r = small.answer(&crate::rpc::Query::default(), now).unwrap();
+    let full = small.stats(now);
+    assert_eq!((&r.clients, &r.sources), (&full.clients, &full.sources));
+    assert!(!r.page.unwrap().cut);
+}
+
+#[test]
+fn worst_first_pages_and_summaries() {
+    let (s, now) = speedo_of_clients(30);
+    // everything not ok, worst first: the 10 late clients (0, 3, ... 27), by name
+    let q = crate::rpc::Query {
+        kind: Some("client".into()),
+        states: vec!["!ok".into()],
+        sort: Some(crate::rpc::Sort::Worst),
+        limit: Some(4),
+        ..Default::default()
+    };
+    let r = s.answer(&q, now).unwrap();
+    assert_eq!(
+        names(&r),
+        ["client00000", "client00003", "client00006", "client00009"]
+    );
+    assert!(r.clients.iter().all(|c| c.state == Health::Late));
+    assert_eq!(r.matched["client"], 10);
+    assert_eq!(r.by_state["client"]["late"], 10);
+    assert_eq!(r.by_state["client"]["ok"], 20);
+    assert!(!r.by_state.contains_key("source"));
+    // the next pages with the cursor: every late client once
+    let mut all: Vec<String> = names(&r).iter().map(|n| n.to_string()).collect();
+    let mut cursor = r.page.unwrap().next_cursor;
+    while let Some(c) = cursor {
+        let r = s
+            .answer(
+                &crate::rpc::Query {
+                    cursor: Some(c),
+                    ..q.clone()
+                },
+                now,
+            )
+            .unwrap();
+        all.extend(names(&r).iter().map(|n| n.to_string()));
+        cursor = r.page.unwrap().next_cursor;
+    }
+    let want: Vec<String> = (0..30)
+        .step_by(3)
+        .map(|i| format!("client{i:05}"))
+        .collect();
+    assert_eq!(all, want);
+    // the summary: the same counts, no lines
+    let r = s
+        .answer(
+            &crate::rpc::Query {
+                summary: true,
+                ..q.clone()
+            },
+            now,
+        )
+        .unwrap();
+    assert!(r.clients.is_empty() && r.sources.is_empty());
+    assert_eq!(r.matched["client"], 10);
+    assert_eq!(r.page.unwrap().returned, 0);
+}
+
+#[test]
+fn one_name_a_regex_bounds_and_bad_queries() {
+    let (s, now) = speedo_of_clients(30);
+    let one = crate::rpc::Query {
+        kind: Some("client".into()),
+        names: vec!["client00004".into(), "nobody".into()],
+        ..Default::default()
+    };
+    let r = s.answer(&one, now).unwrap();
+    assert_eq!(names(&r), ["client00004"]);
+    assert_eq!(r.not_seen, ["client nobody"]);
+    let re = crate::rpc::Query {
+        regex: Some("^(client0002|ec$)".into()),
+        ..Default::default()
+    };
+    let r = s.answer(&re, now).unwrap();
+    assert_eq!(r.in_scope["client"] + r.in_scope["source"], 11);
+    // the lag is 0 for every name: `lag` above 0 alerts none, `@0:0` (inside) alerts all
+    let bounds = |inside: bool| crate::rpc::Query {
+        kind: Some("client".into()),
+        outside: Some(crate::rpc::Outside {
+            metric: "lag".into(),
+            bounds: vec![crate::rpc::Bounds {
+                start: Some(0.0),
+                end: Some(0.0),
+                inside,
+            }],
+        }),
+        summary: true,
+        ..Default::default()
+    };
+    assert_eq!(s.answer(&bounds(false), now).unwrap().matched["client"], 0);
+    let r = s.answer(&bounds(true), now).unwrap();
+    assert_eq!((r.matched["client"], r.with_figure["client"]), (30, 30));
+    for bad in [
+        r#"{"regex": "("}"#,
+        r#"{"kind": "node"}"#,
+        r#"{"states": ["sleepy"]}"#,
+        r#"{"cursor": "nope"}"#,
+        r#"{"outside": {"metric": "speed"}}"#,
+    ] {
+        let q = crate::rpc::Query::from_body(bad.as_bytes());
+        assert!(s.answer(&q, now).is_err(), "{bad}");
+    }
+}

@@ -158,7 +158,12 @@ impl Service for WatchdogService {
         serde_json::to_value(self.typed_counters()).unwrap_or_default()
     }
 
-    fn request(&mut self, command: &str, body: &[u8], now: DateTime<Utc>) -> Option<Value> {
+    fn request(
+        &mut self,
+        command: &str,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Option<Result<Value, String>> {
         // an unreadable body asks for everything, as `{}` does
         let filter = InflightFilter::from_body(body);
         let table = || self.table.inflight(&filter, filter.limit(), now);
@@ -168,7 +173,7 @@ impl Service for WatchdogService {
             "stats" => serde_json::to_value(StatsReply::new(self.typed_counters(), table())),
             _ => return None,
         };
-        Some(reply.unwrap_or_default())
+        Some(Ok(reply.unwrap_or_default()))
     }
 
     fn degraded(&self) -> bool {

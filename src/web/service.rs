@@ -328,33 +328,46 @@ pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut poll = tokio::spawn(poller(app.clone(), shutdown.clone()));
     let sweeper = tokio::spawn(tail::sweep(app.clone(), shutdown.clone()));
     let mut alive = tokio::spawn(liveness(app.clone(), shutdown.clone()));
-    let mut alive_done = false;
     let mut stop = shutdown.clone();
     let server = axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(async move { stop.requested().await })
         .into_future();
     tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => r.context("HTTP server failed")?,
-        r = &mut poll => match r {
-            // a refused login or permission: said in one line, exit at once
-            Ok(Err(e)) => return Err(e),
-            // stopped: the server finishes its graceful shutdown
-            _ => (&mut server).await.context("HTTP server failed")?,
-        },
+    // a refused login or permission (the poller's or the liveness'): said in one line, and
+    // dd_web stops; otherwise the stop, and the server finishes its graceful shutdown
+    let (mut poll_done, mut alive_done, mut served) = (false, false, false);
+    let failed = tokio::select! {
+        r = &mut server => {
+            r.context("HTTP server failed")?;
+            served = true;
+            None
+        }
+        r = &mut poll => {
+            poll_done = true;
+            r.ok().and_then(Result::err)
+        }
         r = &mut alive => {
             alive_done = true;
-            match r {
-                Ok(Err(e)) => return Err(e),
-                _ => (&mut server).await.context("HTTP server failed")?,
-            }
+            r.ok().and_then(Result::err)
         }
+    };
+    // every task ends before the runtime does (a connection still opening in one of them
+    // would outlive it otherwise); bounded: a broker that is gone does not hold us
+    shutdown.stop();
+    let bound = Duration::from_secs(3);
+    if !poll_done {
+        let _ = tokio::time::timeout(bound, &mut poll).await;
     }
-    poll.abort();
-    let _ = sweeper.await;
-    // it publishes `stopping` on the stop; bounded, a broker that is gone does not hold us
+    // it publishes `stopping` on the stop
     if !alive_done {
-        let _ = tokio::time::timeout(Duration::from_secs(3), alive).await;
+        let _ = tokio::time::timeout(bound, &mut alive).await;
+    }
+    let _ = tokio::time::timeout(bound, sweeper).await;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if !served {
+        (&mut server).await.context("HTTP server failed")?;
     }
     app.tails.close_all().await;
     tracing::info!("dd_web stopped");

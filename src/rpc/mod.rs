@@ -14,7 +14,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{BrokerConfig, BrokerError, Link};
+
+pub mod query;
+
 use crate::topic::escape_word;
+pub use query::{Bounds, Key, Outside, Page, Pager, Query, QueryError, Sort};
 
 /// A time as the replies write it (RFC 3339, UTC as `Z`, the fraction's digits as needed:
 /// chrono's serde form), for a reader that prints a reply's time.
@@ -138,6 +142,15 @@ pub struct Answers<T> {
     pub replies: Vec<Reply<T>>,
     /// One line per reply that was not a [`Reply<T>`].
     pub unreadable: Vec<String>,
+}
+
+impl<T> Default for Answers<T> {
+    fn default() -> Self {
+        Answers {
+            replies: Vec::new(),
+            unreadable: Vec::new(),
+        }
+    }
 }
 
 impl<T> Answers<T> {
