@@ -58,6 +58,46 @@ fn main() {
         rss_mib("VmHWM:"),
         fill.as_secs_f64()
     );
+    // questions at this size (issue 18): each answer's time and size, median of 5
+    let none = ddmon::watchdog::InflightFilter::default();
+    for (what, body) in [
+        ("empty body {} (nodes, the 1,000 oldest)", r#"{}"#),
+        ("summary (the nodes alone)", r#"{"summary": true}"#),
+        (
+            "one node's, 100",
+            r#"{"kind": "node", "name": "node42.pump.example", "limit": 100}"#,
+        ),
+        (
+            "one client's",
+            r#"{"kind": "client", "name": "client00777"}"#,
+        ),
+        (
+            "a regex on sources, 100",
+            r#"{"kind": "source", "regex": "^source0[1-3]$", "limit": 100}"#,
+        ),
+    ] {
+        let q = ddmon::rpc::Query::from_body(body.as_bytes());
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        let mut cursor = None;
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let a = t.answer(&q, &none, now).unwrap();
+            let json = serde_json::to_vec(&a).unwrap();
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            bytes = json.len();
+            cursor = a.page.and_then(|p| p.next_cursor);
+        }
+        println!(
+            "query {what}: {:.0} ms (answer and JSON), {bytes} bytes{} (bar: < 200 ms, bounded)",
+            median(times),
+            if cursor.is_some() {
+                ", cut with a cursor"
+            } else {
+                ""
+            }
+        );
+    }
     // node07 goes silent: its 10,000 transfers in one report, split in parts
     let started = std::time::Instant::now();
     // the other nodes keep speaking, every minute for an hour (an hour of silence everywhere

@@ -203,6 +203,37 @@ async fn kill_9_and_restart_keep_the_table() {
             .collect()
     };
     assert_eq!(without_age(&after), without_age(&before), "the same table");
+    // paged with --limit and the cursors (issue 18): the same 200, once each, in order
+    let mut paged = Vec::new();
+    let mut extra = vec!["--limit".to_string(), "64".to_string()];
+    loop {
+        let args: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let page = query(&sb.vhost, &args);
+        assert_eq!(page["total"], 200, "{page}");
+        paged.extend(page["transfers"].as_array().unwrap().iter().cloned());
+        match page["page"]["next_cursor"].as_str() {
+            Some(c) => extra = vec!["--limit".into(), "64".into(), "--cursor".into(), c.into()],
+            None => break,
+        }
+    }
+    let urls = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|t| format!("{} {}", t["node"], t["url"]))
+            .collect()
+    };
+    assert_eq!(urls(&paged), urls(before["transfers"].as_array().unwrap()));
+    // the nodes' summaries alone
+    let out = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"))
+        .env("DD_BROKER", &url)
+        .args(["--query", "--summary"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("NODE ") && text.ends_with("200 in flight in all\n"),
+        "{text}"
+    );
+    assert!(!text.contains("STARTED"), "{text}");
     // the rest finish: the table empties
     let mut rest: Vec<_> = starts.iter().skip(100).cloned().collect();
     for f in &mut rest {

@@ -345,15 +345,29 @@ impl<T> Pager<T> {
 
     /// An item that matched; `key` is called only when it may be kept.
     pub fn offer(&mut self, key: impl FnOnce() -> Key, item: impl FnOnce() -> T) {
-        self.matched += 1;
         let key = key();
-        if self.after.as_ref().is_some_and(|a| &key <= a) {
+        self.offer_parts(key.figure, key.kind, &key.name, item);
+    }
+
+    /// An item that matched, its key in parts: nothing is allocated for an item that is not
+    /// kept (a million transfers pass through here per question).
+    pub fn offer_parts(&mut self, figure: i64, kind: u8, name: &str, item: impl FnOnce() -> T) {
+        self.matched += 1;
+        fn parts(k: &Key) -> (i64, u8, &str) {
+            (k.figure, k.kind, k.name.as_str())
+        }
+        let here = (figure, kind, name);
+        if self.after.as_ref().is_some_and(|a| here <= parts(a)) {
+            return;
+        }
+        if self.limit == 0 {
+            self.beyond += 1;
             return;
         }
         if self.heap.len() == self.limit {
             // full: keep it only if it comes before the last one kept
             match self.heap.peek() {
-                Some(top) if key < top.0 => {
+                Some(top) if here < parts(&top.0) => {
                     self.heap.pop();
                     self.beyond += 1;
                 }
@@ -363,6 +377,11 @@ impl<T> Pager<T> {
                 }
             }
         }
+        let key = Key {
+            figure,
+            kind,
+            name: name.to_string(),
+        };
         self.heap.push(Held(key, item()));
     }
 

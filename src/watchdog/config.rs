@@ -81,6 +81,15 @@ pub struct Args {
     /// With --query: print the JSON answer.
     #[arg(long, requires = "query")]
     pub json: bool,
+    /// With --query: the nodes' summaries alone (in flight, bytes, oldest), no transfer.
+    #[arg(long, requires = "query")]
+    pub summary: bool,
+    /// With --query: transfers listed at most, oldest first [default: 1000; at most 10000].
+    #[arg(long, value_name = "N", requires = "query")]
+    pub limit: Option<usize>,
+    /// With --query: the page after this cursor (printed at the end of a cut list).
+    #[arg(long, value_name = "CURSOR", requires = "query")]
+    pub cursor: Option<String>,
     /// Daemon flags.
     #[command(flatten)]
     pub daemon: DaemonOpts,

@@ -107,6 +107,10 @@ pub struct InflightReply {
     pub transfers: Vec<TransferRow>,
     /// `total` > the limit: the list was cut.
     pub truncated: bool,
+    /// A query's page (SPEC §8): the next page's cursor when the list was cut. (Left out of
+    /// an answer made before queries.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<crate::rpc::Page>,
 }
 
 /// One node of the table.

@@ -166,12 +166,18 @@ impl Service for WatchdogService {
     ) -> Option<Result<Value, String>> {
         // an unreadable body asks for everything, as `{}` does
         let filter = InflightFilter::from_body(body);
-        let table = || self.table.inflight(&filter, filter.limit(), now);
+        let query = crate::rpc::Query::from_body(body);
+        if command != "inflight" && command != "stats" {
+            return None;
+        }
+        let table = match self.table.answer(&query, &filter, now) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e.to_string())),
+        };
         let reply = match command {
-            "inflight" => serde_json::to_value(table()),
+            "inflight" => serde_json::to_value(table),
             // the counters and the in-flight table (transfers listed up to `limit`, 1000)
-            "stats" => serde_json::to_value(StatsReply::new(self.typed_counters(), table())),
-            _ => return None,
+            _ => serde_json::to_value(StatsReply::new(self.typed_counters(), table)),
         };
         Some(Ok(reply.unwrap_or_default()))
     }
@@ -206,9 +212,20 @@ async fn query(cfg: &WatchdogConfig, args: &Args) -> anyhow::Result<std::process
         node: args.node.clone(),
         source: args.source.clone(),
     };
+    // the old filter's keys and the query's side by side: a daemon of before reads the first
+    let mut body = serde_json::to_value(&filter)?;
+    let q = crate::rpc::Query {
+        limit: args.limit,
+        cursor: args.cursor.clone(),
+        summary: args.summary,
+        ..crate::rpc::Query::default()
+    };
+    if let (Some(b), Value::Object(m)) = (body.as_object_mut(), serde_json::to_value(&q)?) {
+        b.extend(m);
+    }
     let question =
         crate::rpc::Question::new(&cfg.daemon.exchange, key, std::time::Duration::from_secs(5))
-            .with_body(&filter)
+            .with_body(&body)
             .at_most(1);
     let answers =
         crate::rpc::ask_once::<InflightReply>(&cfg.broker, "dd_watchdog query", &question).await?;
@@ -232,13 +249,17 @@ async fn query(cfg: &WatchdogConfig, args: &Args) -> anyhow::Result<std::process
     if args.json {
         writeln!(out, "{}", serde_json::to_value(r)?)?;
     } else {
-        print_table(&mut out, r)?;
+        print_table(&mut out, r, args.summary)?;
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// `--query`'s two tables: the nodes, then the transfers.
-fn print_table(out: &mut impl std::io::Write, r: &InflightReply) -> std::io::Result<()> {
+/// `--query`'s two tables: the nodes, then the transfers (not with `--summary`).
+fn print_table(
+    out: &mut impl std::io::Write,
+    r: &InflightReply,
+    summary: bool,
+) -> std::io::Result<()> {
     let time = |t: &DateTime<Utc>| crate::rpc::wire_time(t);
     writeln!(
         out,
@@ -256,6 +277,9 @@ fn print_table(out: &mut impl std::io::Write, r: &InflightReply) -> std::io::Res
             n.oldest.as_ref().map_or_else(|| "-".to_string(), time),
             time(&n.last_seen),
         )?;
+    }
+    if summary {
+        return writeln!(out, "{} in flight in all", r.total);
     }
     writeln!(out)?;
     writeln!(
@@ -276,11 +300,19 @@ fn print_table(out: &mut impl std::io::Write, r: &InflightReply) -> std::io::Res
         )?;
     }
     if r.truncated {
-        writeln!(
-            out,
-            "... {} in flight in all (use --json, or narrow with --node/--client/--source)",
-            r.total
-        )?;
+        let next = r.page.as_ref().and_then(|p| p.next_cursor.as_deref());
+        match next {
+            Some(c) => writeln!(
+                out,
+                "... {} in flight in all; the next page: --cursor '{c}' (or narrow with --node/--client/--source)",
+                r.total
+            )?,
+            None => writeln!(
+                out,
+                "... {} in flight in all (use --json, or narrow with --node/--client/--source)",
+                r.total
+            )?,
+        }
     }
     Ok(())
 }

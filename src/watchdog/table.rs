@@ -497,14 +497,41 @@ impl Table {
             .collect()
     }
 
-    /// The table for one node, client or source (or all): per node count, oldest, bytes and
-    /// state; and the transfers (at most `limit`, oldest first).
+    /// The table as the old `inflight` answer: `filter`'s node, client and source, the
+    /// oldest transfers first, at most `limit` of them.
     pub fn inflight(
         &self,
         filter: &InflightFilter,
         limit: usize,
         now: DateTime<Utc>,
     ) -> InflightReply {
+        let q = crate::rpc::Query {
+            limit: Some(limit),
+            ..crate::rpc::Query::default()
+        };
+        // a query with nothing but a limit is always answerable
+        self.answer(&q, filter, now).unwrap_or_default()
+    }
+
+    /// Answer a query (SPEC §8) and the old filter beside it: the nodes (their summaries),
+    /// and the transfers selected, oldest first, paged (at most the limit, capped at
+    /// [`MAX_LISTED`]; a cursor for the next page). The scope: `kind` (`node`, `client`,
+    /// `source`) with `name`/`names` or `regex` on that field (no kind: any field); `states`
+    /// (`up`, `down`) select the transfers of nodes in them; `summary` lists no transfer.
+    /// One pass over the transfers, nothing allocated for one not listed.
+    pub fn answer(
+        &self,
+        q: &crate::rpc::Query,
+        filter: &InflightFilter,
+        now: DateTime<Utc>,
+    ) -> Result<InflightReply, crate::rpc::QueryError> {
+        if q.sort == Some(crate::rpc::Sort::Rate) {
+            return Err(crate::rpc::QueryError(
+                "dd_watchdog sorts transfers oldest first (sort name or worst), not by rate".into(),
+            ));
+        }
+        let scope = q.scope(&["node", "client", "source"])?;
+        let states = q.state_filter(&["up", "down"])?;
         let now_ms = now.timestamp_millis();
         let want = |name: &Option<String>| {
             name.as_deref()
@@ -515,22 +542,50 @@ impl Table {
             want(&filter.client),
             want(&filter.source),
         );
-        let keep = |t: &Transfer| {
-            node.is_none_or(|n| t.node == n)
-                && client.is_none_or(|c| t.client == c)
-                && source.is_none_or(|s| t.source == s)
+        let node_state = |id: u32| match self.nodes.get(&id) {
+            Some(n) if n.down_since_ms.is_some() => "down",
+            _ => "up",
         };
-        let limit = limit.min(MAX_LISTED);
-        // one pass over the transfers: the oldest per node
+        let scoped = !scope.named().is_empty() || q.regex.is_some();
+        // whether a name is in the scope, once per name
+        let mut seen: HashMap<u32, bool> = HashMap::new();
+        let mut in_scope = |id: u32| {
+            id != NONE
+                && *seen
+                    .entry(id)
+                    .or_insert_with(|| scope.has(self.names.name(id)))
+        };
+        let limit = q.limit.or(filter.limit.map(|l| l as usize));
+        let limit = limit
+            .unwrap_or(super::reply::DEFAULT_LIMIT as usize)
+            .min(MAX_LISTED);
+        let limit = if q.summary { 0 } else { limit };
+        let mut pager = crate::rpc::Pager::new(limit, q.cursor_key()?);
         let mut oldest: HashMap<u32, i64> = HashMap::new();
-        for t in self.transfers.values().filter(|t| keep(t)) {
+        for (k, t) in &self.transfers {
+            let old = node.is_none_or(|n| t.node == n)
+                && client.is_none_or(|c| t.client == c)
+                && source.is_none_or(|s| t.source == s);
+            let fields = [("node", t.node), ("client", t.client), ("source", t.source)];
+            let hit = !scoped
+                || fields
+                    .iter()
+                    .any(|(kind, id)| scope.has_kind(kind) && in_scope(*id));
+            if !(old && hit && (states.is_empty() || states.selects(node_state(t.node)))) {
+                continue;
+            }
             let o = oldest.entry(t.node).or_insert(t.started_ms);
             *o = (*o).min(t.started_ms);
+            pager.offer_parts(t.started_ms, 0, k, || (k, t));
         }
+        let (listed, page) = pager.finish();
+        let nodes_scoped = scope.has_kind("node") && q.kind.is_some() && scoped;
         let mut nodes: Vec<NodeRow> = self
             .nodes
             .iter()
             .filter(|(id, _)| node.is_none_or(|n| **id == n))
+            .filter(|(id, _)| !nodes_scoped || in_scope(**id))
+            .filter(|(id, _)| states.is_empty() || states.selects(node_state(**id)))
             .map(|(id, n)| NodeRow {
                 bytes: n.bytes,
                 down_since: n.down_since_ms.map(at),
@@ -546,27 +601,18 @@ impl Table {
             })
             .collect();
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        let mut transfers: Vec<(&Box<str>, &Transfer)> =
-            self.transfers.iter().filter(|(_, t)| keep(t)).collect();
-        let total = transfers.len();
-        if limit == 0 {
-            transfers.clear();
-        } else {
-            transfers
-                .sort_unstable_by(|a, b| a.1.started_ms.cmp(&b.1.started_ms).then(a.0.cmp(b.0)));
-        }
-        InflightReply {
+        Ok(InflightReply {
             counts: self.counts.clone(),
             nodes,
             time: now,
-            total: total as u64,
-            transfers: transfers
+            total: page.matched,
+            transfers: listed
                 .into_iter()
-                .take(limit)
                 .map(|(k, t)| view(&self.names, k, t, now_ms))
                 .collect(),
-            truncated: total > limit,
-        }
+            truncated: page.matched > page.returned,
+            page: Some(page),
+        })
     }
 
     /// Put back a transfer from the journal: node, client, url, source and flow (empty:

@@ -578,3 +578,82 @@ proptest::proptest! {
         }
     }
 }
+
+/// A table of 30 transfers: clients c00..c29 on n1 (even) and n2 (odd), one a millisecond.
+fn table_of_30() -> Table {
+    let mut t = Table::new(limits(), t0(), false);
+    for i in 0..30 {
+        let at = t0() + ms(i);
+        let node = if i % 2 == 0 { "n1" } else { "n2" };
+        t.observe(&rec(node, &format!("c{i:02}"), "x", 102, at), at);
+    }
+    t
+}
+
+fn query(body: &str) -> crate::rpc::Query {
+    crate::rpc::Query::from_body(body.as_bytes())
+}
+
+#[test]
+fn queries_page_the_transfers_oldest_first() {
+    let t = table_of_30();
+    let none = InflightFilter::default();
+    let now = t0() + ms(100);
+    // pages of 7, with the cursors: every transfer once, oldest first, exact counts
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = query(r#"{"limit": 7}"#);
+        q.cursor = cursor.clone();
+        let r = t.answer(&q, &none, now).unwrap();
+        assert_eq!(r.total, 30);
+        assert_eq!(r.nodes.len(), 2);
+        seen.extend(r.transfers.iter().map(|x| x.client.clone()));
+        match r.page.and_then(|p| p.next_cursor) {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..30).map(|i| format!("c{i:02}")).collect();
+    assert_eq!(seen, want);
+    // one client's, a regex on clients, the transfers of a node by kind
+    let r = t
+        .answer(&query(r#"{"kind":"client","name":"c07"}"#), &none, now)
+        .unwrap();
+    assert_eq!(r.transfers.len(), 1);
+    assert_eq!(r.transfers[0].node, "n2");
+    let r = t
+        .answer(&query(r#"{"kind":"client","regex":"^c1"}"#), &none, now)
+        .unwrap();
+    assert_eq!(r.total, 10);
+    let r = t
+        .answer(&query(r#"{"kind":"node","name":"n1"}"#), &none, now)
+        .unwrap();
+    assert_eq!(r.total, 15);
+    assert_eq!(r.nodes.len(), 1, "the node asked for");
+    // the summary: the nodes, no transfer, the exact count
+    let r = t
+        .answer(&query(r#"{"summary": true}"#), &none, now)
+        .unwrap();
+    assert!(r.transfers.is_empty());
+    assert_eq!((r.total, r.nodes.len()), (30, 2));
+    assert_eq!(r.nodes[0].in_flight + r.nodes[1].in_flight, 30);
+    // states of nodes: none is down yet
+    let r = t
+        .answer(&query(r#"{"states":["down"]}"#), &none, now)
+        .unwrap();
+    assert_eq!((r.total, r.nodes.len()), (0, 0));
+    // the old filter still works beside it
+    let old = InflightFilter {
+        node: Some("n2".into()),
+        ..InflightFilter::default()
+    };
+    assert_eq!(t.answer(&query("{}"), &old, now).unwrap().total, 15);
+    for bad in [
+        r#"{"sort":"rate"}"#,
+        r#"{"kind":"flow"}"#,
+        r#"{"states":["sad"]}"#,
+    ] {
+        assert!(t.answer(&query(bad), &none, now).is_err(), "{bad}");
+    }
+}
