@@ -718,3 +718,125 @@ fn bad_flags_are_usage_errors() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("listen"), "{err}");
 }
+
+/// At a big pump's size dd_web asks for the worst names alone (issue 18): `--cards` bounds
+/// the cards, the summary counts every name, `/api/search` finds any name a page at a time,
+/// and `/metrics` has per-name series only for the cards and `--metrics-names`.
+#[tokio::test]
+async fn cards_are_the_worst_names_search_finds_any_and_metrics_are_bounded() {
+    let _ = connect().await;
+    let id = unique("webscale").replace('.', "-");
+    let sb = Sandbox::new(&id, vec![]).await;
+    let admin = url("guest", "guest", &sb.vhost);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("speedo.toml");
+    // names late after 3 s without a good delivery
+    std::fs::write(&config, "[thresholds.defaults]\ntd = 3\n").unwrap();
+    let speedo = tool(
+        "dd_speedo",
+        &admin,
+        &[
+            "--interval",
+            "1",
+            "--instance",
+            "sp",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let conn = connect_url(&admin).await;
+    wait_for_consumers(&conn, "q_guest.dd_speedo.log", 1).await;
+    // 12 clients of source s1 deliver once; 3 of them go on delivering
+    let mut msgs = Vec::new();
+    for i in 3..12 {
+        msgs.extend(records(1, i, &format!("c{i:02}"), "s1"));
+    }
+    publish_on(&admin, "log", msgs).await;
+    let _going_on: Vec<_> = ["c00", "c01", "c02"]
+        .into_iter()
+        .map(|c| publisher(admin.clone(), c, "s1".to_string()))
+        .collect();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let web = tool(
+        "dd_web",
+        &admin,
+        &[
+            "--listen",
+            &listen,
+            "--poll",
+            "1",
+            "--cards",
+            "4",
+            "--metrics-names",
+            "^c0[01]$",
+        ],
+    );
+    let base = format!("http://{listen}");
+    wait_http(&base).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let snap: Value = loop {
+        let s: Value = reqwest::get(format!("{base}/api/speedos"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // dd_speedo judges again at its next interval: c00-c02 back to ok
+        if s["by_state"]["client"]["ok"] == 3 || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // 4 cards, all late (9 clients are): the worst first, by name among equals
+    let cards: Vec<&str> = snap["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(snap["sources"].as_array().unwrap())
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cards, ["c03", "c04", "c05", "c06"], "{snap}");
+    assert_eq!(snap["by_state"]["client"]["late"], 9, "{snap}");
+    assert_eq!(snap["by_state"]["client"]["ok"], 3, "{snap}");
+    // the search: any name, a page of 50 by name
+    let r: Value = reqwest::get(format!("{base}/api/search?q=^c0[0-2]$&kind=client"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let found: Vec<&str> = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, ["c00", "c01", "c02"], "{r}");
+    assert_eq!(r["items"][0]["state"], "ok");
+    let bad = reqwest::get(format!("{base}/api/search?q=("))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    // /metrics: the cards' names and the allow-list's, no other
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut named: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("ddmon_speedo_state{"))
+        .filter_map(|l| l.split("name=\"").nth(1))
+        .filter_map(|l| l.split('"').next())
+        .map(str::to_string)
+        .collect();
+    named.sort();
+    named.dedup();
+    assert_eq!(named, ["c00", "c01", "c03", "c04", "c05", "c06"], "{text}");
+    for r in [web, speedo] {
+        r.terminate();
+        assert_eq!(r.finish(15).0, 0);
+    }
+}

@@ -50,6 +50,9 @@ pub struct Name {
     pub bad_bytes: u64,
     /// The last rates, oldest first (the sparkline).
     pub history: VecDeque<f64>,
+    /// Shown as a card (one of the worst); else only in /metrics (`--metrics-names`).
+    #[serde(skip)]
+    pub card: bool,
     #[serde(skip)]
     last_good: Option<(u64, DateTime<Utc>)>,
 }
@@ -69,6 +72,12 @@ pub struct Board {
     pub polls: [u64; 3],
     /// The last `health` answers of every daemon.
     pub daemons: Vec<Reply<crate::daemon::Health>>,
+    /// Names dd_speedo knows, by kind, and by kind and state (the whole pump's, exact).
+    pub in_scope: BTreeMap<String, u64>,
+    /// See [`Board::in_scope`].
+    pub by_state: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The totals `client.all` and `sources.all`.
+    pub totals: crate::speedo::reply::Totals,
 }
 
 impl Board {
@@ -82,26 +91,50 @@ impl Board {
             updated: None,
             polls: [0; 3],
             daemons: Vec::new(),
+            in_scope: BTreeMap::new(),
+            by_state: BTreeMap::new(),
+            totals: Default::default(),
         }
     }
 
-    /// Take a `stats` result of dd_speedo `instance`, received at `now`.
+    /// Take a `stats` result of dd_speedo `instance`, received at `now`: its names are the
+    /// cards (the worst ones, as asked).
     pub fn update(&mut self, stats: &StatsReply, instance: &str, now: DateTime<Utc>) {
+        self.update_with(stats, None, instance, now);
+    }
+
+    /// Take the cards' answer and, for /metrics, the `--metrics-names` answer: the board holds
+    /// these names and no others (a name no longer asked for is dropped, with its history),
+    /// so its size is the cards' and the allow-list's, never the pump's.
+    pub fn update_with(
+        &mut self,
+        cards: &StatsReply,
+        extra: Option<&StatsReply>,
+        instance: &str,
+        now: DateTime<Utc>,
+    ) {
         self.instance = Some(instance.to_string());
-        self.interval = Some(u64::from(stats.interval));
+        self.interval = Some(u64::from(cards.interval));
         self.updated = Some(now);
-        for (kind, list) in [
-            (Kind::Client, &stats.clients),
-            (Kind::Source, &stats.sources),
-        ] {
-            for v in list {
-                self.take(kind, v, now);
+        self.in_scope = cards.in_scope.clone();
+        self.by_state = cards.by_state.clone();
+        self.totals = cards.totals.clone();
+        let mut keep = std::collections::BTreeSet::new();
+        for (answer, card) in [(Some(cards), true), (extra, false)] {
+            let Some(a) = answer else { continue };
+            for (kind, list) in [(Kind::Client, &a.clients), (Kind::Source, &a.sources)] {
+                for v in list {
+                    if keep.insert((kind, v.name.clone())) {
+                        self.take(kind, v, now).card = card;
+                    }
+                }
             }
         }
+        self.names.retain(|k, _| keep.contains(k));
     }
 
     /// Take one name's line of a `stats` result.
-    fn take(&mut self, kind: Kind, v: &NameStats, now: DateTime<Utc>) {
+    fn take(&mut self, kind: Kind, v: &NameStats, now: DateTime<Utc>) -> &mut Name {
         let history = self.history;
         let entry = self
             .names
@@ -124,6 +157,7 @@ impl Board {
                 good_bytes: 0,
                 bad_bytes: 0,
                 history: VecDeque::with_capacity(history),
+                card: false,
                 last_good: None,
             });
         let good = v.good;
@@ -156,6 +190,7 @@ impl Board {
         entry.errors = v.errors;
         entry.good_bytes = v.good_bytes;
         entry.bad_bytes = v.bad_bytes;
+        entry
     }
 
     /// Every name, clients first, each kind by name.
@@ -174,7 +209,7 @@ impl Board {
         let list = |kind: Kind| -> Vec<&Name> {
             self.names
                 .values()
-                .filter(|n| n.kind == kind)
+                .filter(|n| n.kind == kind && n.card)
                 .collect::<Vec<_>>()
         };
         json!({
@@ -185,6 +220,9 @@ impl Board {
             "interval": self.interval,
             "clients": list(Kind::Client),
             "sources": list(Kind::Source),
+            "in_scope": self.in_scope,
+            "by_state": self.by_state,
+            "totals": self.totals,
         })
     }
 }

@@ -40,6 +40,14 @@ pub struct Args {
     /// Points of history per name (the sparkline) [default: 60].
     #[arg(long, value_name = "N")]
     pub history: Option<usize>,
+    /// Names shown as cards, the worst first (dd_speedo is asked for these, not the world)
+    /// [default: 48].
+    #[arg(long, value_name = "N")]
+    pub cards: Option<usize>,
+    /// Names whose series /metrics exports besides the cards' (a regex; at most 1000 names)
+    /// [default: none: the cards' names and the totals].
+    #[arg(long, value_name = "REGEX")]
+    pub metrics_names: Option<String>,
     /// Live tails one user may have open at once [default: 3].
     #[arg(long, value_name = "N")]
     pub max_tails_per_user: Option<usize>,
@@ -78,6 +86,10 @@ pub struct WebConfig {
     pub health_interval: f64,
     /// Points of history per name.
     pub history: usize,
+    /// Names shown as cards, the worst first.
+    pub cards: usize,
+    /// Names with series in /metrics besides the cards' (a regex).
+    pub metrics_names: Option<String>,
     /// Tails per user.
     pub max_tails_per_user: usize,
     /// Lines buffered per tail.
@@ -106,6 +118,8 @@ impl Default for WebConfig {
             poll: 5.0,
             health_interval: 15.0,
             history: 60,
+            cards: 48,
+            metrics_names: None,
             max_tails_per_user: 3,
             tail_buffer: 1000,
             tail_timeout: 30.0,
@@ -132,6 +146,16 @@ impl WebConfig {
         overlay(&mut cfg.poll, args.poll);
         overlay(&mut cfg.health_interval, args.health_interval);
         overlay(&mut cfg.history, args.history);
+        overlay(&mut cfg.cards, args.cards);
+        if args.metrics_names.is_some() {
+            cfg.metrics_names = args.metrics_names.clone();
+        }
+        if let Some(r) = &cfg.metrics_names {
+            regex::Regex::new(r).map_err(|e| ConfigError::Invalid {
+                field: "metrics_names",
+                message: e.to_string(),
+            })?;
+        }
         overlay(&mut cfg.max_tails_per_user, args.max_tails_per_user);
         overlay(&mut cfg.tail_buffer, args.tail_buffer);
         overlay(&mut cfg.tail_timeout, args.tail_timeout);
@@ -162,6 +186,7 @@ impl WebConfig {
         }
         for (field, v) in [
             ("history", cfg.history),
+            ("cards", cfg.cards),
             ("max_tails_per_user", cfg.max_tails_per_user),
             ("tail_buffer", cfg.tail_buffer),
         ] {

@@ -112,6 +112,74 @@ async fn events(State(app): State<Arc<App>>) -> impl IntoResponse {
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
 }
 
+/// The search box's question: `q` a regex on names (empty: every name), `kind` one kind,
+/// `cursor` the next page of the previous answer.
+#[derive(Debug, serde::Deserialize)]
+pub struct Search {
+    /// The regex.
+    #[serde(default)]
+    q: String,
+    /// `client` or `source`.
+    kind: Option<String>,
+    /// The next page.
+    cursor: Option<String>,
+}
+
+/// Lines of a search page.
+pub const SEARCH_PAGE: usize = 50;
+
+/// `/api/search?q=REGEX&kind=&cursor=`: any name, found by dd_speedo (asked for one page,
+/// by name): `{"items": [...], "page": {...}, "matched": {...}}`; 400 for a bad query, 502
+/// when dd_speedo does not answer.
+async fn search(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(s): axum::extract::Query<Search>,
+) -> Response {
+    let cfg = &app.cfg;
+    let q = crate::rpc::Query {
+        kind: s.kind.filter(|k| !k.is_empty()),
+        regex: Some(if s.q.is_empty() { ".".into() } else { s.q }),
+        cursor: s.cursor.filter(|c| !c.is_empty()),
+        sort: Some(crate::rpc::Sort::Name),
+        limit: Some(SEARCH_PAGE),
+        ..crate::rpc::Query::default()
+    };
+    let key = crate::rpc::request_key("dd_speedo", cfg.speedo_instance.as_deref(), "stats");
+    let question = crate::rpc::Question::new(&cfg.exchange, key, Duration::from_secs(3))
+        .with_body(&q)
+        .at_most(1);
+    let answers =
+        crate::rpc::ask_once::<crate::speedo::StatsReply>(&cfg.broker, "dd_web search", &question)
+            .await;
+    let reply = match answers {
+        Ok(a) => a.replies.into_iter().next(),
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    match reply {
+        Some(r) if r.ok => {
+            let s = r.result.unwrap_or_default();
+            let kind = |k: &str, v: &crate::speedo::reply::NameStats| {
+                let mut j = serde_json::to_value(v).unwrap_or_default();
+                j["kind"] = k.into();
+                j
+            };
+            let items: Vec<Value> = s
+                .clients
+                .iter()
+                .map(|v| kind("client", v))
+                .chain(s.sources.iter().map(|v| kind("source", v)))
+                .collect();
+            axum::Json(serde_json::json!({"items": items, "page": s.page, "matched": s.matched}))
+                .into_response()
+        }
+        Some(r) => error(
+            StatusCode::BAD_REQUEST,
+            r.error.unwrap_or_else(|| "refused".into()),
+        ),
+        None => error(StatusCode::BAD_GATEWAY, "dd_speedo did not answer"),
+    }
+}
+
 /// A JSON error with a status.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     let body = serde_json::json!({"error": message.into()});
@@ -138,6 +206,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(page))
         .route("/metrics", get(metrics_text))
         .route("/api/speedos", get(speedos))
+        .route("/api/search", get(search))
         .route("/api/events", get(events))
         .route("/api/login", post(tail::login))
         .route("/api/logout", post(tail::logout))
@@ -178,7 +247,14 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
         loop {
             let started = std::time::Instant::now();
             let wait = poll.min(Duration::from_secs(2));
-            let question = crate::rpc::Question::new(&cfg.exchange, key.clone(), wait);
+            // the worst names for the cards, with the whole pump's counts: never the world
+            let cards = crate::rpc::Query {
+                sort: Some(crate::rpc::Sort::Worst),
+                limit: Some(cfg.cards),
+                ..crate::rpc::Query::default()
+            };
+            let question =
+                crate::rpc::Question::new(&cfg.exchange, key.clone(), wait).with_body(&cards);
             let replies = tokio::select! {
                 r = crate::rpc::ask::<crate::speedo::StatsReply>(&link, &question) => r,
                 _ = shutdown.requested() => return Ok(()),
@@ -212,7 +288,11 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
                 );
                 warned_many = true;
             }
-            show(&app, &replies);
+            let extra = match &cfg.metrics_names {
+                Some(regex) => metrics_names(&link, &cfg.exchange, &key, regex, wait).await,
+                None => None,
+            };
+            show(&app, &replies, extra.as_ref());
             if last_health.is_none_or(|t| t.elapsed().as_secs_f64() >= cfg.health_interval) {
                 last_health = Some(std::time::Instant::now());
                 ask_health(&app, &link).await;
@@ -226,15 +306,43 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
     }
 }
 
-/// Put dd_speedo's answer on the board and send the board to every open page.
-fn show(app: &App, replies: &crate::rpc::Answers<crate::speedo::StatsReply>) {
+/// Names whose series /metrics exports besides the cards' (`--metrics-names`).
+pub const MAX_METRICS_NAMES: usize = 1000;
+
+/// The `--metrics-names` names' lines (`None` when not answered: the last ones are dropped
+/// from the board until the next answer).
+async fn metrics_names(
+    link: &crate::broker::Link,
+    exchange: &str,
+    key: &str,
+    regex: &str,
+    wait: Duration,
+) -> Option<crate::speedo::StatsReply> {
+    let q = crate::rpc::Query {
+        regex: Some(regex.to_string()),
+        limit: Some(MAX_METRICS_NAMES),
+        ..crate::rpc::Query::default()
+    };
+    let question = crate::rpc::Question::new(exchange, key.to_string(), wait).with_body(&q);
+    let a = crate::rpc::ask::<crate::speedo::StatsReply>(link, &question)
+        .await
+        .ok()?;
+    a.first_ok().map(|(_, s)| s.clone())
+}
+
+/// Put dd_speedo's answers on the board and send the board to every open page.
+fn show(
+    app: &App,
+    replies: &crate::rpc::Answers<crate::speedo::StatsReply>,
+    extra: Option<&crate::speedo::StatsReply>,
+) {
     let snapshot = {
         let mut board = app.board();
         board.polls[0] += 1;
         match replies.first_ok() {
             Some((a, stats)) => {
                 board.polls[1] += 1;
-                board.update(stats, &a.instance, Utc::now());
+                board.update_with(stats, extra, &a.instance, Utc::now());
             }
             None => board.polls[2] += 1,
         }
