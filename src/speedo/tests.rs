@@ -867,3 +867,29 @@ fn one_name_a_regex_bounds_and_bad_queries() {
         assert!(s.answer(&q, now).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn by_rate_the_busiest_first_and_those_without_a_rate_last() {
+    let start = minute(0);
+    let mut s = speedo_with(60, "[defaults]\ntd = 0\n", start);
+    s.advance(start);
+    // a whole minute: c1 3 files, c2 7, c3 1; c4 appears after it (no figure yet)
+    minute_of(&mut s, 0, "c1", 3, 0);
+    minute_of(&mut s, 0, "c2", 7, 0);
+    minute_of(&mut s, 0, "c3", 1, 0);
+    s.advance(minute(1));
+    feed(&mut s, minute(1), &rec(minute(1), "c4", Some("ec"), 200, 1));
+    let q = crate::rpc::Query {
+        kind: Some("client".into()),
+        sort: Some(crate::rpc::Sort::Rate),
+        limit: Some(3),
+        ..Default::default()
+    };
+    let r = s.answer(&q, minute(1)).unwrap();
+    assert_eq!(names(&r), ["c2", "c1", "c3"]);
+    let next = crate::rpc::Query {
+        cursor: r.page.unwrap().next_cursor,
+        ..q
+    };
+    assert_eq!(names(&s.answer(&next, minute(1)).unwrap()), ["c4"]);
+}
