@@ -29,7 +29,7 @@ pub use error::{
     BrokerError, CONFIRM_TIMEOUT, CONNECT_TIMEOUT, ErrorKind, OPERATION_TIMEOUT, SETTLE_TIMEOUT,
     SUBSCRIBE_TIMEOUT,
 };
-pub use publish::{Confirmed, Confirms, Outgoing, Publisher, Publishers};
+pub use publish::{Confirmed, Confirms, Outgoing, PUBLISH_WINDOW, Publisher, Publishers};
 pub use rpc::RawReply;
 pub use settings::{BrokerConfig, BrokerUrl};
 pub use topology::{Declare, ExchangeType, HeadersBinding, QueueSpec, Subscription, Unbind};

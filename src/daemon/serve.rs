@@ -88,6 +88,13 @@ pub trait Service {
     fn flush(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// The next window of what `tick` had to publish (empty: nothing more). A tool whose tick
+    /// makes very many messages (dd_speedo's interval: one per name) makes them a window at a
+    /// time here, each published and confirmed before the next is made, so that they never
+    /// all exist at once.
+    fn more(&mut self) -> Vec<Outgoing> {
+        Vec::new()
+    }
     /// Is the tool done (e.g. `dd_log -n` reached)?
     fn finished(&self) -> bool {
         false
@@ -307,6 +314,13 @@ impl<S: Service> Loop<'_, S> {
             self.backoff.reset();
         }
         self.publish(&out.publish).await?;
+        loop {
+            let window = self.service.more();
+            if window.is_empty() {
+                break;
+            }
+            self.publish(&window).await?;
+        }
         let wanted = if self.service.degraded() {
             State::Degraded
         } else {

@@ -7,6 +7,23 @@ use crate::broker::Outgoing;
 use super::*;
 
 impl SpeedoConfig {
+    /// The exchanges that `outputs`' messages go to (declared before any is published).
+    pub fn exchanges(&self, outputs: &[Output]) -> std::collections::BTreeSet<String> {
+        let mut x = std::collections::BTreeSet::from([self.output_exchange.clone()]);
+        if self.source_copies {
+            for o in outputs {
+                let source = match o {
+                    Output::Speedo(r) => (r.scope == Scope::Source).then_some(r.name.as_str()),
+                    Output::Alert(a) => (a.kind == Kind::Source).then_some(a.name.as_str()),
+                };
+                if let Some(s) = source {
+                    x.insert(self.source_exchange(s));
+                }
+            }
+        }
+        x
+    }
+
     /// The messages that publish `outputs`: each to the output exchange, and a source's also
     /// to its own exchange.
     pub fn outgoing(&self, outputs: &[Output]) -> Vec<Outgoing> {

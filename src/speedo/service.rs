@@ -1,6 +1,6 @@
 //! dd_speedo as a daemon: its service on the serve loop (count, publish, answer), its persistence (the state file and the count journal, kept by `Keeper`), and the entry points (`main`, `run`, `run_replay`).
 
-use crate::broker::Delivery;
+use crate::broker::{Delivery, Outgoing};
 use crate::clock::{Clock, SystemClock};
 use crate::daemon::{Handled, ServeConfig, Service, Shutdown, serve};
 use crate::record::{MalformedTally, Parsed};
@@ -83,6 +83,9 @@ struct SpeedoService {
     speedos: u64,
     alerts: u64,
     keeper: Keeper,
+    /// What the last tick has still to publish: its messages are made a window at a time
+    /// (`more`), never the whole interval's at once (100,000 names: 240 MiB of messages).
+    backlog: std::collections::VecDeque<Output>,
 }
 
 impl SpeedoService {
@@ -127,10 +130,11 @@ impl SpeedoService {
                 }
             }
         }
-        let publish = self.cfg.outgoing(&outputs);
-        let declare: BTreeSet<String> = publish.iter().map(|m| m.exchange.clone()).collect();
+        // every exchange declared before the first window
+        let declare: BTreeSet<String> = self.cfg.exchanges(&outputs);
+        self.backlog.extend(outputs);
         Handled {
-            publish,
+            publish: self.more(),
             declare: declare.into_iter().collect(),
             ..Handled::default()
         }
@@ -201,6 +205,12 @@ impl Service for SpeedoService {
             };
             Ok(serde_json::to_value(reply).unwrap_or_default())
         })
+    }
+
+    fn more(&mut self) -> Vec<Outgoing> {
+        let n = self.backlog.len().min(crate::broker::PUBLISH_WINDOW);
+        let window: Vec<Output> = self.backlog.drain(..n).collect();
+        self.cfg.outgoing(&window)
     }
 
     fn degraded(&self) -> bool {
@@ -328,6 +338,7 @@ pub async fn run(cfg: &SpeedoConfig, shutdown: Shutdown, clock: &dyn Clock) -> a
             journal,
             ..Keeper::default()
         },
+        backlog: Default::default(),
     };
     // the replayed counts go into a state file at once, and the journal starts afresh
     service.keeper.save(&service.speedo, clock.now());
