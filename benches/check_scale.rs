@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ddmon::broker::Outgoing;
-use ddmon::record::{Encoding, LogRecord};
+use ddmon::record::LogRecord;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -228,21 +228,10 @@ fn messages(exchange: &str, clients: usize, records: usize) -> Vec<Outgoing> {
     (0..records)
         .map(|i| {
             let r = LogRecord {
-                encoding: Encoding::V02,
-                time: now,
-                srcpath: "https://pump.example/".into(),
                 relpath: format!("/tree{:03}/d{i:07}/file.grib2", i % 200),
-                status: 200,
-                node: "node01".into(),
                 client: format!("client{:06}", i % clients),
-                duration: Some(0.2),
                 source: Some(format!("source{:03}", i % 200)),
-                from_cluster: None,
-                to_clusters: None,
-                flow: None,
-                message: None,
-                sum: None,
-                bytes: Some(123_456),
+                ..good_record(now)
             };
             ddmon::sim::outgoing(&r, ddmon::sim::WireFormat::V02, exchange)
         })

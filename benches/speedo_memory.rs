@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::*;
-use ddmon::record::{Encoding, LogRecord};
 use ddmon::speedo::{Settings, Speedo, Thresholds, ThresholdsConfig};
 
 fn main() {
@@ -39,23 +38,7 @@ fn main() {
     );
     let clients: Vec<String> = (0..CLIENTS).map(|i| format!("client{i:06}")).collect();
     let sources: Vec<String> = (0..SOURCES).map(|i| format!("source{i:03}")).collect();
-    let mut r = LogRecord {
-        encoding: Encoding::V02,
-        time: Utc::now(),
-        srcpath: "https://pump.example/".into(),
-        relpath: String::new(),
-        status: 200,
-        node: "node01".into(),
-        client: String::new(),
-        duration: Some(0.2),
-        source: None,
-        from_cluster: None,
-        to_clusters: None,
-        flow: None,
-        message: None,
-        sum: None,
-        bytes: Some(123_456),
-    };
+    let mut r = good_record(Utc::now());
     let started = Instant::now();
     let mut next_report = Duration::ZERO;
     let mut next_save = Duration::from_secs(60);

@@ -199,3 +199,25 @@ pub async fn run_until_handled(
     conn.close(200, "OK".into()).await.unwrap();
     (took, rss)
 }
+
+/// A good delivery (200) of the memory benches' pump at `time`: node01, 123,456 bytes; the
+/// bench fills in client, source and relpath.
+pub fn good_record(time: chrono::DateTime<chrono::Utc>) -> ddmon::record::LogRecord {
+    ddmon::record::LogRecord {
+        encoding: ddmon::record::Encoding::V02,
+        time,
+        srcpath: "https://pump.example/".into(),
+        relpath: String::new(),
+        status: 200,
+        node: "node01".into(),
+        client: String::new(),
+        duration: Some(0.2),
+        source: None,
+        from_cluster: None,
+        to_clusters: None,
+        flow: None,
+        message: None,
+        sum: None,
+        bytes: Some(123_456),
+    }
+}

@@ -563,7 +563,7 @@ impl<S: Service> Loop<'_, S> {
             }
             // Not biased: a busy input must not starve the requests.
             tokio::select! {
-                d = next_delivery(input), if self.pending.len() < limit => match d? {
+                d = next_of(input), if self.pending.len() < limit => match d? {
                     Some(d) => {
                         self.on_delivery(d).await?;
                         if let Some(input) = input.as_mut() {
@@ -576,7 +576,7 @@ impl<S: Service> Loop<'_, S> {
                 c = wait_head(&mut self.pending), if !self.pending.is_empty() => {
                     self.on_confirms(c).await?;
                 }
-                r = next_request(requests) => match r? {
+                r = next_of(requests) => match r? {
                     Some(r) => self.on_request(r).await?,
                     None => return Ok(()),
                 },
@@ -630,17 +630,12 @@ struct Pending {
     confirms: Option<Confirms>,
 }
 
-/// The next input delivery; never, for a daemon with no input.
-async fn next_delivery(
-    input: &mut Option<Consumer>,
+/// The next delivery of a consumer that may not be there (a daemon with no input, a command
+/// with no requests): never, then.
+async fn next_of(
+    consumer: &mut Option<Consumer>,
 ) -> Result<Option<Delivery>, crate::broker::BrokerError> {
-    next_request(input).await
-}
-
-async fn next_request(
-    requests: &mut Option<Consumer>,
-) -> Result<Option<Delivery>, crate::broker::BrokerError> {
-    match requests.as_mut() {
+    match consumer.as_mut() {
         Some(c) => c.next().await,
         None => std::future::pending().await,
     }

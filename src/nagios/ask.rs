@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::broker::{BrokerError, Link};
-use crate::rpc::{Answers, Bounds, Outside, Query, Question, Reply, Sort};
+use crate::rpc::{Answers, Bounds, Outside, Query, Question, Sort};
 use crate::speedo::StatsReply;
 
 use super::{Check, CheckConfig, Exact, KindFilter, Range};
@@ -49,6 +49,26 @@ fn offenders(check: &Check, critical_only: bool) -> Option<(Vec<String>, Option<
     (!states.is_empty() || outside.is_some()).then_some((states, outside))
 }
 
+/// Every line of the scope, by name, up to `--max-perfdata` (a small scope, judged here).
+fn whole(check: &Check) -> Query {
+    Query {
+        sort: Some(Sort::Name),
+        limit: Some(check.max_perfdata),
+        ..scope(check)
+    }
+}
+
+/// The offenders `offenders` selects, worst first, up to `--max-offenders`.
+fn worst(check: &Check, (states, outside): (Vec<String>, Option<Outside>)) -> Query {
+    Query {
+        states,
+        outside,
+        sort: Some(Sort::Worst),
+        limit: Some(check.max_offenders),
+        ..scope(check)
+    }
+}
+
 /// The scope of a check with no names: its kind and regex.
 fn scope(check: &Check) -> Query {
     Query {
@@ -76,16 +96,9 @@ async fn one(
     crate::rpc::ask::<StatsReply>(link, &question).await
 }
 
-/// The first answer's result, or the answers as they are (to be said as they are).
+/// The answer's result (`None`: a refusal or no answer, to be said as it is).
 fn result(a: &Answers<StatsReply>) -> Option<&StatsReply> {
-    match a.replies.first() {
-        Some(Reply {
-            ok: true,
-            result: Some(r),
-            ..
-        }) => Some(r),
-        _ => None,
-    }
+    a.first_ok().map(|(_, r)| r)
 }
 
 /// Lay the lines of `more` into `into`, each name once.
@@ -122,35 +135,18 @@ pub(crate) async fn ask(
     if !check.clients.is_empty() || !check.sources.is_empty() {
         return named(link, cfg, check, &key, left).await;
     }
-    let Some((states, outside)) = offenders(check, false) else {
+    let Some(selection) = offenders(check, false) else {
         // nothing to judge on: the counts and, for the perfdata, a small scope's lines
-        let q = Query {
-            sort: Some(Sort::Name),
-            limit: Some(check.max_perfdata),
-            ..scope(check)
-        };
-        return Ok((one(link, cfg, &key, &q, left()).await?, None));
+        return Ok((one(link, cfg, &key, &whole(check), left()).await?, None));
     };
-    let all = Query {
-        states,
-        outside,
-        sort: Some(Sort::Worst),
-        limit: Some(check.max_offenders),
-        ..scope(check)
-    };
-    let first = one(link, cfg, &key, &all, left()).await?;
+    let first = one(link, cfg, &key, &worst(check, selection), left()).await?;
     let Some(found) = result(&first) else {
         return Ok((first, None));
     };
     let in_scope: u64 = found.in_scope.values().sum();
     if in_scope as usize <= check.max_perfdata {
         // small: every line, judged here as before
-        let q = Query {
-            sort: Some(Sort::Name),
-            limit: Some(check.max_perfdata),
-            ..scope(check)
-        };
-        return Ok((one(link, cfg, &key, &q, left()).await?, None));
+        return Ok((one(link, cfg, &key, &whole(check), left()).await?, None));
     }
     let count =
         |m: &std::collections::BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
@@ -163,16 +159,9 @@ pub(crate) async fn ask(
         with_figure: (!found.with_figure.is_empty()).then(|| found.with_figure.values().sum()),
     };
     let mut answers = first.clone();
-    if let (Some((states, outside)), true) = (offenders(check, true), exact.out() > 0) {
+    if let (Some(selection), true) = (offenders(check, true), exact.out() > 0) {
         // the critical ones first: the status and the first lines whatever the cut
-        let q = Query {
-            states,
-            outside,
-            sort: Some(Sort::Worst),
-            limit: Some(check.max_offenders),
-            ..scope(check)
-        };
-        let critical = one(link, cfg, &key, &q, left()).await?;
+        let critical = one(link, cfg, &key, &worst(check, selection), left()).await?;
         if let (Some(c), Some(r)) = (
             result(&critical).cloned(),
             answers.replies.first_mut().and_then(|r| r.result.as_mut()),
@@ -209,11 +198,7 @@ async fn named(
     }
     if check.regex.is_some() {
         // names and a regex: those too (a small scope, as a Nagios service's)
-        asked.push(Query {
-            sort: Some(Sort::Name),
-            limit: Some(check.max_perfdata),
-            ..scope(check)
-        });
+        asked.push(whole(check));
     }
     for q in asked {
         let a = one(link, cfg, key, &q, left()).await?;

@@ -79,16 +79,12 @@ impl<'q> Asked<'q> {
         (self.states.is_empty() && self.outside.is_none()) || by_state || by_figure
     }
 
-    fn key(&self, rank: u8, name: &str, e: &Entry) -> Key {
-        let figure = match self.sort {
+    /// The sort's figure of an entry (its [`Key`]'s first part).
+    fn sort_figure(&self, e: &Entry) -> i64 {
+        match self.sort {
             Sort::Name => 0,
             Sort::Worst => -severity(e.watch.state),
             Sort::Rate => Key::rate_figure(e.figures.files_per_min),
-        };
-        Key {
-            figure,
-            kind: rank,
-            name: name.to_string(),
         }
     }
 }
@@ -118,29 +114,33 @@ impl Speedo {
             if !asked.scope.has_kind(&k) {
                 continue;
             }
-            let states = tally.by_state.entry(k.clone()).or_default();
-            for h in Health::ALL {
-                states.insert(h.as_str().to_string(), 0);
-            }
+            // counted by state's place in `Health::ALL`: nothing allocated per name
+            let mut states = [0u64; Health::ALL.len()];
             let (mut scope, mut matched, mut with_figure) = (0, 0, 0);
             for (name, e) in self.entries(kind) {
                 if !asked.scope.has(name) {
                     continue;
                 }
                 scope += 1;
-                *states
-                    .entry(e.watch.state.as_str().to_string())
-                    .or_default() += 1;
+                if let Some(i) = Health::ALL.iter().position(|h| *h == e.watch.state) {
+                    states[i] += 1;
+                }
                 if asked.outside.is_some() && asked.figure(e).is_some() {
                     with_figure += 1;
                 }
                 if asked.selects(e) {
                     matched += 1;
                     if !q.summary {
-                        pager.offer(|| asked.key(rank as u8, name, e), || (kind, name));
+                        let figure = asked.sort_figure(e);
+                        pager.offer_parts(figure, rank as u8, name, || (kind, name));
                     }
                 }
             }
+            let by_state = Health::ALL
+                .iter()
+                .zip(states)
+                .map(|(h, n)| (h.as_str().to_string(), n));
+            tally.by_state.insert(k.clone(), by_state.collect());
             tally.in_scope.insert(k.clone(), scope);
             tally.matched.insert(k.clone(), matched);
             if asked.outside.is_some() {

@@ -77,7 +77,7 @@ where
 }
 
 /// Transfers listed when the request gives no `limit`.
-pub const DEFAULT_LIMIT: u64 = 1000;
+pub const DEFAULT_LIMIT: u64 = crate::rpc::query::DEFAULT_LIMIT as u64;
 
 impl InflightFilter {
     /// A request's body as a filter (an empty or unreadable body: everything).

@@ -555,11 +555,11 @@ impl Table {
                     .entry(id)
                     .or_insert_with(|| scope.has(self.names.name(id)))
         };
-        let limit = q.limit.or(filter.limit.map(|l| l as usize));
-        let limit = limit
-            .unwrap_or(super::reply::DEFAULT_LIMIT as usize)
-            .min(MAX_LISTED);
-        let limit = if q.summary { 0 } else { limit };
+        let limit = match q.limit {
+            _ if q.summary => 0,
+            Some(l) => l.min(MAX_LISTED),
+            None => filter.limit().min(MAX_LISTED),
+        };
         let mut pager = crate::rpc::Pager::new(limit, q.cursor_key()?);
         let mut oldest: HashMap<u32, i64> = HashMap::new();
         for (k, t) in &self.transfers {
@@ -571,7 +571,7 @@ impl Table {
                 || fields
                     .iter()
                     .any(|(kind, id)| scope.has_kind(kind) && in_scope(*id));
-            if !(old && hit && (states.is_empty() || states.selects(node_state(t.node)))) {
+            if !(old && hit && states.selects(node_state(t.node))) {
                 continue;
             }
             let o = oldest.entry(t.node).or_insert(t.started_ms);
@@ -585,7 +585,7 @@ impl Table {
             .iter()
             .filter(|(id, _)| node.is_none_or(|n| **id == n))
             .filter(|(id, _)| !nodes_scoped || in_scope(**id))
-            .filter(|(id, _)| states.is_empty() || states.selects(node_state(**id)))
+            .filter(|(id, _)| states.selects(node_state(**id)))
             .map(|(id, n)| NodeRow {
                 bytes: n.bytes,
                 down_since: n.down_since_ms.map(at),

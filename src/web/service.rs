@@ -138,7 +138,7 @@ async fn search(
     let cfg = &app.cfg;
     let q = crate::rpc::Query {
         kind: s.kind.filter(|k| !k.is_empty()),
-        regex: Some(if s.q.is_empty() { ".".into() } else { s.q }),
+        regex: (!s.q.is_empty()).then_some(s.q),
         cursor: s.cursor.filter(|c| !c.is_empty()),
         sort: Some(crate::rpc::Sort::Name),
         limit: Some(SEARCH_PAGE),
@@ -230,6 +230,12 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let mut last_health: Option<std::time::Instant> = None;
     let mut warned_many = false;
     let mut warned_unreadable = false;
+    // the worst names for the cards, with the whole pump's counts: never the world
+    let cards = crate::rpc::Query {
+        sort: Some(crate::rpc::Sort::Worst),
+        limit: Some(cfg.cards),
+        ..crate::rpc::Query::default()
+    };
     'connect: loop {
         let link = match crate::broker::Link::open_with_retry(
             &cfg.broker,
@@ -247,12 +253,6 @@ async fn poller(app: Arc<App>, mut shutdown: Shutdown) -> anyhow::Result<()> {
         loop {
             let started = std::time::Instant::now();
             let wait = poll.min(Duration::from_secs(2));
-            // the worst names for the cards, with the whole pump's counts: never the world
-            let cards = crate::rpc::Query {
-                sort: Some(crate::rpc::Sort::Worst),
-                limit: Some(cfg.cards),
-                ..crate::rpc::Query::default()
-            };
             let question =
                 crate::rpc::Question::new(&cfg.exchange, key.clone(), wait).with_body(&cards);
             let replies = tokio::select! {
