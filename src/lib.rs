@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod headers;
 pub mod log;
 pub mod nagios;
+pub mod roster;
 pub mod record;
 pub mod route;
 pub mod rpc;

@@ -12,7 +12,8 @@
 //! By role: [`error`] (kinds, reply codes, timeouts), [`settings`] (the `[broker]` table and
 //! its URLs), [`connect`] (connections, backoff, [`Link`]), [`topology`] (queues, exchanges,
 //! bindings), [`consume`] (the reconnecting [`Consumer`], a user's [`Tail`]), [`publish`]
-//! (confirmed publishing), [`headers`] (AMQP tables), [`rpc`] (the request transport).
+//! (confirmed publishing), [`headers`] (AMQP tables), [`rpc`] (the request transport),
+//! [`stream`] (RabbitMQ streams: the daemons' history).
 
 pub mod connect;
 pub mod consume;
@@ -21,6 +22,7 @@ pub mod headers;
 pub mod publish;
 pub mod rpc;
 pub mod settings;
+pub mod stream;
 pub mod topology;
 
 pub use connect::{Backoff, Link, random_u64};
@@ -32,6 +34,7 @@ pub use error::{
 pub use publish::{Confirmed, Confirms, Outgoing, PUBLISH_WINDOW, Publisher, Publishers};
 pub use rpc::RawReply;
 pub use settings::{BrokerConfig, BrokerUrl};
+pub use stream::{StreamMessage, StreamOffset, StreamReader, StreamSpec};
 pub use topology::{Declare, ExchangeType, HeadersBinding, QueueSpec, Subscription, Unbind};
 
 /// The lapin-level entry points, for the tests and benchmarks that drive the broker as any

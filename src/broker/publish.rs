@@ -162,6 +162,19 @@ impl Publisher {
         }
     }
 
+    /// Declare a stream and its bindings (see [`super::stream::declare_stream`]), once, on
+    /// this publisher's connection; `Ok(false)`: it exists with other arguments.
+    pub async fn declare_stream(
+        &mut self,
+        spec: &super::stream::StreamSpec,
+    ) -> Result<bool, BrokerError> {
+        self.ensure().await?;
+        match &self.live {
+            Some((conn, _)) => super::stream::declare_stream(conn, spec).await,
+            None => Err(BrokerError::unreachable("no connection")),
+        }
+    }
+
     /// Declare a durable topic exchange now and again after every reconnection (once: an
     /// exchange already declared by this publisher is not declared again).
     pub async fn declare_exchange(&mut self, name: &str) -> Result<(), BrokerError> {

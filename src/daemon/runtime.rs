@@ -45,6 +45,8 @@ impl State {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Health {
+    /// Seconds between its alive messages (a roster's clock for "silent").
+    pub alive_interval: f64,
     /// The tool's own counters (each tool's; dd_speedo's are `speedo::reply::Counters`).
     pub counters: Value,
     /// The host it runs on.
@@ -79,6 +81,8 @@ pub struct DaemonConfig {
     pub alive_interval: f64,
     /// Exchange for alive, status and requests.
     pub exchange: String,
+    /// The stream that keeps the daemons' history (`[daemon.roster]`).
+    pub roster: super::registry::RosterStream,
 }
 
 impl Default for DaemonConfig {
@@ -87,6 +91,7 @@ impl Default for DaemonConfig {
             instance: None,
             alive_interval: 30.0,
             exchange: "log".to_string(),
+            roster: Default::default(),
         }
     }
 }
@@ -103,6 +108,9 @@ pub struct DaemonOpts {
     /// Exchange for alive, status and requests [default: log].
     #[arg(long, env = "DD_DAEMON_EXCHANGE", value_name = "NAME")]
     pub daemon_exchange: Option<String>,
+    /// The roster stream's flags.
+    #[command(flatten)]
+    pub roster: super::registry::RosterOpts,
 }
 
 impl DaemonOpts {
@@ -113,6 +121,7 @@ impl DaemonOpts {
         }
         crate::config::overlay(&mut cfg.alive_interval, self.alive_interval);
         crate::config::overlay(&mut cfg.exchange, self.daemon_exchange.clone());
+        self.roster.apply(&mut cfg.roster);
     }
 }
 
@@ -120,6 +129,7 @@ impl DaemonConfig {
     /// Check the values.
     pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
         crate::config::check_name("daemon exchange", &self.exchange)?;
+        self.roster.validate()?;
         if let Some(i) = &self.instance {
             crate::config::check_name("instance", i)?;
         }
@@ -168,6 +178,7 @@ pub struct Runtime {
     alive_every: chrono::Duration,
     last_alive: Option<DateTime<Utc>>,
     announced: bool,
+    roster: Option<crate::broker::StreamSpec>,
 }
 
 impl Runtime {
@@ -193,6 +204,38 @@ impl Runtime {
             alive_every: chrono::Duration::milliseconds((cfg.alive_interval * 1000.0) as i64),
             last_alive: None,
             announced: false,
+            roster: cfg.roster.spec(&cfg.exchange),
+        }
+    }
+
+    /// The stream that keeps the daemons' history, when it is kept.
+    pub fn roster_stream(&self) -> Option<&crate::broker::StreamSpec> {
+        self.roster.as_ref()
+    }
+
+    /// The registry message of `event` (`start`, `stop`); `failure` says why a stop was not
+    /// asked for.
+    pub fn registration(
+        &self,
+        event: &str,
+        now: DateTime<Utc>,
+        failure: Option<String>,
+    ) -> Outgoing {
+        let body = super::registry::Registration {
+            alive_interval: self.alive_every.num_milliseconds() as f64 / 1000.0,
+            event: event.to_string(),
+            failure,
+            host: self.id.host.clone(),
+            instance: self.id.instance.clone(),
+            pid: self.id.pid,
+            started: self.id.started,
+            time: now,
+            tool: self.id.tool.clone(),
+            version: self.id.version.to_string(),
+        };
+        Outgoing {
+            routing_key: super::registry::registry_key(&self.id.tool, &self.id.instance, event),
+            ..self.message("registry", &json!(body))
         }
     }
 
@@ -223,6 +266,7 @@ impl Runtime {
     /// The body shared by alive, status and `health`.
     pub fn describe(&self, now: DateTime<Utc>, counters: &Value) -> Health {
         Health {
+            alive_interval: self.alive_every.num_milliseconds() as f64 / 1000.0,
             counters: counters.clone(),
             host: self.id.host.clone(),
             instance: self.id.instance.clone(),

@@ -143,9 +143,24 @@ pub async fn serve<S: Service>(
     }
     if let (Some(rt), Some(p)) = (runtime.as_mut(), publisher.as_mut().map(Publishers::local)) {
         p.declare_exchange(rt.exchange()).await?;
-        if let Some(m) = rt.set_state(State::Starting, clock.now(), &service.counters()) {
-            p.publish_all(&[m]).await?;
+        if let Some(spec) = rt.roster_stream() {
+            // the history is the monitors' help, not the daemon's work: a refusal is said
+            match p.declare_stream(spec).await {
+                Ok(true) => {}
+                Ok(false) => tracing::info!(
+                    stream = %spec.name,
+                    "the roster stream exists with another retention: used as it is"
+                ),
+                Err(e) => tracing::warn!(
+                    stream = %spec.name, error = %e,
+                    "cannot declare the roster stream (another daemon may): going on"
+                ),
+            }
         }
+        let mut first = Vec::new();
+        first.extend(rt.set_state(State::Starting, clock.now(), &service.counters()));
+        first.push(rt.registration("start", clock.now(), None));
+        p.publish_all(&first).await?;
     }
     // requests first: a daemon seen consuming its input also answers `stats` and `health`
     let mut requests = match &runtime {
@@ -202,6 +217,7 @@ pub async fn serve<S: Service>(
             tracing::warn!(error = %e, "could not publish the stopping message");
         }
     }
+    loop_.say_stop(outcome.as_ref().err()).await;
     if let Some(i) = input {
         i.close().await;
     }
@@ -276,6 +292,19 @@ impl<S: Service> Loop<'_, S> {
             self.publish(&[m]).await?;
         }
         Ok(())
+    }
+
+    /// The registry's `stop`, with the failure when it was not asked for (bounded: a broker
+    /// that is gone does not hold the exit up).
+    async fn say_stop(&mut self, failure: Option<&anyhow::Error>) {
+        let Some(rt) = self.runtime.as_ref() else {
+            return;
+        };
+        let msg = rt.registration("stop", self.clock.now(), failure.map(|e| format!("{e:#}")));
+        let said = tokio::time::timeout(Duration::from_secs(3), self.publish(&[msg])).await;
+        if !matches!(said, Ok(Ok(()))) {
+            tracing::warn!("could not publish the registry stop message");
+        }
     }
 
     async fn alive_if_due(&mut self) -> anyhow::Result<()> {

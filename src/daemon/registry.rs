@@ -1,0 +1,171 @@
+//! The daemons' own history (SPEC §6): `v01.registry.<tool>.<instance>.start` when a daemon
+//! starts and `.stop` when it stops, beside its alive and status messages, and the RabbitMQ
+//! stream that keeps the three families so that a monitor started now knows every daemon seen
+//! within the retention, with no registry service. The roster that reads it is
+//! `crate::roster`'s.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::StreamSpec;
+
+/// The first words of the registry messages.
+pub const REGISTRY: &str = "v01.registry";
+
+/// The families the roster stream keeps (binding keys on the daemon exchange).
+pub const KEPT: [&str; 3] = ["v01.alive.#", "v01.status.#", "v01.registry.#"];
+
+/// The roster stream's retention by age, by default: a day.
+pub const DEFAULT_MAX_AGE_S: u64 = 86_400;
+
+/// The roster stream's retention by size, by default: 256 MiB (a day of 50 daemons saying
+/// alive every 30 s is about 90 MB).
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
+/// The body of a registry message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Registration {
+    /// Seconds between its alive messages.
+    pub alive_interval: f64,
+    /// `start` or `stop`.
+    pub event: String,
+    /// Why it stopped, when it was not asked to (an error): a roster reads it as its last word.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The host it runs on.
+    pub host: String,
+    /// Its instance name.
+    pub instance: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started.
+    pub started: DateTime<Utc>,
+    /// When this message was made.
+    pub time: DateTime<Utc>,
+    /// The tool.
+    pub tool: String,
+    /// ddmon's version (or the sr3 plugin's).
+    pub version: String,
+}
+
+/// The roster stream's settings (`[daemon]` of every daemon, and the monitors' flags).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RosterStream {
+    /// The stream's name [default: `ddmon.roster.<daemon exchange>`]; `none`: keep no history.
+    pub name: Option<String>,
+    /// Retention by age, seconds.
+    pub max_age: u64,
+    /// Retention by size, bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for RosterStream {
+    fn default() -> Self {
+        RosterStream {
+            name: None,
+            max_age: DEFAULT_MAX_AGE_S,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+impl RosterStream {
+    /// The stream's name for daemon exchange `exchange` (`None`: history is off).
+    pub fn name_for(&self, exchange: &str) -> Option<String> {
+        match self.name.as_deref() {
+            Some("none") => None,
+            Some(n) => Some(n.to_string()),
+            None => Some(format!("ddmon.roster.{exchange}")),
+        }
+    }
+
+    /// The stream to declare for daemon exchange `exchange`.
+    pub fn spec(&self, exchange: &str) -> Option<StreamSpec> {
+        Some(StreamSpec {
+            name: self.name_for(exchange)?,
+            exchange: exchange.to_string(),
+            bindings: KEPT.iter().map(|k| k.to_string()).collect(),
+            max_age_s: self.max_age,
+            max_bytes: self.max_bytes,
+        })
+    }
+
+    /// Check the values.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        if let Some(n) = self.name.as_deref().filter(|n| *n != "none") {
+            crate::config::check_name("roster stream", n)?;
+        }
+        if self.max_age < 60 {
+            return Err(crate::config::ConfigError::Invalid {
+                field: "roster max_age",
+                message: "must be at least 60 seconds".to_string(),
+            });
+        }
+        if self.max_bytes < 1 << 20 {
+            return Err(crate::config::ConfigError::Invalid {
+                field: "roster max_bytes",
+                message: "must be at least 1 MiB".to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The roster flags shared by the daemons and the monitors.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RosterOpts {
+    /// The stream that keeps the daemons' history [default: ddmon.roster.<daemon exchange>;
+    /// `none`: keep none].
+    #[arg(long, env = "DD_ROSTER_STREAM", value_name = "NAME")]
+    pub roster_stream: Option<String>,
+    /// Its retention by age, seconds [default: 86400].
+    #[arg(long, value_name = "SECONDS")]
+    pub roster_max_age: Option<u64>,
+    /// Its retention by size, bytes [default: 268435456].
+    #[arg(long, value_name = "BYTES")]
+    pub roster_max_bytes: Option<u64>,
+}
+
+impl RosterOpts {
+    /// Lay the flags over the file layer.
+    pub fn apply(&self, cfg: &mut RosterStream) {
+        if self.roster_stream.is_some() {
+            cfg.name = self.roster_stream.clone();
+        }
+        crate::config::overlay(&mut cfg.max_age, self.roster_max_age);
+        crate::config::overlay(&mut cfg.max_bytes, self.roster_max_bytes);
+    }
+}
+
+/// The registry key of `event` (`start`, `stop`) for a daemon.
+pub fn registry_key(tool: &str, instance: &str, event: &str) -> String {
+    let mut k = crate::topic::build(REGISTRY, &[tool, instance]);
+    k.push('.');
+    k.push_str(event);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_names() {
+        assert_eq!(
+            registry_key("dd_log", "h1.a", "start"),
+            "v01.registry.dd_log.h1%2Ea.start"
+        );
+        let r = RosterStream::default();
+        assert_eq!(r.name_for("log").as_deref(), Some("ddmon.roster.log"));
+        let off = RosterStream {
+            name: Some("none".into()),
+            ..RosterStream::default()
+        };
+        assert!(off.spec("log").is_none());
+        let spec = r.spec("xreport").unwrap();
+        assert_eq!(spec.bindings.len(), 3);
+        assert_eq!(spec.segment_bytes(), (256 << 20) / 10);
+    }
+}

@@ -1,0 +1,535 @@
+//! The roster of ddmon's daemons (SPEC §6, the "Watch the watchers" issue): every daemon
+//! known from the broker's history (alive, status and registry messages, kept in the roster
+//! stream) and from live answers, and the operator's declared ones, each in one state.
+//!
+//! A pure state machine: [`Roster::observe`] takes what was read, [`Roster::rows`] says each
+//! entry's state at a given time, with its evidence in words. Times are the messages' own
+//! (the daemon's clock); the time asked about is the monitor's.
+//!
+//! | state | when |
+//! | --- | --- |
+//! | `running` | it said `starting` or `running` and was heard within 2x its alive interval |
+//! | `degraded` | it said `degraded`, and was heard within 2x |
+//! | `stopping` | it said `stopping`, and was heard within 2x |
+//! | `stopped` | its registry `stop` came, with no failure: it was asked to stop |
+//! | `silent` | nothing for 2x its alive interval (quarantine), or 5x but not yet asked |
+//! | `dead` | silent for 5x and asked directly once with no answer, or its last word was a failure |
+//! | `missing` | declared, never seen; or declared, stopped and not seen for [`Roster::missing_after`] |
+//!
+//! A new pid or start time for the same tool and instance is a restart: the entry continues
+//! (its `restarts` counts them), in the new process's state.
+
+pub mod declared;
+pub mod follow;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::registry::{REGISTRY, Registration};
+use crate::daemon::{Health, State};
+
+pub use declared::{Declared, DeclaredDaemon};
+
+/// Silent after this many alive intervals with no word.
+pub const SILENT_AFTER: f64 = 2.0;
+/// Dead after this many (once asked with no answer).
+pub const DEAD_AFTER: f64 = 5.0;
+/// The alive interval of a daemon whose messages do not say it (SPEC §5's default).
+pub const DEFAULT_ALIVE_S: f64 = 30.0;
+
+/// A roster entry's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RosterState {
+    /// Working.
+    Running,
+    /// Working, something wrong.
+    Degraded,
+    /// Draining on its way out.
+    Stopping,
+    /// Stopped, as it said on its way out.
+    Stopped,
+    /// Not heard for 2x its alive interval.
+    Silent,
+    /// Silent for 5x (and asked), or its last word was a failure.
+    Dead,
+    /// Declared, and not there.
+    Missing,
+}
+
+impl RosterState {
+    /// Every state, in the order of [`RosterState::index`].
+    pub const ALL: [RosterState; 7] = [
+        RosterState::Running,
+        RosterState::Degraded,
+        RosterState::Stopping,
+        RosterState::Stopped,
+        RosterState::Silent,
+        RosterState::Dead,
+        RosterState::Missing,
+    ];
+
+    /// The lowercase name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RosterState::Running => "running",
+            RosterState::Degraded => "degraded",
+            RosterState::Stopping => "stopping",
+            RosterState::Stopped => "stopped",
+            RosterState::Silent => "silent",
+            RosterState::Dead => "dead",
+            RosterState::Missing => "missing",
+        }
+    }
+
+    /// Its place in [`RosterState::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Read a name.
+    pub fn parse(s: &str) -> Option<RosterState> {
+        RosterState::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// What one message (or answer) says about a daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// What it is.
+    pub kind: Seen,
+    /// The tool.
+    pub tool: String,
+    /// The instance.
+    pub instance: String,
+    /// Its host.
+    pub host: String,
+    /// Its pid.
+    pub pid: u32,
+    /// When the process started.
+    pub started: DateTime<Utc>,
+    /// Its alive interval, seconds (0: not said).
+    pub alive_interval: f64,
+    /// The state it said (alive, status, answer).
+    pub state: State,
+    /// When it said it (its clock).
+    pub time: DateTime<Utc>,
+    /// ddmon's version.
+    pub version: String,
+    /// A stop's failure.
+    pub failure: Option<String>,
+}
+
+/// The kinds of observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// `v01.alive.*`.
+    Alive,
+    /// `v01.status.*`.
+    Status,
+    /// `v01.registry.*.start`.
+    Start,
+    /// `v01.registry.*.stop`.
+    Stop,
+    /// A live answer to `health`.
+    Answer,
+}
+
+impl Observation {
+    /// Read a message of the roster's three families; `None` for anything else.
+    pub fn from_message(routing_key: &str, body: &[u8]) -> Option<Observation> {
+        let kind = if routing_key.starts_with("v01.alive.") {
+            Seen::Alive
+        } else if routing_key.starts_with("v01.status.") {
+            Seen::Status
+        } else if routing_key.starts_with(REGISTRY) {
+            match routing_key.rsplit('.').next() {
+                Some("start") => Seen::Start,
+                Some("stop") => Seen::Stop,
+                _ => return None,
+            }
+        } else {
+            return None;
+        };
+        match kind {
+            Seen::Start | Seen::Stop => {
+                let r: Registration = serde_json::from_slice(body).ok()?;
+                Observation::of_registration(kind, r)
+            }
+            _ => Observation::of_health(kind, serde_json::from_slice(body).ok()?),
+        }
+    }
+
+    fn of_registration(kind: Seen, r: Registration) -> Option<Observation> {
+        if r.tool.is_empty() || r.instance.is_empty() {
+            return None;
+        }
+        Some(Observation {
+            kind,
+            tool: r.tool,
+            instance: r.instance,
+            host: r.host,
+            pid: r.pid,
+            started: r.started,
+            alive_interval: r.alive_interval,
+            state: if kind == Seen::Stop {
+                State::Stopping
+            } else {
+                State::Starting
+            },
+            time: r.time,
+            version: r.version,
+            failure: r.failure,
+        })
+    }
+
+    /// What a `health` body says (an alive, a status, or a live answer's `result`).
+    pub fn of_health(kind: Seen, h: Health) -> Option<Observation> {
+        if h.tool.is_empty() || h.instance.is_empty() {
+            return None;
+        }
+        Some(Observation {
+            kind,
+            tool: h.tool,
+            instance: h.instance,
+            host: h.host,
+            pid: h.pid,
+            started: h.started,
+            alive_interval: h.alive_interval,
+            state: h.state,
+            time: h.time,
+            version: h.version,
+            failure: None,
+        })
+    }
+}
+
+/// One daemon on the roster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Its host (the declared one until it is seen).
+    pub host: String,
+    /// The current process's pid (0: never seen).
+    pub pid: u32,
+    /// When the current process started.
+    pub started: Option<DateTime<Utc>>,
+    /// ddmon's version.
+    pub version: String,
+    /// Its alive interval, seconds.
+    pub alive_interval: f64,
+    /// The state it last said.
+    pub said: State,
+    /// Its registry stop (time, failure), when the current process said it.
+    pub stop: Option<(DateTime<Utc>, Option<String>)>,
+    /// When it was last heard (its clock).
+    pub last_heard: Option<DateTime<Utc>>,
+    /// When its last alive message was made.
+    pub last_alive: Option<DateTime<Utc>>,
+    /// Restarts seen.
+    pub restarts: u32,
+    /// Is it on the operator's declared list?
+    pub declared: bool,
+    /// When it was asked directly since it was last heard (no answer yet).
+    pub asked: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    fn new(host: String) -> Entry {
+        Entry {
+            host,
+            pid: 0,
+            started: None,
+            version: String::new(),
+            alive_interval: DEFAULT_ALIVE_S,
+            said: State::Starting,
+            stop: None,
+            last_heard: None,
+            last_alive: None,
+            restarts: 0,
+            declared: false,
+            asked: None,
+        }
+    }
+
+    fn secs(d: Duration) -> f64 {
+        d.num_milliseconds().max(0) as f64 / 1000.0
+    }
+
+    /// Its state at `now`, and the evidence in words.
+    pub fn judge(&self, now: DateTime<Utc>, missing_after: f64) -> (RosterState, String) {
+        let Some(heard) = self.last_heard else {
+            return (
+                RosterState::Missing,
+                "declared, never seen within the history".to_string(),
+            );
+        };
+        let quiet = Entry::secs(now - heard);
+        if let Some((at, failure)) = &self.stop {
+            return match failure {
+                Some(why) => (
+                    RosterState::Dead,
+                    format!("its last word at {}: {why}", hhmm(*at)),
+                ),
+                None if self.declared && quiet > missing_after => (
+                    RosterState::Missing,
+                    format!("declared, stopped at {} and not seen since", hhmm(*at)),
+                ),
+                None => (RosterState::Stopped, format!("stopped at {}", hhmm(*at))),
+            };
+        }
+        let every = self.alive_interval;
+        if quiet > SILENT_AFTER * every {
+            let since = format!(
+                "no word for {} ({}x its alive interval of {})",
+                human(quiet),
+                (quiet / every).floor(),
+                human(every)
+            );
+            return match self.asked {
+                Some(at) if quiet > DEAD_AFTER * every => (
+                    RosterState::Dead,
+                    format!("{since}; asked at {}, no answer", hhmm(at)),
+                ),
+                Some(at) => (
+                    RosterState::Silent,
+                    format!("{since}; asked at {}, no answer", hhmm(at)),
+                ),
+                None => (RosterState::Silent, since),
+            };
+        }
+        match self.said {
+            State::Starting | State::Running => (RosterState::Running, String::new()),
+            State::Degraded => (RosterState::Degraded, "it says it is degraded".to_string()),
+            State::Stopping => (RosterState::Stopping, "it says it is stopping".to_string()),
+        }
+    }
+}
+
+/// `HH:MM:SSZ` of a time.
+fn hhmm(t: DateTime<Utc>) -> String {
+    t.format("%H:%M:%SZ").to_string()
+}
+
+/// `3d4h`, `2h05m`, `4m10s`, `12s`, `0.5s`.
+pub fn human(secs: f64) -> String {
+    if secs > 0.0 && secs < 1.0 {
+        return format!("{secs:.1}s");
+    }
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// One row of the roster, as `dd_status --json`, dd_web and the check show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// The tool.
+    pub tool: String,
+    /// The instance.
+    pub instance: String,
+    /// Its host.
+    pub host: String,
+    /// Its state.
+    pub state: RosterState,
+    /// Why, in words (empty when running).
+    pub evidence: String,
+    /// The current process's pid (0: never seen).
+    pub pid: u32,
+    /// When the current process started.
+    pub started: Option<DateTime<Utc>>,
+    /// When it was last heard, by its clock.
+    pub last_heard: Option<DateTime<Utc>>,
+    /// Seconds since its last alive message (`None`: none seen).
+    pub alive_age_s: Option<f64>,
+    /// Its alive interval, seconds.
+    pub alive_interval: f64,
+    /// Restarts seen.
+    pub restarts: u32,
+    /// Declared by the operator?
+    pub declared: bool,
+    /// ddmon's version.
+    pub version: String,
+}
+
+/// What [`Roster::observe`] made of an observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A daemon first seen.
+    New,
+    /// A new process for a known one.
+    Restarted,
+    /// News of the current process.
+    Heard,
+    /// Older than what is known (a previous process's): ignored.
+    Stale,
+}
+
+/// Every daemon known, by tool and instance.
+#[derive(Debug, Clone, Default)]
+pub struct Roster {
+    entries: BTreeMap<(String, String), Entry>,
+    /// A declared daemon stopped and not seen for this many seconds is `missing`.
+    pub missing_after: f64,
+}
+
+impl Roster {
+    /// An empty roster; declared daemons stopped for `missing_after` seconds are `missing`.
+    pub fn new(missing_after: f64) -> Roster {
+        Roster {
+            entries: BTreeMap::new(),
+            missing_after,
+        }
+    }
+
+    /// Put the operator's declared daemons on the roster.
+    pub fn declare(&mut self, declared: &Declared) {
+        for d in &declared.daemon {
+            let e = self
+                .entries
+                .entry((d.tool.clone(), d.instance.clone()))
+                .or_insert_with(|| Entry::new(d.host.clone().unwrap_or_default()));
+            e.declared = true;
+        }
+    }
+
+    /// Take the entries of `fresh` (a history read again) in place of this one's, keeping
+    /// which are declared.
+    pub fn absorb(&mut self, fresh: Roster) {
+        for (k, mut e) in fresh.entries {
+            if let Some(old) = self.entries.get(&k) {
+                e.declared |= old.declared;
+            }
+            self.entries.insert(k, e);
+        }
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Is it empty?
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry of a daemon.
+    pub fn get(&self, tool: &str, instance: &str) -> Option<&Entry> {
+        self.entries.get(&(tool.to_string(), instance.to_string()))
+    }
+
+    /// Take what a message or an answer says.
+    pub fn observe(&mut self, o: &Observation) -> Change {
+        let key = (o.tool.clone(), o.instance.clone());
+        let e = self
+            .entries
+            .entry(key)
+            .or_insert_with(|| Entry::new(o.host.clone()));
+        let change = match e.started {
+            None => Change::New,
+            Some(s) if o.started > s || (o.started == s && o.pid != e.pid && o.pid != 0) => {
+                e.restarts += 1;
+                Change::Restarted
+            }
+            Some(s) if o.started < s => return Change::Stale,
+            Some(_) => Change::Heard,
+        };
+        if change != Change::Heard {
+            e.started = Some(o.started);
+            e.pid = o.pid;
+            e.stop = None;
+            e.last_heard = None;
+            e.last_alive = None;
+            e.said = State::Starting;
+        }
+        if !o.host.is_empty() {
+            e.host.clone_from(&o.host);
+        }
+        if !o.version.is_empty() {
+            e.version.clone_from(&o.version);
+        }
+        if o.alive_interval > 0.0 {
+            e.alive_interval = o.alive_interval;
+        }
+        // a message older than the last heard (history read after a live answer) adds
+        // nothing to the time, but a stop still counts
+        if e.last_heard.is_none_or(|t| o.time >= t) {
+            e.last_heard = Some(o.time);
+            e.asked = None;
+            if o.kind != Seen::Stop {
+                e.said = o.state;
+            }
+        }
+        match o.kind {
+            Seen::Alive => {
+                e.last_alive = Some(e.last_alive.map_or(o.time, |t| t.max(o.time)));
+            }
+            Seen::Stop => e.stop = Some((o.time, o.failure.clone())),
+            _ => {}
+        }
+        change
+    }
+
+    /// The daemons that are silent and not yet asked directly: the caller asks each one
+    /// (`health` on its own key) and says so with [`Roster::asked`].
+    pub fn to_ask(&self, now: DateTime<Utc>) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| {
+                e.asked.is_none()
+                    && e.judge(now, self.missing_after).0 == RosterState::Silent
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// `tool`/`instance` was asked at `now` (an answer, if one comes, is observed).
+    pub fn asked(&mut self, tool: &str, instance: &str, now: DateTime<Utc>) {
+        if let Some(e) = self.entries.get_mut(&(tool.to_string(), instance.to_string())) {
+            e.asked = Some(now);
+        }
+    }
+
+    /// Every entry's row at `now`, by tool then instance.
+    pub fn rows(&self, now: DateTime<Utc>) -> Vec<Row> {
+        self.entries
+            .iter()
+            .map(|((tool, instance), e)| {
+                let (state, evidence) = e.judge(now, self.missing_after);
+                Row {
+                    tool: tool.clone(),
+                    instance: instance.clone(),
+                    host: e.host.clone(),
+                    state,
+                    evidence,
+                    pid: e.pid,
+                    started: e.started,
+                    last_heard: e.last_heard,
+                    alive_age_s: e.last_alive.map(|t| Entry::secs(now - t)),
+                    alive_interval: e.alive_interval,
+                    restarts: e.restarts,
+                    declared: e.declared,
+                    version: e.version.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// How many entries are in each state at `now` (indexed by [`RosterState::index`]).
+    pub fn counts(&self, now: DateTime<Utc>) -> [usize; 7] {
+        let mut n = [0; 7];
+        for e in self.entries.values() {
+            n[e.judge(now, self.missing_after).0.index()] += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests;
