@@ -112,7 +112,9 @@ pub fn rows(roster: &Roster, answers: &[Health], now: DateTime<Utc>) -> Vec<Row>
         .rows(now)
         .into_iter()
         .map(|r| {
-            let result = by.get(&(r.tool.as_str(), r.instance.as_str())).map(|h| (*h).clone());
+            let result = by
+                .get(&(r.tool.as_str(), r.instance.as_str()))
+                .map(|h| (*h).clone());
             Row { roster: r, result }
         })
         .collect()
@@ -158,7 +160,8 @@ pub fn render_table(rows: &[Row], now: DateTime<Utc>) -> String {
             },
             r.roster.state.as_str().to_string(),
             r.uptime(now).map_or_else(dash, human),
-            r.last_alive().map_or_else(dash, |s| format!("{} ago", human(s))),
+            r.last_alive()
+                .map_or_else(dash, |s| format!("{} ago", human(s))),
             match &r.result {
                 Some(h) => counters_text(&h.counters),
                 None => r.roster.evidence.clone(),
@@ -244,14 +247,16 @@ pub fn main(args: Args) -> std::process::ExitCode {
             let link = crate::broker::Link::open(&src.broker, "dd_status").await?;
             let mut roster = Roster::new(args.missing_after);
             roster.declare(&declared);
-            let (history, reader) = load(&link, &src, &mut roster, Duration::from_secs(30)).await;
-            if let Some(r) = reader {
-                r.close().await;
-            }
+            let (history, mut reader) =
+                load(&link, &src, &mut roster, Duration::from_secs(30)).await;
             if let Some(p) = &history.problem {
                 tracing::warn!("{p}: the roster is what answers now");
             }
-            let answers = ask_everyone(&link, &src.exchange, &mut roster, wait).await;
+            let answers =
+                ask_everyone(&link, &src.exchange, &mut roster, reader.as_mut(), wait).await;
+            if let Some(r) = reader {
+                r.close().await;
+            }
             link.close("OK").await;
             anyhow::Ok((roster, answers.context("health request failed")?))
         })?;
@@ -329,7 +334,11 @@ fn watch(
                 now.format("%H:%M:%SZ"),
                 render_table(&rows, now)
             );
-            if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+            if out
+                .write_all(text.as_bytes())
+                .and_then(|_| out.flush())
+                .is_err()
+            {
                 break; // stdout closed (| head): done
             }
         }
@@ -360,7 +369,10 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2025-11-22T05:41:41Z")
             .unwrap()
             .to_utc();
-        let answers = [health("dd_speedo", "b", "degraded"), health("dd_log", "a", "running")];
+        let answers = [
+            health("dd_speedo", "b", "degraded"),
+            health("dd_log", "a", "running"),
+        ];
         let mut roster = Roster::new(300.0);
         for h in &answers {
             roster.observe(&Observation::of_health(Seen::Answer, h.clone()).unwrap());
@@ -391,7 +403,10 @@ mod tests {
             ),
             "{t}"
         );
-        assert!(lines[3].starts_with("dd_speedo      b         h1    degraded"), "{t}");
+        assert!(
+            lines[3].starts_with("dd_speedo      b         h1    degraded"),
+            "{t}"
+        );
         let json = serde_json::to_value(rows(&roster, &answers, now)).unwrap();
         assert_eq!(json[1]["state"], "dead");
         assert_eq!(json[1]["result"], Value::Null);

@@ -45,7 +45,10 @@ impl StreamSpec {
 
     fn arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
         args.insert(
             "x-max-age".into(),
             AMQPValue::LongString(format!("{}s", self.max_age_s).into()),
@@ -94,17 +97,14 @@ pub async fn declare_stream(conn: &Connection, spec: &StreamSpec) -> Result<bool
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let as_asked = match bounded(channel.queue_declare(
-        spec.name.as_str().into(),
-        opts,
-        spec.arguments(),
-    ))
-    .await
-    {
-        Ok(_) => true,
-        Err(e) if e.kind() == ErrorKind::Precondition => false,
-        Err(e) => return Err(e),
-    };
+    let as_asked =
+        match bounded(channel.queue_declare(spec.name.as_str().into(), opts, spec.arguments()))
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::Precondition => false,
+            Err(e) => return Err(e),
+        };
     let channel = if as_asked {
         channel
     } else {
@@ -178,14 +178,16 @@ impl Link {
         bounded(channel.basic_qos(prefetch.max(1), BasicQosOptions::default())).await?;
         let mut args = FieldTable::default();
         args.insert("x-stream-offset".into(), offset.argument());
-        let stream = bounded(channel.basic_consume(
-            name.into(),
-            format!("stream.{:08x}", super::random_u64() as u32)
-                .as_str()
-                .into(),
-            BasicConsumeOptions::default(),
-            args,
-        ))
+        let stream = bounded(
+            channel.basic_consume(
+                name.into(),
+                format!("stream.{:08x}", super::random_u64() as u32)
+                    .as_str()
+                    .into(),
+                BasicConsumeOptions::default(),
+                args,
+            ),
+        )
         .await?;
         Ok(StreamReader {
             channel,

@@ -7,6 +7,7 @@
 //!
 //! The verdict is pure ([`evaluate`]): the tests give it stats and a time.
 
+pub mod alive;
 pub mod range;
 
 use std::time::{Duration, Instant};

@@ -70,11 +70,17 @@ pub async fn load(
             false
         }
     };
-    let mut reader = match link.read_stream(&spec.name, StreamOffset::First, PREFETCH).await {
+    let mut reader = match link
+        .read_stream(&spec.name, StreamOffset::First, PREFETCH)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             h.problem = Some(if e.kind() == ErrorKind::NotFound {
-                format!("no roster stream {:?}: no daemon has kept history", spec.name)
+                format!(
+                    "no roster stream {:?}: no daemon has kept history",
+                    spec.name
+                )
             } else {
                 format!("cannot read the roster stream {:?}: {e}", spec.name)
             });
@@ -130,17 +136,39 @@ fn observe_answer(roster: &mut Roster, reply: Reply<Health>) -> Option<Health> {
     Some(h)
 }
 
-/// Ask every daemon `health` (one broadcast, answers for `wait`), and count the silent ones
-/// that did not answer as asked directly. Returns the answers.
+/// Ask every daemon `health` (one broadcast, answers for `wait`) while the history goes on
+/// being read (so what is said meanwhile counts), and count the silent ones that did not
+/// answer as asked directly. Returns the answers.
 pub async fn ask_everyone(
     link: &Link,
     exchange: &str,
     roster: &mut Roster,
+    mut reader: Option<&mut StreamReader>,
     wait: Duration,
 ) -> Result<Vec<Health>, BrokerError> {
     let asked_at = Utc::now();
     let q = Question::new(exchange, crate::rpc::broadcast_key("health"), wait);
-    let answers = crate::rpc::ask::<Health>(link, &q).await?;
+    let ask = crate::rpc::ask::<Health>(link, &q);
+    tokio::pin!(ask);
+    let answers = loop {
+        let next = async {
+            match reader.as_mut() {
+                Some(r) => r.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            a = &mut ask => break a?,
+            m = next => match m {
+                Some(Ok(m)) => {
+                    if let Some(o) = Observation::from_message(&m.routing_key, &m.body) {
+                        roster.observe(&o);
+                    }
+                }
+                _ => reader = None,
+            },
+        }
+    };
     let got: Vec<Health> = answers
         .replies
         .into_iter()
@@ -198,25 +226,26 @@ pub async fn follow(
     let mut backoff = crate::broker::Backoff::new(&src.broker);
     let mut resume: Option<i64> = None;
     loop {
-        let link = match Link::open_with_retry(&src.broker, "roster", &mut backoff, &mut shutdown)
-            .await
-        {
-            Ok(Some(l)) => l,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow the roster");
-                if !backoff.wait(&mut shutdown).await {
-                    return;
+        let link =
+            match Link::open_with_retry(&src.broker, "roster", &mut backoff, &mut shutdown).await {
+                Ok(Some(l)) => l,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow the roster");
+                    if !backoff.wait(&mut shutdown).await {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
-            }
-        };
+            };
         let reader = match resume {
             None => {
                 let mut fresh = Roster::new(lock(&roster).missing_after);
                 let (h, reader) = load(&link, &src, &mut fresh, Duration::from_secs(60)).await;
                 lock(&roster).absorb(fresh);
-                let mut f = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut f = state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 f.history = h;
                 f.live = reader.is_some();
                 reader

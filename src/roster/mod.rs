@@ -482,8 +482,7 @@ impl Roster {
         self.entries
             .iter()
             .filter(|(_, e)| {
-                e.asked.is_none()
-                    && e.judge(now, self.missing_after).0 == RosterState::Silent
+                e.asked.is_none() && e.judge(now, self.missing_after).0 == RosterState::Silent
             })
             .map(|(k, _)| k.clone())
             .collect()
@@ -491,7 +490,10 @@ impl Roster {
 
     /// `tool`/`instance` was asked at `now` (an answer, if one comes, is observed).
     pub fn asked(&mut self, tool: &str, instance: &str, now: DateTime<Utc>) {
-        if let Some(e) = self.entries.get_mut(&(tool.to_string(), instance.to_string())) {
+        if let Some(e) = self
+            .entries
+            .get_mut(&(tool.to_string(), instance.to_string()))
+        {
             e.asked = Some(now);
         }
     }

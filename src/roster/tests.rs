@@ -29,12 +29,18 @@ fn state(r: &Roster, at: f64) -> RosterState {
 #[test]
 fn alive_keeps_it_running_and_silence_goes_silent_then_dead_once_asked() {
     let mut r = Roster::new(300.0);
-    assert_eq!(r.observe(&obs(Seen::Start, 7, 0.0, 0.0, State::Starting)), Change::New);
+    assert_eq!(
+        r.observe(&obs(Seen::Start, 7, 0.0, 0.0, State::Starting)),
+        Change::New
+    );
     r.observe(&obs(Seen::Status, 7, 0.0, 0.1, State::Running));
     r.observe(&obs(Seen::Alive, 7, 0.0, 10.0, State::Running));
     assert_eq!(state(&r, 29.9), RosterState::Running);
     assert_eq!(state(&r, 30.1), RosterState::Silent);
-    assert_eq!(r.to_ask(t(30.1)), vec![("dd_log2source".into(), "r1".into())]);
+    assert_eq!(
+        r.to_ask(t(30.1)),
+        vec![("dd_log2source".into(), "r1".into())]
+    );
     // 5x and never asked: still only silent (it is asked directly once before it goes further)
     assert_eq!(state(&r, 61.0), RosterState::Silent);
     r.asked("dd_log2source", "r1", t(31.0));
@@ -124,7 +130,10 @@ fn a_restart_is_one_entry_with_its_restarts_counted_and_old_news_ignored() {
     );
     assert_eq!(r.len(), 1);
     let row = &r.rows(t(5.0))[0];
-    assert_eq!((row.state, row.pid, row.restarts), (RosterState::Running, 9, 1));
+    assert_eq!(
+        (row.state, row.pid, row.restarts),
+        (RosterState::Running, 9, 1)
+    );
     // the previous process's alive, read late: ignored
     assert_eq!(
         r.observe(&obs(Seen::Alive, 7, 0.0, 2.0, State::Running)),
@@ -145,23 +154,25 @@ fn degraded_said_is_degraded_and_messages_parse_from_the_wire() {
         "started": "2026-12-02T07:00:00Z", "state": "degraded", "time": "2026-12-02T07:00:05Z",
         "tool": "dd_speedo", "uptime_s": 5.0, "version": "0.1.0", "last_alive": null
     });
-    let o = Observation::from_message("v01.alive.dd_speedo.a", body.to_string().as_bytes())
-        .unwrap();
-    assert_eq!((o.kind, o.state, o.alive_interval), (Seen::Alive, State::Degraded, 1.0));
+    let o =
+        Observation::from_message("v01.alive.dd_speedo.a", body.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        (o.kind, o.state, o.alive_interval),
+        (Seen::Alive, State::Degraded, 1.0)
+    );
     let mut r = Roster::new(300.0);
     r.observe(&o);
-    let now = DateTime::parse_from_rfc3339("2026-12-02T07:00:06Z").unwrap().to_utc();
+    let now = DateTime::parse_from_rfc3339("2026-12-02T07:00:06Z")
+        .unwrap()
+        .to_utc();
     assert_eq!(r.rows(now)[0].state, RosterState::Degraded);
     let stop = serde_json::json!({
         "alive_interval": 1.0, "event": "stop", "host": "h1", "instance": "a", "pid": 4,
         "started": "2026-12-02T07:00:00Z", "time": "2026-12-02T07:00:07Z",
         "tool": "dd_speedo", "version": "0.1.0"
     });
-    let o = Observation::from_message(
-        "v01.registry.dd_speedo.a.stop",
-        stop.to_string().as_bytes(),
-    )
-    .unwrap();
+    let o = Observation::from_message("v01.registry.dd_speedo.a.stop", stop.to_string().as_bytes())
+        .unwrap();
     assert_eq!(o.kind, Seen::Stop);
     assert!(Observation::from_message("v01.registry.dd_speedo.a.declared", b"{}").is_none());
     assert!(Observation::from_message("v01.alive.x.y", b"not json").is_none());

@@ -1,0 +1,372 @@
+//! `check_dd_alive`: the Nagios / Monitoring Plugins check of ddmon's own daemons (SPEC §6).
+//!
+//! It reads the roster (the roster stream's history, a broadcast `health`, the declared
+//! daemons) and judges: CRITICAL when a daemon is `dead` or `missing`, WARNING when one is
+//! `silent` or `degraded`, OK otherwise; UNKNOWN when it cannot tell (no broker, no history,
+//! nothing known, `-t` ran out). First line `DD_ALIVE <STATE> - <text> | <perfdata>` with a
+//! count per state, then one line per offender with its evidence. The verdict is pure
+//! ([`judge`]).
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::Status;
+use super::config::Timeout;
+use super::verdict::perf_label;
+use crate::daemon::{RosterOpts, RosterStream};
+use crate::roster::follow::{Source, ask_everyone, load};
+use crate::roster::{Declared, Roster, RosterState, Row};
+
+/// check_dd_alive's command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "check_dd_alive",
+    version,
+    about = "Nagios plugin: are ddmon's own daemons alive? (the roster: history, answers, declared)",
+    after_help = "CRITICAL: a daemon is dead (silent for 5x its alive interval and no answer when\n\
+                  asked, or it exited on an error) or missing (declared, and never seen or stopped\n\
+                  for --missing-after). WARNING: one is silent (no alive for 2x its interval) or\n\
+                  degraded. UNKNOWN: the roster cannot be read, or no daemon is known.\n\n\
+                  Examples:\n  \
+                  check_dd_alive -t 10\n  \
+                  check_dd_alive --declared /etc/ddmon/declared.toml\n  \
+                  check_dd_alive --filter '^dd_speedo/'    # one tool's instances\n\n\
+                  Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
+)]
+pub struct AliveArgs {
+    /// Flags shared by every command.
+    #[command(flatten)]
+    pub common: crate::cli::CommonOpts,
+    /// Exchange the daemons publish alive messages on and take requests on.
+    #[arg(long, env = "DD_EXCHANGE", default_value = "log", value_name = "NAME")]
+    pub exchange: String,
+    /// TOML file of the daemons that should run (`[[daemon]]` tool, instance, host).
+    #[arg(long, env = "DD_DECLARED", value_name = "FILE")]
+    pub declared: Option<std::path::PathBuf>,
+    /// A declared daemon stopped and not seen for this long is `missing`.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub missing_after: f64,
+    /// Judge only the daemons whose `<tool>/<instance>` matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub filter: Option<String>,
+    /// Seconds to collect the live answers (within -t).
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub wait: f64,
+    /// Offenders listed at most (the counts stay exact).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_offenders: usize,
+    /// The roster stream's flags.
+    #[command(flatten)]
+    pub roster: RosterOpts,
+    /// Bound on the whole run, connect included; the state given when it runs out.
+    #[arg(
+        short = 't',
+        long,
+        default_value = "10",
+        value_name = "SECONDS[:STATE]"
+    )]
+    pub timeout: Timeout,
+}
+
+/// The plugin's verdict and output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AliveOutcome {
+    /// The state (exit code).
+    pub status: Status,
+    /// The whole output.
+    pub text: String,
+}
+
+/// The perfdata of a run that could not judge.
+pub const NO_ALIVE_PERFDATA: &str = "running=U;;;0 degraded=U;;;0 stopping=U;;;0 stopped=U;;;0 silent=U;;;0 dead=U;;;0 missing=U;;;0";
+
+impl AliveOutcome {
+    /// A one-line outcome, the counts undetermined.
+    pub fn only(status: Status, message: &str) -> AliveOutcome {
+        AliveOutcome {
+            status,
+            text: format!(
+                "DD_ALIVE {} - {} | {NO_ALIVE_PERFDATA}",
+                status.as_str(),
+                message.replace('|', "/")
+            ),
+        }
+    }
+}
+
+/// The plugin state a roster state gives.
+pub fn status_of(s: RosterState) -> Status {
+    match s {
+        RosterState::Dead | RosterState::Missing => Status::Critical,
+        RosterState::Silent | RosterState::Degraded => Status::Warning,
+        _ => Status::Ok,
+    }
+}
+
+fn name(r: &Row) -> String {
+    if r.host.is_empty() {
+        format!("{}/{}", r.tool, r.instance)
+    } else {
+        format!("{}/{} on {}", r.tool, r.instance, r.host)
+    }
+}
+
+/// Judge the roster's rows (already filtered).
+pub fn judge(rows: &[Row], max_offenders: usize) -> AliveOutcome {
+    if rows.is_empty() {
+        return AliveOutcome::only(
+            Status::Unknown,
+            "no ddmon daemon is known (none in the history, none answered, none declared)",
+        );
+    }
+    let mut n = [0usize; 7];
+    for r in rows {
+        n[r.state.index()] += 1;
+    }
+    let status = rows
+        .iter()
+        .map(|r| status_of(r.state))
+        .max()
+        .unwrap_or(Status::Ok);
+    let perf: Vec<String> = RosterState::ALL
+        .iter()
+        .map(|s| format!("{}={};;;0", perf_label(s.as_str()), n[s.index()]))
+        .collect();
+    // the worst first: dead, missing, silent, degraded
+    let order = [
+        RosterState::Dead,
+        RosterState::Missing,
+        RosterState::Silent,
+        RosterState::Degraded,
+    ];
+    let offenders: Vec<&Row> = order
+        .iter()
+        .flat_map(|s| rows.iter().filter(move |r| r.state == *s))
+        .collect();
+    let text = if offenders.is_empty() {
+        let parts: Vec<String> = RosterState::ALL
+            .iter()
+            .filter(|s| n[s.index()] > 0)
+            .map(|s| format!("{} {}", n[s.index()], s.as_str()))
+            .collect();
+        format!("{} daemons: {}", rows.len(), parts.join(", "))
+    } else {
+        let counts: Vec<String> = order
+            .iter()
+            .filter(|s| n[s.index()] > 0)
+            .map(|s| format!("{} {}", n[s.index()], s.as_str()))
+            .collect();
+        let first: Vec<String> = offenders.iter().take(3).map(|r| name(r)).collect();
+        let more = offenders.len().saturating_sub(3);
+        format!(
+            "{} of {} daemons: {}{}",
+            counts.join(", "),
+            rows.len(),
+            first.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let mut out = format!(
+        "DD_ALIVE {} - {} | {}",
+        status.as_str(),
+        text.replace('|', "/"),
+        perf.join(" ")
+    );
+    for r in offenders.iter().take(max_offenders) {
+        out.push_str(&format!(
+            "\n{} {}: {}",
+            name(r),
+            r.state.as_str(),
+            r.evidence.replace('|', "/")
+        ));
+    }
+    if offenders.len() > max_offenders {
+        out.push_str(&format!(
+            "\n... and {} more",
+            offenders.len() - max_offenders
+        ));
+    }
+    AliveOutcome { status, text: out }
+}
+
+/// Run the check (never panics, never hangs past `-t`).
+pub fn run(args: &AliveArgs) -> AliveOutcome {
+    let setup = || -> anyhow::Result<(Source, Declared, Option<regex::Regex>)> {
+        let broker = args.common.broker_config()?.broker;
+        let mut stream = RosterStream::default();
+        args.roster.apply(&mut stream);
+        stream.validate()?;
+        crate::config::check_name("exchange", &args.exchange)?;
+        let declared = match &args.declared {
+            Some(p) => Declared::load(p)?,
+            None => Declared::default(),
+        };
+        let filter = args
+            .filter
+            .as_deref()
+            .map(regex::Regex::new)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("bad --filter: {e}"))?;
+        Ok((
+            Source {
+                broker,
+                exchange: args.exchange.clone(),
+                stream,
+            },
+            declared,
+            filter,
+        ))
+    };
+    let (src, declared, filter) = match setup() {
+        Ok(x) => x,
+        Err(e) => return AliveOutcome::only(Status::Unknown, &format!("{e:#}")),
+    };
+    let bound = args.timeout.duration;
+    let started = Instant::now();
+    let left = move || bound.saturating_sub(started.elapsed());
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return AliveOutcome::only(Status::Unknown, &format!("cannot start: {e}")),
+    };
+    let missing_after = args.missing_after;
+    let wait = Duration::from_secs_f64(args.wait.max(0.0));
+    let work = async {
+        let link = crate::broker::Link::open(&src.broker, "check_dd_alive").await?;
+        let mut roster = Roster::new(missing_after);
+        roster.declare(&declared);
+        let budget = left().saturating_sub(wait + Duration::from_millis(400));
+        let (history, reader) = load(&link, &src, &mut roster, budget).await;
+        let mut reader = reader;
+        let wait = wait.min(left().saturating_sub(Duration::from_millis(300)));
+        let answers = ask_everyone(&link, &src.exchange, &mut roster, reader.as_mut(), wait).await;
+        if let Some(r) = reader {
+            r.close().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), link.close("OK")).await;
+        anyhow::Ok((roster, history, answers?.len()))
+    };
+    let outcome = rt.block_on(async { tokio::time::timeout(bound, work).await });
+    rt.shutdown_background();
+    let secs = bound.as_secs_f64();
+    match outcome {
+        Err(_) => AliveOutcome::only(
+            args.timeout.state,
+            &format!("timed out after {secs} s reading the roster"),
+        ),
+        Ok(Err(e)) => {
+            let why = match e.downcast_ref::<crate::broker::BrokerError>() {
+                Some(b) if b.kind() == crate::broker::ErrorKind::NotFound => format!(
+                    "no ddmon daemon uses exchange {:?}: it does not exist on this broker",
+                    src.exchange
+                ),
+                Some(b) if !b.is_transient() && b.kind() != crate::broker::ErrorKind::Setup => {
+                    format!("the broker refused: {}", b.reason())
+                }
+                _ => format!("cannot reach the broker: {e:#}"),
+            };
+            AliveOutcome::only(Status::Unknown, &why)
+        }
+        Ok(Ok((roster, history, answered))) => {
+            if let Some(p) = history.problem.filter(|_| history.stream.is_some()) {
+                return AliveOutcome::only(
+                    Status::Unknown,
+                    &format!("{p}; {answered} answered now"),
+                );
+            }
+            let rows: Vec<Row> = roster
+                .rows(Utc::now())
+                .into_iter()
+                .filter(|r| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|f| f.is_match(&format!("{}/{}", r.tool, r.instance)))
+                })
+                .collect();
+            judge(&rows, args.max_offenders)
+        }
+    }
+}
+
+/// Entry point of the `check_dd_alive` binary.
+pub fn main(args: AliveArgs) -> std::process::ExitCode {
+    crate::cli::init_tracing(&args.common, 1);
+    let outcome = run(&args);
+    println!("{}", outcome.text);
+    std::process::ExitCode::from(outcome.status.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(tool: &str, inst: &str, state: RosterState, evidence: &str) -> Row {
+        Row {
+            tool: tool.into(),
+            instance: inst.into(),
+            host: "h1".into(),
+            state,
+            evidence: evidence.into(),
+            pid: 1,
+            started: None,
+            last_heard: None,
+            alive_age_s: None,
+            alive_interval: 30.0,
+            restarts: 0,
+            declared: false,
+            version: String::new(),
+        }
+    }
+
+    #[test]
+    fn states_map_to_plugin_states_with_exact_lines() {
+        let ok = judge(
+            &[
+                row("dd_log", "a", RosterState::Running, ""),
+                row(
+                    "dd_speedo",
+                    "b",
+                    RosterState::Stopped,
+                    "stopped at 03:00:00Z",
+                ),
+            ],
+            100,
+        );
+        assert_eq!(ok.status, Status::Ok);
+        assert_eq!(
+            ok.text,
+            "DD_ALIVE OK - 2 daemons: 1 running, 1 stopped | running=1;;;0 degraded=0;;;0 stopping=0;;;0 stopped=1;;;0 silent=0;;;0 dead=0;;;0 missing=0;;;0"
+        );
+        let bad = judge(
+            &[
+                row("dd_log", "a", RosterState::Silent, "no word for 65s"),
+                row("dd_log2source", "r1", RosterState::Dead, "no word for 3m"),
+                row(
+                    "dd_speedo",
+                    "main",
+                    RosterState::Missing,
+                    "declared, never seen",
+                ),
+            ],
+            1,
+        );
+        assert_eq!(bad.status, Status::Critical);
+        let lines: Vec<&str> = bad.text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "DD_ALIVE CRITICAL - 1 dead, 1 missing, 1 silent of 3 daemons: dd_log2source/r1 on h1, dd_speedo/main on h1, dd_log/a on h1 | running=0;;;0 degraded=0;;;0 stopping=0;;;0 stopped=0;;;0 silent=1;;;0 dead=1;;;0 missing=1;;;0"
+        );
+        assert_eq!(lines[1], "dd_log2source/r1 on h1 dead: no word for 3m");
+        assert_eq!(lines[2], "... and 2 more");
+        let warn = judge(&[row("dd_log", "a", RosterState::Degraded, "it says")], 10);
+        assert_eq!((warn.status, warn.status.code()), (Status::Warning, 1));
+        assert_eq!(judge(&[], 10).status, Status::Unknown);
+    }
+}
