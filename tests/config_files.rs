@@ -51,6 +51,12 @@ fn dd_speedo_example_parses() {
     assert_eq!(t.get(i).max_error_ratio, 0.1);
     let i = t.resolve(Kind::Source, "ssc_ddsr");
     assert_eq!(t.get(i).td, 3600.0, "a client override is not a source's");
+    // the roster stream's block
+    assert_eq!(cfg.daemon.roster.max_age, 86_400);
+    assert_eq!(
+        cfg.daemon.roster.spec("log").unwrap().name,
+        "ddmon.roster.log"
+    );
 }
 
 #[test]
@@ -88,6 +94,15 @@ fn check_dd_speedo_example_parses() {
 }
 
 #[test]
+fn declared_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/declared.toml");
+    let d = ddmon::roster::Declared::load(&path).unwrap();
+    assert_eq!(d.daemon.len(), 3);
+    assert_eq!(d.daemon[0].host.as_deref(), Some("pump1.example.org"));
+    assert_eq!(d.daemon[1].host, None);
+}
+
+#[test]
 fn every_example_is_checked_by_a_test() {
     // A new example file must get its own test above.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -106,7 +121,8 @@ fn every_example_is_checked_by_a_test() {
             "dd_log2source.toml",
             "dd_speedo.toml",
             "dd_watchdog.toml",
-            "dd_web.toml"
+            "dd_web.toml",
+            "declared.toml"
         ]
     );
 }

@@ -72,7 +72,7 @@ fn health_reads_and_writes_back_unchanged() {
         let h: Reply<Health> = round_trip(name);
         assert_eq!(h.result.unwrap().state, ddmon::daemon::State::Running);
     }
-    // dd_status --json prints the answers as they came
+    // health answers as dd_status --json printed them before the roster (each row's `result` now)
     let status = fixture("dd_status.json");
     for answer in status.as_array().unwrap() {
         let h: Reply<Health> = serde_json::from_value(answer.clone()).unwrap();

@@ -31,11 +31,39 @@ Options (all optional)::
     ddmon_host     NAME                     the host named in the records [fqdn]
     ddmon_backlog  100000                   records kept while the broker is unreachable;
                                             beyond, the oldest are dropped (and counted)
+    ddmon_alive_interval 30                 seconds between this flow's alive messages
+                                            (sr3 durations: ``30``, ``1m``...); raised to
+                                            what the flow's loop can keep (below)
 
 Records are published with publisher confirms; while the broker is unreachable they are kept
 (in memory, up to ``ddmon_backlog``) and sent, in order, once it answers again (reconnects
 are tried with a capped backoff, never more than once per hook call, so a dead broker does
 not stall the flow). On stop, what is still unsent is said in the log.
+
+On ddmon's roster: the ``Final`` half (once per process) makes the flow one of the daemons
+that ddmon's roster knows (``dd_status``, ``check_dd_alive``), with the messages ddmon's own
+daemons send, on the same broker and exchange as the records (SPEC §6):
+
+* ``v01.registry.sr3.<instance>.start`` when the flow starts (``on_start``), then
+  ``v01.status.sr3.<instance>`` (``running``); on stop (``on_stop``) a status ``stopping``,
+  then ``v01.registry.sr3.<instance>.stop``;
+* ``v01.alive.sr3.<instance>`` every alive interval, with the records' counters (``sent``,
+  ``pending``, ``dropped``). It is sent from ``after_work``, which sr3 3.3.1 calls on every
+  pass of the flow's loop, messages or not: a flow wedged in its work goes silent instead of
+  hiding behind a healthy timer (there is no thread). An idle sr3 loop passes about every
+  10 s (``sleep`` doubles while idle until it is 5 s or more, and long sleeps are taken in
+  5 s steps), so the interval said in the messages is never less than that; with ``vip`` a
+  passive node runs none of the flow's hooks but ``on_housekeeping``, and then the interval is
+  at least ``housekeeping``. An alive that cannot be sent is replaced by the next one (only
+  the latest waits for the broker); the registry and status messages wait in the backlog.
+
+The instance is ``<component>_<config>_<NN>`` (``subscribe_ddmon_01``: sr3's instance
+number, ``00`` in the foreground); in routing keys ``.`` ``#`` ``*`` ``%`` in a name are
+``%2E`` ``%23`` ``%2A`` ``%25``. Bodies are JSON: ``tool`` (``sr3``), ``instance``, ``host``
+(``ddmon_host``), ``pid``, ``version`` (``ddmon_report/<sr3 version>``), ``alive_interval``,
+``started`` (when the process started), ``time``, times in RFC 3339 UTC; registry messages add
+``event``; alive and status ``state``, ``uptime_s``, ``last_alive`` (the alive before, or
+null) and ``counters``; status ``previous``.
 
 Install: copy this file to ``~/.config/sr3/plugins/`` (sr3 puts that directory on its
 Python path), or anywhere on ``PYTHONPATH``. Needs the ``amqp`` package (sr3's own AMQP
@@ -44,6 +72,8 @@ client).
 
 import json
 import logging
+import math
+import os
 import socket
 import time
 import urllib.parse
@@ -76,6 +106,21 @@ def _stamp(t):
     return sarracenia.timeflt2str(t)
 
 
+def _rfc3339(t):
+    """RFC 3339 UTC with milliseconds, as ddmon writes it: 2026-12-02T07:00:00.123Z."""
+    s, ms = divmod(int(round(t * 1000)), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + ".%03dZ" % ms
+
+
+def _word(w):
+    """One word of a routing key, as ddmon escapes it (SPEC §3)."""
+    return w.replace("%", "%25").replace(".", "%2E").replace("#", "%23").replace("*", "%2A")
+
+
+# The roster's messages (ddmon's own families) travel with the records but are not records.
+_OWN = "v01."
+
+
 class _Publisher:
     """A confirmed publisher to one exchange that keeps what it could not send."""
 
@@ -86,6 +131,9 @@ class _Publisher:
         self.max_pending = backlog
         self.dropped = 0
         self.sent = 0
+        # roster messages (v01...) among pending, and those sent: not counted as records
+        self.own_pending = 0
+        self.own_sent = 0
         self.conn = None
         self.channel = None
         self.failures = 0
@@ -129,17 +177,38 @@ class _Publisher:
             except Exception:
                 pass
 
-    def add(self, key, body):
+    def add(self, key, body, supersedes=None):
+        """Keep (key, body) to send; `supersedes`, a message this one replaces, is no longer
+        sent if it is still pending (an alive replaces the previous one)."""
+        if supersedes is not None:
+            try:
+                self.pending.remove(supersedes)
+            except ValueError:
+                pass
+            else:
+                self.own_pending -= supersedes[0].startswith(_OWN)
         if len(self.pending) >= self.max_pending:
-            self.pending.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                logger.error(
-                    "ddmon_report: broker unreachable and backlog full (%d): %d records dropped",
-                    self.max_pending,
-                    self.dropped,
-                )
+            old_key, _ = self.pending.popleft()
+            if old_key.startswith(_OWN):
+                self.own_pending -= 1
+            else:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    logger.error(
+                        "ddmon_report: broker unreachable and backlog full (%d): %d records dropped",
+                        self.max_pending,
+                        self.dropped,
+                    )
         self.pending.append((key, body))
+        self.own_pending += key.startswith(_OWN)
+
+    def counters(self):
+        """The records': sent, pending, dropped."""
+        return {
+            "sent": self.sent,
+            "pending": len(self.pending) - self.own_pending,
+            "dropped": self.dropped,
+        }
 
     def flush(self, force=False):
         """Send what is pending; on failure keep it and back off."""
@@ -163,7 +232,11 @@ class _Publisher:
                     routing_key=key,
                 )
                 self.pending.popleft()
-                self.sent += 1
+                if key.startswith(_OWN):
+                    self.own_pending -= 1
+                    self.own_sent += 1
+                else:
+                    self.sent += 1
         except Exception as ex:
             self._drop_connection()
             self._failed(ex)
@@ -191,9 +264,149 @@ class _Publisher:
         self.flush(force=True)
         if self.pending:
             logger.error(
-                "ddmon_report: stopping with %d records unsent to %s", len(self.pending), self.where()
+                "ddmon_report: stopping with %d records (and %d roster messages) unsent to %s",
+                len(self.pending) - self.own_pending,
+                self.own_pending,
+                self.where(),
             )
         self._drop_connection()
+
+
+def _idle_pass(o):
+    """The longest an idle sr3 3.3.1 flow goes between two passes of its loop
+    (sarracenia/flow/__init__.py, Flow.run): ``sleep`` doubles while nothing is gathered
+    until it is 5 s or more, and a sleep of more than 5 s is taken in 5 s steps, the last
+    one whole (``sleep 0.1``, the default: 6.4 s, slept as 10). 0: it does not sleep."""
+    s = float(getattr(o, "sleep", 0.1) or 0.0)
+    if s <= 0:
+        return 0.0
+    while s < 5:
+        s *= 2
+    return float(math.ceil(s / 5) * 5) if s > 5 else s
+
+
+def _process_start():
+    try:
+        import psutil  # sr3 needs it
+
+        return psutil.Process(os.getpid()).create_time()
+    except Exception:
+        return time.time()
+
+
+class _Roster:
+    """This flow process on ddmon's daemon roster: registry start/stop, status, alive."""
+
+    TOOL = "sr3"
+
+    def __init__(self, o, host, publisher):
+        self.publisher = publisher
+        component = getattr(o, "component", None) or "sr3"
+        config = getattr(o, "config", None) or "unknown"
+        self.instance = "%s_%s_%02d" % (component, config, int(getattr(o, "no", 0) or 0))
+        self.host = host
+        self.pid = os.getpid()
+        self.started = _process_start()
+        self.version = "ddmon_report/%s" % getattr(sarracenia, "__version__", "unknown")
+        asked = float(o.ddmon_alive_interval or 0)
+        if asked <= 0:
+            raise ValueError("ddmon_report: ddmon_alive_interval must be more than 0 s")
+        # the interval said must be the one kept: never less than the loop's idle pass (or,
+        # with a vip, housekeeping: a passive node runs no other hook)
+        floor = _idle_pass(o)
+        why = "its idle loop passes every %gs" % floor
+        if getattr(o, "vip", None) and component != "poll":
+            hk = float(getattr(o, "housekeeping", 300) or 0)
+            if hk > floor:
+                floor, why = hk, "with a vip, a passive node runs only housekeeping (%gs)" % hk
+        self.interval = max(asked, floor)
+        if self.interval > asked:
+            logger.warning(
+                "ddmon_report: alive every %gs, not ddmon_alive_interval %gs: %s",
+                self.interval,
+                asked,
+                why,
+            )
+        self.state = None
+        self.stopped = False
+        self.last_alive = None  # wall time of the last alive
+        self.next_alive = None  # monotonic time the next one is due
+        self.pending_alive = None  # the last alive (key, body), replaced if still unsent
+
+    def _key(self, kind, event=None):
+        head = "v01.%s.%s." % (kind, _word(self.TOOL))
+        tail = "." + event if event else ""
+        budget = 255 - len(head.encode()) - len(tail.encode())
+        word = _word(self.instance).encode()[:budget].decode("utf-8", "ignore")
+        return head + word + tail
+
+    def _ident(self, now):
+        return {
+            "tool": self.TOOL,
+            "instance": self.instance,
+            "host": self.host,
+            "pid": self.pid,
+            "version": self.version,
+            "alive_interval": float(self.interval),
+            "started": _rfc3339(self.started),
+            "time": _rfc3339(now),
+        }
+
+    def _health(self, now, state):
+        body = self._ident(now)
+        body["state"] = state
+        body["uptime_s"] = round(max(now - self.started, 0.0), 3)
+        body["last_alive"] = _rfc3339(self.last_alive) if self.last_alive is not None else None
+        body["counters"] = self.publisher.counters()
+        return body
+
+    def _registry(self, event, now):
+        body = self._ident(now)
+        body["event"] = event
+        self.publisher.add(self._key("registry", event), json.dumps(body))
+
+    def _status(self, state, now):
+        body = self._health(now, state)
+        body["previous"] = self.state
+        self.state = state
+        self.publisher.add(self._key("status"), json.dumps(body))
+
+    def start(self):
+        """The registry start and the status ``running`` (once)."""
+        if self.state is not None:
+            return
+        now = time.time()
+        self._registry("start", now)
+        self._status("running", now)
+
+    def alive(self):
+        """An alive message, when one is due (first: at once)."""
+        if self.stopped:
+            return
+        self.start()
+        mono = time.monotonic()
+        if self.next_alive is not None and mono < self.next_alive:
+            return
+        now = time.time()
+        msg = (self._key("alive"), json.dumps(self._health(now, "running")))
+        self.publisher.add(*msg, supersedes=self.pending_alive)
+        self.pending_alive = msg
+        self.last_alive = now
+        # on a fixed grid (the interval said is the mean one), started again after a stall
+        if self.next_alive is None or mono - self.next_alive >= self.interval:
+            self.next_alive = mono + self.interval
+        else:
+            self.next_alive += self.interval
+
+    def stop(self):
+        """The status ``stopping``, then the registry stop (once)."""
+        if self.stopped:
+            return
+        self.start()
+        now = time.time()
+        self._status("stopping", now)
+        self._registry("stop", now)
+        self.stopped = True
 
 
 class _Half(FlowCB):
@@ -204,6 +417,7 @@ class _Half(FlowCB):
         self.o.add_option("ddmon_client", "str", None)
         self.o.add_option("ddmon_host", "str", None)
         self.o.add_option("ddmon_backlog", "count", 100000)
+        self.o.add_option("ddmon_alive_interval", "duration", 30.0)
         if self.o.ddmon_broker:
             ok, details = self.o.credentials.validate_urlstr(self.o.ddmon_broker)
             url = details.url if ok else None
@@ -294,7 +508,25 @@ class Start(_Half):
 
 class Final(_Half):
     """The final code of every transfer that was started (load it with
-    ``flowCallbackPrepend``, before sr3's retry callback takes the failed ones)."""
+    ``flowCallbackPrepend``, before sr3's retry callback takes the failed ones); and this
+    flow on ddmon's roster (registry, status, alive: once per process, this half only)."""
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.roster = _Roster(self.o, self.host, self.publisher)
+
+    def on_start(self):
+        self.roster.start()
+        self.publisher.flush()
+
+    def on_housekeeping(self):
+        # a passive node (vip) runs no other hook: its alive comes from here
+        self.roster.alive()
+        super().on_housekeeping()
+
+    def on_stop(self):
+        self.roster.stop()
+        super().on_stop()
 
     def after_work(self, worklist):
         now = time.time()
@@ -317,4 +549,7 @@ class Final(_Half):
                 self._record(msg, code, text, now)
         for msg in worklist.ok + worklist.rejected + worklist.failed:
             msg.pop(_STARTED, None)
+        # sr3 calls after_work on every pass of the flow's loop, idle or not: the alive
+        # comes from the loop that does the work
+        self.roster.alive()
         self.publisher.flush()

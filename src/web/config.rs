@@ -58,6 +58,10 @@ pub struct Args {
     /// [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub tail_timeout: Option<f64>,
+    /// TOML file of the daemons that should run (`[[daemon]]` tool, instance, host): the
+    /// daemons panel shows one never seen as `missing`.
+    #[arg(long, env = "DD_DECLARED", value_name = "FILE")]
+    pub declared: Option<std::path::PathBuf>,
     /// dd_web's own liveness (it answers `health` and `stats` like every daemon, so dd_status
     /// lists it).
     #[command(flatten)]
@@ -96,6 +100,8 @@ pub struct WebConfig {
     pub tail_buffer: usize,
     /// Seconds without a sign of life before a tail is closed.
     pub tail_timeout: f64,
+    /// The declared daemons (the daemons panel's `missing`).
+    pub declared: Option<std::path::PathBuf>,
     /// dd_web's own alive, status and requests.
     pub daemon: crate::daemon::DaemonConfig,
     /// How to reach the broker (dd_web's own user).
@@ -123,6 +129,7 @@ impl Default for WebConfig {
             max_tails_per_user: 3,
             tail_buffer: 1000,
             tail_timeout: 30.0,
+            declared: None,
             daemon: crate::daemon::DaemonConfig::default(),
             broker: BrokerConfig::default(),
         }
@@ -159,6 +166,9 @@ impl WebConfig {
         overlay(&mut cfg.max_tails_per_user, args.max_tails_per_user);
         overlay(&mut cfg.tail_buffer, args.tail_buffer);
         overlay(&mut cfg.tail_timeout, args.tail_timeout);
+        if args.declared.is_some() {
+            cfg.declared = args.declared.clone();
+        }
         args.daemon.apply(&mut cfg.daemon);
         cfg.daemon.validate()?;
         cfg.broker.validate()?;

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub web: Arc<WebCounters>,
     /// Seconds between stats requests (for freshness).
     pub poll_s: f64,
+    /// The roster of ddmon's daemons.
+    pub roster: Option<Arc<Mutex<crate::roster::Roster>>>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -125,6 +127,13 @@ impl Collector for Metrics {
         let board = super::lock_board(&self.board).clone();
         self.speedo_families(&mut enc, &board)?;
         daemon_families(&mut enc, &board)?;
+        if let Some(r) = &self.roster {
+            let rows = r
+                .lock()
+                .map(|r| r.rows(chrono::Utc::now()))
+                .unwrap_or_default();
+            roster_families(&mut enc, &rows)?;
+        }
         self.web_families(&mut enc, &board)
     }
 }
@@ -340,6 +349,42 @@ fn daemon_families(enc: &mut DescriptorEncoder, board: &Board) -> Result<(), std
     Ok(())
 }
 
+/// The roster: each daemon's state (1 for its state, 0 for the others) and the seconds since
+/// its last alive message.
+fn roster_families(
+    enc: &mut DescriptorEncoder,
+    rows: &[crate::roster::Row],
+) -> Result<(), std::fmt::Error> {
+    let mut states = Vec::new();
+    let mut ages = Vec::new();
+    for r in rows {
+        let id: Labels = vec![
+            ("tool", r.tool.clone()),
+            ("instance", r.instance.clone()),
+            ("host", r.host.clone()),
+        ];
+        for s in crate::roster::RosterState::ALL {
+            let on = if s == r.state { 1.0 } else { 0.0 };
+            states.push((with(id.clone(), "state", s.as_str()), on));
+        }
+        if let Some(a) = r.alive_age_s {
+            ages.push((id, a));
+        }
+    }
+    gauges(
+        enc,
+        "ddmon_daemon_state",
+        "Each ddmon daemon on the roster: 1 for its state (running, degraded, stopping, stopped, silent, dead, missing)",
+        states,
+    )?;
+    gauges(
+        enc,
+        "ddmon_daemon_alive_age_seconds",
+        "Seconds since each ddmon daemon's last alive message",
+        ages,
+    )
+}
+
 /// The whole `/metrics` text (OpenMetrics, `# EOF` last).
 pub fn render(metrics: Metrics) -> String {
     let mut registry = Registry::default();
@@ -374,11 +419,38 @@ mod tests {
             "result": {"state": "running", "counters": {"received": 7, "by": {"x": 1}}}}))
             .unwrap(),
         ];
+        let mut roster = crate::roster::Roster::new(300.0);
+        let alive: crate::daemon::Health = serde_json::from_value(json!({
+            "tool": "dd_log2source", "instance": "r1", "host": "h1", "pid": 3,
+            "started": "2026-12-02T07:00:00Z", "time": "2026-12-02T07:00:00Z",
+            "alive_interval": 1.0, "state": "running"}))
+        .unwrap();
+        roster.observe(
+            &crate::roster::Observation::of_health(crate::roster::Seen::Alive, alive).unwrap(),
+        );
         let text = render(Metrics {
             board: Arc::new(Mutex::new(b)),
             web: Arc::default(),
             poll_s: 1.0,
+            roster: Some(Arc::new(Mutex::new(roster))),
         });
+        // heard long ago and never asked: silent (dead once asked with no answer)
+        assert!(
+            text.contains(
+                "ddmon_daemon_state{tool=\"dd_log2source\",instance=\"r1\",host=\"h1\",state=\"silent\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ddmon_daemon_state{tool=\"dd_log2source\",instance=\"r1\",host=\"h1\",state=\"running\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ddmon_daemon_alive_age_seconds{tool=\"dd_log2source\",instance=\"r1\",host=\"h1\"} "),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains(
             "ddmon_speedo_files_total{kind=\"client\",name=\"a \\\"quoted\\\" name\",result=\"good\"} 5"

@@ -31,6 +31,8 @@ pub struct App {
     pub web: Arc<WebCounters>,
     /// Signed-in users and their tails.
     pub tails: tail::Tails,
+    /// The roster of ddmon's daemons (followed from the roster stream).
+    pub roster: Arc<Mutex<crate::roster::Roster>>,
     /// Fires on SIGINT/SIGTERM: every stream ends, so that the server can stop.
     pub shutdown: Shutdown,
 }
@@ -63,6 +65,7 @@ async fn page() -> impl IntoResponse {
 
 async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
     let text = metrics::render(Metrics {
+        roster: Some(app.roster.clone()),
         board: app.board.clone(),
         web: app.web.clone(),
         poll_s: app.cfg.poll,
@@ -78,6 +81,17 @@ async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 fn snapshot(app: &App) -> Value {
     app.board().snapshot(Utc::now(), app.cfg.poll)
+}
+
+/// The daemons panel: the roster's rows, the worst first.
+async fn daemons(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let mut rows = app
+        .roster
+        .lock()
+        .map(|r| r.rows(Utc::now()))
+        .unwrap_or_default();
+    rows.sort_by_key(|r| std::cmp::Reverse(crate::nagios::alive::status_of(r.state)));
+    axum::Json(serde_json::json!({ "daemons": rows }))
 }
 
 async fn speedos(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -207,6 +221,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/speedos", get(speedos))
         .route("/api/search", get(search))
+        .route("/api/daemons", get(daemons))
         .route("/api/events", get(events))
         .route("/api/login", post(tail::login))
         .route("/api/logout", post(tail::logout))
@@ -424,7 +439,18 @@ pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let (events, _) = broadcast::channel(4);
+    let mut roster = crate::roster::Roster::new(300.0);
+    if let Some(p) = &cfg.declared {
+        roster.declare(&crate::roster::Declared::load(p)?);
+    }
+    let roster = Arc::new(Mutex::new(roster));
+    let source = crate::roster::follow::Source {
+        broker: cfg.broker.clone(),
+        exchange: cfg.exchange.clone(),
+        stream: cfg.daemon.roster.clone(),
+    };
     let app = Arc::new(App {
+        roster: roster.clone(),
         board: Arc::new(Mutex::new(Board::new(cfg.history))),
         events,
         web: Arc::default(),
@@ -435,6 +461,12 @@ pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     tracing::info!("dd_web serving http://{addr}/");
     let mut poll = tokio::spawn(poller(app.clone(), shutdown.clone()));
     let sweeper = tokio::spawn(tail::sweep(app.clone(), shutdown.clone()));
+    let follower = tokio::spawn(crate::roster::follow::follow(
+        source,
+        roster,
+        Arc::default(),
+        shutdown.clone(),
+    ));
     let mut alive = tokio::spawn(liveness(app.clone(), shutdown.clone()));
     let mut stop = shutdown.clone();
     let server = axum::serve(listener, router(app.clone()))
@@ -471,6 +503,7 @@ pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(bound, &mut alive).await;
     }
     let _ = tokio::time::timeout(bound, sweeper).await;
+    let _ = tokio::time::timeout(bound, follower).await;
     if let Some(e) = failed {
         return Err(e);
     }
