@@ -249,7 +249,11 @@ pub fn main(args: Args) -> std::process::ExitCode {
             roster.declare(&declared);
             let (history, mut reader) =
                 load(&link, &src, &mut roster, Duration::from_secs(30)).await;
-            if let Some(p) = &history.problem {
+            if let Some(p) = history
+                .problem
+                .as_ref()
+                .filter(|_| history.stream.is_some())
+            {
                 tracing::warn!("{p}: the roster is what answers now");
             }
             let answers =

@@ -171,8 +171,10 @@ async fn dd_status_finds_two_daemons() {
     wait_for_consumers(&conn, &f2, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // their request queues too
     let status = |extra: &[&str]| {
+        // the live answers alone (the roster's history: tests/roster.rs)
         Command::new(env!("CARGO_BIN_EXE_dd_status"))
             .args(["--exchange", &s.exchange, "--wait", "1.5"])
+            .args(["--roster-stream", "none"])
             .args(extra)
             .env("DD_BROKER", broker_url())
             .output()

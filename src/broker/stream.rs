@@ -12,7 +12,7 @@
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
@@ -91,7 +91,21 @@ impl StreamOffset {
 
 /// Declare the stream and its bindings on a fresh channel (idempotent). A stream that exists
 /// with other arguments (another retention) is used as it is: `Ok(false)`, the caller says so.
+/// An exchange that does not exist is [`ErrorKind::NotFound`], and nothing is declared (a
+/// monitor asked about a mistyped exchange leaves no stream behind).
 pub async fn declare_stream(conn: &Connection, spec: &StreamSpec) -> Result<bool, BrokerError> {
+    let check = bounded(conn.create_channel()).await?;
+    bounded(check.exchange_declare(
+        spec.exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    ))
+    .await?;
+    let _ = check.close(200, "OK".into()).await;
     let channel = bounded(conn.create_channel()).await?;
     let opts = QueueDeclareOptions {
         durable: true,

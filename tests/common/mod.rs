@@ -92,8 +92,9 @@ impl Scratch {
         let exchange = unique("test.log");
         Arc::new(Scratch {
             exchanges: Mutex::new(vec![exchange.clone()]),
+            // the roster stream a daemon on this exchange declares (SPEC §6)
+            queues: Mutex::new(vec![format!("ddmon.roster.{exchange}")]),
             exchange,
-            queues: Mutex::new(Vec::new()),
         })
     }
 
