@@ -54,8 +54,8 @@ fn dd_speedo_example_parses() {
     // the roster stream's block
     assert_eq!(cfg.daemon.roster.max_age, 86_400);
     assert_eq!(
-        cfg.daemon.roster.spec("log").unwrap().name,
-        "ddmon.roster.log"
+        cfg.daemon.roster.specs("log").unwrap()[1].name,
+        "ddmon.roster.log.alive"
     );
 }
 

@@ -405,3 +405,69 @@ async fn dd_speedo_and_dd_watchdog_survive_a_broker_restart() {
         }
     }
 }
+
+/// The roster stream survives a broker restart: a daemon stopped and one killed before it are
+/// still known after it, from the history alone (SPEC §6).
+#[tokio::test]
+#[ignore = "restarts the broker: run alone (scripts/test does)"]
+async fn the_roster_stream_survives_a_broker_restart() {
+    let s = Scratch::new();
+    let spawn = |instance: &str| {
+        let (queue, _) = s.dd_log_queue();
+        let mut c = dd_log();
+        c.env_remove("DD_ROSTER_STREAM")
+            .args(["--exchange", &s.exchange, "--queue", &queue, "--service"])
+            .args(["--topic", "v02.#", "--daemon-exchange", &s.exchange])
+            .args(["--instance", instance, "--alive-interval", "1"]);
+        Running::spawn(c)
+    };
+    let stopped = spawn("before-stopped");
+    let killed = spawn("before-killed");
+    let roster = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_dd_status"))
+            .env("DD_BROKER", broker_url())
+            .env_remove("DD_ROSTER_STREAM")
+            .args(["--exchange", &s.exchange, "--wait", "0.5", "--json"])
+            .output()
+            .unwrap();
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["instance"].as_str().unwrap_or("").to_string(),
+                    r["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while roster().len() < 2 {
+        assert!(Instant::now() < deadline, "{:?}", roster());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stopped.terminate();
+    assert_eq!(stopped.finish(10).0, 0);
+    let _ = Command::new("kill")
+        .args(["-KILL", &killed.child.id().to_string()])
+        .status();
+    let _ = killed.finish(5);
+    rabbitmqctl(&["stop_app"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rabbitmqctl(&["start_app"]);
+    drop(reconnect().await);
+    let want = vec![
+        ("before-killed".to_string(), "dead".to_string()),
+        ("before-stopped".to_string(), "stopped".to_string()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = roster();
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after the restart: {got:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -783,3 +783,93 @@ async fn sr3_plugin_keeps_records_while_its_broker_is_away_and_sends_them_in_ord
         .collect();
     assert_eq!(got, want, "every record kept arrives once, in order");
 }
+
+/// ddmon's sr3 plugin on ddmon's roster (tests/sarracenia/plugin_roster.py calls its two
+/// halves' hooks as sr3 3.3.1's flow loop does, alive interval 1 s): registry start, status
+/// running, an alive a second, status stopping, registry stop, and ddmon's roster reads them
+/// as one sr3 daemon that stopped.
+#[tokio::test]
+async fn sr3_plugin_puts_its_flow_on_the_roster_with_start_alive_status_and_stop() {
+    let venv = python_venvs().join("sr3");
+    let conn = connect().await;
+    let s = Scratch::new();
+    let mut rx = listen(
+        &conn,
+        &s.exchange,
+        &["v01.alive.#", "v01.status.#", "v01.registry.#"],
+    )
+    .await;
+    let out = Command::new(venv.join("bin/python"))
+        .arg(root().join("tests/sarracenia/plugin_roster.py"))
+        .arg(root().join("contrib/sarracenia"))
+        .arg("5672")
+        .arg(&s.exchange)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"instance\": \"subscribe_ddmon.roster#t*_07\", \"alive_interval\": 1.0, \"messages\": \
+         [\"registry.start\", \"status.running\", \"alive.running\", \"alive.running\", \
+         \"alive.running\", \"status.stopping\", \"registry.stop\"]}\n"
+    );
+    // the interval said is never less than what sr3's idle loop keeps, and the log says why
+    assert!(
+        err.contains(
+            "alive every 10s, not ddmon_alive_interval 1s: its idle loop passes every 10s"
+        ),
+        "{err}"
+    );
+    let got = drain(&mut rx, 2000).await;
+    let w = "subscribe_ddmon%2Eroster%23t%2A_07";
+    let keys: Vec<String> = got.iter().map(|d| d.routing_key.to_string()).collect();
+    let mut want = vec![
+        format!("v01.registry.sr3.{w}.start"),
+        format!("v01.status.sr3.{w}"),
+    ];
+    want.extend(std::iter::repeat_n(format!("v01.alive.sr3.{w}"), 3));
+    want.extend([
+        format!("v01.status.sr3.{w}"),
+        format!("v01.registry.sr3.{w}.stop"),
+    ]);
+    assert_eq!(keys, want);
+    let mut roster = ddmon::roster::Roster::new(600.0);
+    let mut changes = Vec::new();
+    for d in &got {
+        assert_eq!(
+            d.properties.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
+        let o = ddmon::roster::Observation::from_message(d.routing_key.as_str(), &d.data)
+            .unwrap_or_else(|| panic!("{}: {}", d.routing_key, String::from_utf8_lossy(&d.data)));
+        assert_eq!(
+            (
+                o.tool.as_str(),
+                o.instance.as_str(),
+                o.host.as_str(),
+                o.alive_interval
+            ),
+            (
+                "sr3",
+                "subscribe_ddmon.roster#t*_07",
+                "node01.roster.example",
+                1.0
+            )
+        );
+        assert!(o.version.starts_with("ddmon_report/"), "{}", o.version);
+        changes.push(roster.observe(&o));
+    }
+    // one process: new once, then heard (same started and pid: no restart)
+    use ddmon::roster::Change;
+    assert_eq!(changes[0], Change::New);
+    assert!(
+        changes[1..].iter().all(|c| *c == Change::Heard),
+        "{changes:?}"
+    );
+    let rows = roster.rows(chrono::Utc::now());
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].restarts, rows[0].alive_interval), (0, 1.0));
+    assert_eq!(rows[0].state, ddmon::roster::RosterState::Stopped);
+}

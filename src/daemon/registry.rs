@@ -1,8 +1,14 @@
 //! The daemons' own history (SPEC §6): `v01.registry.<tool>.<instance>.start` when a daemon
 //! starts and `.stop` when it stops, beside its alive and status messages, and the RabbitMQ
-//! stream that keeps the three families so that a monitor started now knows every daemon seen
-//! within the retention, with no registry service. The roster that reads it is
+//! streams that keep the three families so that a monitor started now knows every daemon seen
+//! within the retention, with no registry service. The roster that reads them is
 //! `crate::roster`'s.
+//!
+//! Two streams, because the families differ a thousandfold in volume and in how far back a
+//! monitor must read: `ddmon.roster.<exchange>` keeps registry and status messages (a few
+//! per daemon's life: read from the first kept, a day by default), and
+//! `ddmon.roster.<exchange>.alive` keeps the alive messages (one per daemon per interval:
+//! a monitor reads only the last minutes, enough to tell silent from dead).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,13 +19,20 @@ use crate::broker::StreamSpec;
 pub const REGISTRY: &str = "v01.registry";
 
 /// The families the roster stream keeps (binding keys on the daemon exchange).
-pub const KEPT: [&str; 3] = ["v01.alive.#", "v01.status.#", "v01.registry.#"];
+pub const KEPT: [&str; 2] = ["v01.status.#", "v01.registry.#"];
+
+/// The family the alive stream keeps.
+pub const KEPT_ALIVE: [&str; 1] = ["v01.alive.#"];
 
 /// The roster stream's retention by age, by default: a day.
 pub const DEFAULT_MAX_AGE_S: u64 = 86_400;
 
-/// The roster stream's retention by size, by default: 256 MiB (a day of 50 daemons saying
-/// alive every 30 s is about 90 MB).
+/// The alive stream's retention by age, by default: an hour (a monitor reads the last
+/// minutes of it).
+pub const DEFAULT_ALIVE_MAX_AGE_S: u64 = 3_600;
+
+/// Each stream's retention by size, by default: 256 MiB (an hour of 10,000 daemons saying
+/// alive every 30 s is about 800 MB: the size bound then keeps the last 20 minutes).
 pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
 /// The body of a registry message.
@@ -55,9 +68,11 @@ pub struct Registration {
 pub struct RosterStream {
     /// The stream's name [default: `ddmon.roster.<daemon exchange>`]; `none`: keep no history.
     pub name: Option<String>,
-    /// Retention by age, seconds.
+    /// Retention by age of registry and status messages, seconds.
     pub max_age: u64,
-    /// Retention by size, bytes.
+    /// Retention by age of alive messages (the `.alive` stream), seconds.
+    pub alive_max_age: u64,
+    /// Retention by size of each stream, bytes.
     pub max_bytes: u64,
 }
 
@@ -66,6 +81,7 @@ impl Default for RosterStream {
         RosterStream {
             name: None,
             max_age: DEFAULT_MAX_AGE_S,
+            alive_max_age: DEFAULT_ALIVE_MAX_AGE_S,
             max_bytes: DEFAULT_MAX_BYTES,
         }
     }
@@ -81,15 +97,26 @@ impl RosterStream {
         }
     }
 
-    /// The stream to declare for daemon exchange `exchange`.
-    pub fn spec(&self, exchange: &str) -> Option<StreamSpec> {
-        Some(StreamSpec {
-            name: self.name_for(exchange)?,
-            exchange: exchange.to_string(),
-            bindings: KEPT.iter().map(|k| k.to_string()).collect(),
-            max_age_s: self.max_age,
-            max_bytes: self.max_bytes,
-        })
+    /// The streams to declare for daemon exchange `exchange`: registry and status, then
+    /// alive (`None`: history is off).
+    pub fn specs(&self, exchange: &str) -> Option<[StreamSpec; 2]> {
+        let name = self.name_for(exchange)?;
+        Some([
+            StreamSpec {
+                name: name.clone(),
+                exchange: exchange.to_string(),
+                bindings: KEPT.iter().map(|k| k.to_string()).collect(),
+                max_age_s: self.max_age,
+                max_bytes: self.max_bytes,
+            },
+            StreamSpec {
+                name: crate::topic::cut(&format!("{name}.alive")).to_string(),
+                exchange: exchange.to_string(),
+                bindings: KEPT_ALIVE.iter().map(|k| k.to_string()).collect(),
+                max_age_s: self.alive_max_age,
+                max_bytes: self.max_bytes,
+            },
+        ])
     }
 
     /// Check the values.
@@ -97,7 +124,7 @@ impl RosterStream {
         if let Some(n) = self.name.as_deref().filter(|n| *n != "none") {
             crate::config::check_name("roster stream", n)?;
         }
-        if self.max_age < 60 {
+        if self.max_age < 60 || self.alive_max_age < 60 {
             return Err(crate::config::ConfigError::Invalid {
                 field: "roster max_age",
                 message: "must be at least 60 seconds".to_string(),
@@ -120,10 +147,13 @@ pub struct RosterOpts {
     /// `none`: keep none].
     #[arg(long, env = "DD_ROSTER_STREAM", value_name = "NAME")]
     pub roster_stream: Option<String>,
-    /// Its retention by age, seconds [default: 86400].
+    /// Retention by age of registry and status messages, seconds [default: 86400].
     #[arg(long, value_name = "SECONDS")]
     pub roster_max_age: Option<u64>,
-    /// Its retention by size, bytes [default: 268435456].
+    /// Retention by age of alive messages (the `.alive` stream), seconds [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub roster_alive_max_age: Option<u64>,
+    /// Retention by size of each stream, bytes [default: 268435456].
     #[arg(long, value_name = "BYTES")]
     pub roster_max_bytes: Option<u64>,
 }
@@ -135,6 +165,7 @@ impl RosterOpts {
             cfg.name = self.roster_stream.clone();
         }
         crate::config::overlay(&mut cfg.max_age, self.roster_max_age);
+        crate::config::overlay(&mut cfg.alive_max_age, self.roster_alive_max_age);
         crate::config::overlay(&mut cfg.max_bytes, self.roster_max_bytes);
     }
 }
@@ -163,9 +194,12 @@ mod tests {
             name: Some("none".into()),
             ..RosterStream::default()
         };
-        assert!(off.spec("log").is_none());
-        let spec = r.spec("xreport").unwrap();
-        assert_eq!(spec.bindings.len(), 3);
-        assert_eq!(spec.segment_bytes(), (256 << 20) / 10);
+        assert!(off.specs("log").is_none());
+        let [history, alive] = r.specs("xreport").unwrap();
+        assert_eq!(history.name, "ddmon.roster.xreport");
+        assert_eq!(history.bindings, ["v01.status.#", "v01.registry.#"]);
+        assert_eq!(alive.name, "ddmon.roster.xreport.alive");
+        assert_eq!((alive.bindings.len(), alive.max_age_s), (1, 3600));
+        assert_eq!(history.segment_bytes(), (256 << 20) / 10);
     }
 }

@@ -178,7 +178,7 @@ pub struct Runtime {
     alive_every: chrono::Duration,
     last_alive: Option<DateTime<Utc>>,
     announced: bool,
-    roster: Option<crate::broker::StreamSpec>,
+    roster: Vec<crate::broker::StreamSpec>,
 }
 
 impl Runtime {
@@ -204,13 +204,17 @@ impl Runtime {
             alive_every: chrono::Duration::milliseconds((cfg.alive_interval * 1000.0) as i64),
             last_alive: None,
             announced: false,
-            roster: cfg.roster.spec(&cfg.exchange),
+            roster: cfg
+                .roster
+                .specs(&cfg.exchange)
+                .map(Vec::from)
+                .unwrap_or_default(),
         }
     }
 
-    /// The stream that keeps the daemons' history, when it is kept.
-    pub fn roster_stream(&self) -> Option<&crate::broker::StreamSpec> {
-        self.roster.as_ref()
+    /// The streams that keep the daemons' history (none when it is not kept).
+    pub fn roster_streams(&self) -> &[crate::broker::StreamSpec] {
+        &self.roster
     }
 
     /// The registry message of `event` (`start`, `stop`); `failure` says why a stop was not

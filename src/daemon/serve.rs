@@ -143,7 +143,7 @@ pub async fn serve<S: Service>(
     }
     if let (Some(rt), Some(p)) = (runtime.as_mut(), publisher.as_mut().map(Publishers::local)) {
         p.declare_exchange(rt.exchange()).await?;
-        if let Some(spec) = rt.roster_stream() {
+        for spec in rt.roster_streams() {
             // the history is the monitors' help, not the daemon's work: a refusal is said
             match p.declare_stream(spec).await {
                 Ok(true) => {}

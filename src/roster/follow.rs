@@ -27,14 +27,16 @@ pub struct Source {
 /// What reading the history gave.
 #[derive(Debug, Clone, Default)]
 pub struct History {
-    /// The stream read (`None`: history is off).
+    /// The registry and status stream read (`None`: history is off).
     pub stream: Option<String>,
-    /// Messages read.
+    /// Messages read, both streams.
     pub read: usize,
     /// Of those, roster messages taken.
     pub taken: usize,
-    /// Was the end known by our own mark (else by a pause)?
+    /// Was each end known by our own mark (else by a pause)?
     pub marked: bool,
+    /// How far back the alive messages were read.
+    pub alive_window_s: f64,
     /// Why there is no history, when there is none.
     pub problem: Option<String>,
 }
@@ -45,76 +47,58 @@ const IDLE_END: Duration = Duration::from_millis(700);
 /// How many stream messages may be unacknowledged.
 const PREFETCH: u16 = 2000;
 
-/// Declare the stream (a monitor that comes first may), publish a mark and read from the
-/// first message kept to the mark, into `roster`. Returns the reader, to follow on with.
-pub async fn load(
-    link: &Link,
-    src: &Source,
-    roster: &mut Roster,
-    within: Duration,
-) -> (History, Option<StreamReader>) {
-    let mut h = History::default();
-    let Some(spec) = src.stream.spec(&src.exchange) else {
-        h.problem = Some("the roster stream is off (--roster-stream none)".to_string());
-        return (h, None);
-    };
-    h.stream = Some(spec.name.clone());
-    if let Err(e) = link.declare_stream(&spec).await {
-        tracing::debug!(error = %e, stream = %spec.name, "cannot declare the roster stream");
+/// The alive messages read at least this far back (seconds); further for a daemon whose
+/// interval asks for it (6x its interval: past 5x it is dead anyway).
+pub const ALIVE_WINDOW_S: f64 = 600.0;
+
+/// The two readers of the roster: registry and status, and alive.
+pub struct Readers {
+    history: StreamReader,
+    alive: StreamReader,
+}
+
+impl Readers {
+    /// The next message of either.
+    pub async fn next(&mut self) -> Option<Result<crate::broker::StreamMessage, BrokerError>> {
+        tokio::select! {
+            m = self.history.next() => m,
+            m = self.alive.next() => m,
+        }
     }
-    let mark = format!("ddmon.mark.{:016x}", crate::broker::random_u64());
-    h.marked = match link.mark_stream(&spec.name, &mark).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot mark the roster stream: its end is a pause");
-            false
-        }
-    };
-    let mut reader = match link
-        .read_stream(&spec.name, StreamOffset::First, PREFETCH)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            h.problem = Some(if e.kind() == ErrorKind::NotFound {
-                format!(
-                    "no roster stream {:?}: no daemon has kept history",
-                    spec.name
-                )
-            } else {
-                format!("cannot read the roster stream {:?}: {e}", spec.name)
-            });
-            return (h, None);
-        }
-    };
-    let deadline = tokio::time::Instant::now() + within;
+
+    /// Stop reading.
+    pub async fn close(self) {
+        self.history.close().await;
+        self.alive.close().await;
+    }
+}
+
+/// Read one stream from `offset` up to `mark` (or a pause, unmarked), into `roster`.
+async fn read_to_mark(
+    reader: &mut StreamReader,
+    mark: Option<&str>,
+    roster: &mut Roster,
+    h: &mut History,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
     loop {
-        let wait = if h.marked {
-            deadline
-        } else {
-            deadline.min(tokio::time::Instant::now() + IDLE_END)
+        let wait = match mark {
+            Some(_) => deadline,
+            None => deadline.min(tokio::time::Instant::now() + IDLE_END),
         };
         match tokio::time::timeout_at(wait, reader.next()).await {
-            Err(_) => {
-                if h.marked {
-                    h.problem = Some(format!(
-                        "the roster stream was not read to its end within {within:?} ({} messages)",
-                        h.read
-                    ));
-                }
-                break;
+            Err(_) if mark.is_some() => {
+                return Err(format!(
+                    "the roster streams were not read to their end in time ({} messages)",
+                    h.read
+                ));
             }
-            Ok(None) => {
-                h.problem = Some("the roster stream's reader was closed".to_string());
-                return (h, None);
-            }
-            Ok(Some(Err(e))) => {
-                h.problem = Some(format!("reading the roster stream: {e}"));
-                return (h, None);
-            }
+            Err(_) => return Ok(()),
+            Ok(None) => return Err("the roster stream's reader was closed".to_string()),
+            Ok(Some(Err(e))) => return Err(format!("reading the roster stream: {e}")),
             Ok(Some(Ok(m))) => {
-                if m.mark.as_deref() == Some(mark.as_str()) {
-                    break;
+                if m.mark.is_some() && m.mark.as_deref() == mark {
+                    return Ok(());
                 }
                 h.read += 1;
                 if let Some(o) = Observation::from_message(&m.routing_key, &m.body) {
@@ -124,7 +108,83 @@ pub async fn load(
             }
         }
     }
-    (h, Some(reader))
+}
+
+/// Declare the streams (a monitor that comes first may), mark them, and read into `roster`
+/// the registry and status messages from the first kept, then the alive messages of the last
+/// [`ALIVE_WINDOW_S`] (or more). Returns the readers, to follow on with.
+pub async fn load(
+    link: &Link,
+    src: &Source,
+    roster: &mut Roster,
+    within: Duration,
+) -> (History, Option<Readers>) {
+    let mut h = History::default();
+    let Some([spec, alive_spec]) = src.stream.specs(&src.exchange) else {
+        h.problem = Some("the roster stream is off (--roster-stream none)".to_string());
+        return (h, None);
+    };
+    h.stream = Some(spec.name.clone());
+    let deadline = tokio::time::Instant::now() + within;
+    let mut marks = Vec::new();
+    for s in [&spec, &alive_spec] {
+        if let Err(e) = link.declare_stream(s).await {
+            tracing::debug!(error = %e, stream = %s.name, "cannot declare the roster stream");
+        }
+        let mark = format!("ddmon.mark.{:016x}", crate::broker::random_u64());
+        marks.push(match link.mark_stream(&s.name, &mark).await {
+            Ok(()) => Some(mark),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot mark the roster stream: its end is a pause");
+                None
+            }
+        });
+    }
+    h.marked = marks.iter().all(Option::is_some);
+    let open = |name: String, offset| async move {
+        link.read_stream(&name, offset, PREFETCH)
+            .await
+            .map_err(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    format!("no roster stream {name:?}: no daemon has kept history")
+                } else {
+                    format!("cannot read the roster stream {name:?}: {e}")
+                }
+            })
+    };
+    let mut history = match open(spec.name.clone(), StreamOffset::First).await {
+        Ok(r) => r,
+        Err(p) => {
+            h.problem = Some(p);
+            return (h, None);
+        }
+    };
+    if let Err(p) = read_to_mark(&mut history, marks[0].as_deref(), roster, &mut h, deadline).await
+    {
+        h.problem = Some(p);
+        history.close().await;
+        return (h, None);
+    }
+    let window = ALIVE_WINDOW_S.max(6.0 * roster.max_alive_interval());
+    h.alive_window_s = window;
+    let since = Utc::now() - chrono::Duration::milliseconds((window * 1000.0) as i64);
+    roster.alive_since = Some(since);
+    let offset = StreamOffset::Since(u64::try_from(since.timestamp()).unwrap_or(0));
+    let mut alive = match open(alive_spec.name.clone(), offset).await {
+        Ok(r) => r,
+        Err(p) => {
+            h.problem = Some(p);
+            history.close().await;
+            return (h, None);
+        }
+    };
+    if let Err(p) = read_to_mark(&mut alive, marks[1].as_deref(), roster, &mut h, deadline).await {
+        h.problem = Some(p);
+        history.close().await;
+        alive.close().await;
+        return (h, None);
+    }
+    (h, Some(Readers { history, alive }))
 }
 
 /// Take a `health` answer; the daemon's `Health` when it answered.
@@ -143,7 +203,7 @@ pub async fn ask_everyone(
     link: &Link,
     exchange: &str,
     roster: &mut Roster,
-    mut reader: Option<&mut StreamReader>,
+    mut reader: Option<&mut Readers>,
     wait: Duration,
 ) -> Result<Vec<Health>, BrokerError> {
     let asked_at = Utc::now();
@@ -216,7 +276,7 @@ pub struct Followed {
 
 /// Follow the roster for as long as `shutdown` allows: load the history, then every new
 /// message; ask the silent ones directly; through a lost connection, reconnect with backoff
-/// and resume after the last offset read.
+/// and read the history again.
 pub async fn follow(
     src: Source,
     roster: Arc<Mutex<Roster>>,
@@ -224,7 +284,6 @@ pub async fn follow(
     mut shutdown: Shutdown,
 ) {
     let mut backoff = crate::broker::Backoff::new(&src.broker);
-    let mut resume: Option<i64> = None;
     loop {
         let link =
             match Link::open_with_retry(&src.broker, "roster", &mut backoff, &mut shutdown).await {
@@ -238,26 +297,20 @@ pub async fn follow(
                     continue;
                 }
             };
-        let reader = match resume {
-            None => {
-                let mut fresh = Roster::new(lock(&roster).missing_after);
-                let (h, reader) = load(&link, &src, &mut fresh, Duration::from_secs(60)).await;
-                lock(&roster).absorb(fresh);
-                let mut f = state
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                f.history = h;
-                f.live = reader.is_some();
-                reader
-            }
-            Some(at) => {
-                let name = src.stream.name_for(&src.exchange).unwrap_or_default();
-                link.read_stream(&name, StreamOffset::At(at + 1), PREFETCH)
-                    .await
-                    .ok()
-            }
-        };
-        let Some(mut reader) = reader else {
+        let mut fresh = Roster::new(lock(&roster).missing_after);
+        let (h, readers) = load(&link, &src, &mut fresh, Duration::from_secs(60)).await;
+        if let Some(p) = &h.problem {
+            tracing::warn!("{p}");
+        }
+        lock(&roster).absorb(fresh);
+        {
+            let mut f = state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f.history = h;
+            f.live = readers.is_some();
+        }
+        let Some(mut readers) = readers else {
             link.close("OK").await;
             if !backoff.wait(&mut shutdown).await {
                 return;
@@ -269,15 +322,12 @@ pub async fn follow(
         loop {
             tokio::select! {
                 _ = shutdown.requested() => {
-                    reader.close().await;
+                    readers.close().await;
                     link.close("OK").await;
                     return;
                 }
-                m = reader.next() => match m {
+                m = readers.next() => match m {
                     Some(Ok(m)) => {
-                        if let Some(at) = m.offset {
-                            resume = Some(at);
-                        }
                         if let Some(o) = Observation::from_message(&m.routing_key, &m.body) {
                             lock(&roster).observe(&o);
                         }
@@ -296,9 +346,6 @@ pub async fn follow(
         }
         tracing::warn!("the roster stream's reader was lost: following again");
         link.close("lost").await;
-        if resume.is_none() {
-            resume = Some(-1);
-        }
         if !backoff.wait(&mut shutdown).await {
             return;
         }

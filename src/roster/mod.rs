@@ -258,7 +258,12 @@ impl Entry {
     }
 
     /// Its state at `now`, and the evidence in words.
-    pub fn judge(&self, now: DateTime<Utc>, missing_after: f64) -> (RosterState, String) {
+    pub fn judge(
+        &self,
+        now: DateTime<Utc>,
+        missing_after: f64,
+        alive_since: Option<DateTime<Utc>>,
+    ) -> (RosterState, String) {
         let Some(heard) = self.last_heard else {
             return (
                 RosterState::Missing,
@@ -281,12 +286,20 @@ impl Entry {
         }
         let every = self.alive_interval;
         if quiet > SILENT_AFTER * every {
-            let since = format!(
-                "no word for {} ({}x its alive interval of {})",
-                human(quiet),
-                (quiet / every).floor(),
-                human(every)
-            );
+            let since = match alive_since {
+                Some(w) if heard < w => format!(
+                    "no alive in the last {} of them (its last word at {}; alive every {})",
+                    human(Entry::secs(now - w)),
+                    hhmm(heard),
+                    human(every)
+                ),
+                _ => format!(
+                    "no word for {} ({}x its alive interval of {})",
+                    human(quiet),
+                    (quiet / every).floor(),
+                    human(every)
+                ),
+            };
             return match self.asked {
                 Some(at) if quiet > DEAD_AFTER * every => (
                     RosterState::Dead,
@@ -376,6 +389,9 @@ pub struct Roster {
     entries: BTreeMap<(String, String), Entry>,
     /// A declared daemon stopped and not seen for this many seconds is `missing`.
     pub missing_after: f64,
+    /// The alive messages were read from this time on (older ones were not: a daemon last
+    /// heard before it is said so).
+    pub alive_since: Option<DateTime<Utc>>,
 }
 
 impl Roster {
@@ -384,6 +400,7 @@ impl Roster {
         Roster {
             entries: BTreeMap::new(),
             missing_after,
+            alive_since: None,
         }
     }
 
@@ -407,6 +424,15 @@ impl Roster {
             }
             self.entries.insert(k, e);
         }
+        self.alive_since = fresh.alive_since;
+    }
+
+    /// The longest alive interval of the daemons known (0 when none).
+    pub fn max_alive_interval(&self) -> f64 {
+        self.entries
+            .values()
+            .map(|e| e.alive_interval)
+            .fold(0.0, f64::max)
     }
 
     /// How many entries.
@@ -482,7 +508,8 @@ impl Roster {
         self.entries
             .iter()
             .filter(|(_, e)| {
-                e.asked.is_none() && e.judge(now, self.missing_after).0 == RosterState::Silent
+                e.asked.is_none()
+                    && e.judge(now, self.missing_after, self.alive_since).0 == RosterState::Silent
             })
             .map(|(k, _)| k.clone())
             .collect()
@@ -503,7 +530,7 @@ impl Roster {
         self.entries
             .iter()
             .map(|((tool, instance), e)| {
-                let (state, evidence) = e.judge(now, self.missing_after);
+                let (state, evidence) = e.judge(now, self.missing_after, self.alive_since);
                 Row {
                     tool: tool.clone(),
                     instance: instance.clone(),
@@ -527,7 +554,7 @@ impl Roster {
     pub fn counts(&self, now: DateTime<Utc>) -> [usize; 7] {
         let mut n = [0; 7];
         for e in self.entries.values() {
-            n[e.judge(now, self.missing_after).0.index()] += 1;
+            n[e.judge(now, self.missing_after, self.alive_since).0.index()] += 1;
         }
         n
     }

@@ -93,7 +93,10 @@ impl Scratch {
         Arc::new(Scratch {
             exchanges: Mutex::new(vec![exchange.clone()]),
             // the roster stream a daemon on this exchange declares (SPEC §6)
-            queues: Mutex::new(vec![format!("ddmon.roster.{exchange}")]),
+            queues: Mutex::new(vec![
+                format!("ddmon.roster.{exchange}"),
+                format!("ddmon.roster.{exchange}.alive"),
+            ]),
             exchange,
         })
     }

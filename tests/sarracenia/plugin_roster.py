@@ -16,8 +16,8 @@ the registry stop, each with exactly its keys. Also checked without a broker: th
 interval said is never less than what the flow's loop keeps (``sleep`` 0.1: 10 s; with a
 ``vip``: ``housekeeping``), and an alive still unsent is replaced by the next one.
 
-EXCHANGE defaults to a new ``test.roster.<random>``, deleted at the end (one that is given
-belongs to the caller and is left). Prints one JSON line (the instance, the alive interval
+EXCHANGE defaults to a new ``test.roster.<random>``; an exchange this script made is deleted
+at the end (one that already existed belongs to the caller and is left). Prints one JSON line (the instance, the alive interval
 and the messages seen, in order); exits non-zero on any failed check.
 """
 
@@ -119,14 +119,21 @@ def main():
     exchange = "test.roster.%s" % uuid.uuid4().hex[:12] if own_exchange else sys.argv[3]
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
     sys.path.insert(0, plugin_dir)
+    sys.dont_write_bytecode = True  # no __pycache__ beside the plugin in the source tree
     plugin = importlib.import_module("ddmon_report")
 
     conn = amqp.Connection(host="127.0.0.1:%d" % port, userid="guest", password="guest")
     conn.connect()
     ch = conn.channel()
     got = []
+    made = own_exchange  # an exchange this script made is deleted at the end
     try:
-        ch.exchange_declare(exchange, "topic", durable=True, auto_delete=False)
+        try:
+            ch.exchange_declare(exchange, "topic", passive=True)
+        except amqp.exceptions.NotFound:
+            ch = conn.channel()
+            ch.exchange_declare(exchange, "topic", durable=True, auto_delete=False)
+            made = True
         queue, _, _ = ch.queue_declare("", exclusive=True, auto_delete=True)
         for key in ("v01.alive.#", "v01.status.#", "v01.registry.#"):
             ch.queue_bind(queue, exchange, key)
@@ -178,7 +185,7 @@ def main():
         except TimeoutError:
             pass
     finally:
-        if own_exchange:
+        if made:
             try:
                 ch.exchange_delete(exchange)
             except Exception as ex:
@@ -234,7 +241,7 @@ def main():
     print(json.dumps({"instance": INSTANCE, "alive_interval": alives[0]["alive_interval"],
                       "messages": names}))
     logging.info("plugin_roster: %d passes, alive gaps %s, exchange %s%s", passes,
-                 ["%.3f" % g for g in gaps], exchange, " (deleted)" if own_exchange else "")
+                 ["%.3f" % g for g in gaps], exchange, " (deleted)" if made else "")
 
 
 if __name__ == "__main__":
