@@ -214,6 +214,8 @@ async fn a_declared_daemon_never_started_is_missing() {
     )
     .unwrap();
     let d = daemon(&s, "m1", "1");
+    // without the declared file nothing is amiss
+    running(&s, &host, "m1").await;
     let arg = declared.to_str().unwrap();
     let (first, _) = check_until(&s, 2, 20, &["--declared", arg]).await;
     assert_eq!(
@@ -223,8 +225,6 @@ async fn a_declared_daemon_never_started_is_missing() {
             perf([1, 0, 0, 0, 0, 0, 1])
         )
     );
-    // without the declared file nothing is amiss
-    running(&s, &host, "m1").await;
     d.terminate();
     assert_eq!(d.finish(10).0, 0);
 }

@@ -30,6 +30,27 @@ pub async fn request(
     wait: Duration,
     max: Option<usize>,
 ) -> Result<Vec<RawReply>, BrokerError> {
+    request_each(
+        conn,
+        exchange,
+        std::slice::from_ref(&routing_key.to_string()),
+        body,
+        wait,
+        max,
+    )
+    .await
+}
+
+/// Publish the same request to each of `routing_keys` (one reply-to, one correlation id)
+/// and collect the replies that arrive within `wait`, stopping early after `max`.
+pub async fn request_each(
+    conn: &Connection,
+    exchange: &str,
+    routing_keys: &[String],
+    body: &[u8],
+    wait: Duration,
+    max: Option<usize>,
+) -> Result<Vec<RawReply>, BrokerError> {
     const REPLY_TO: &str = "amq.rabbitmq.reply-to";
     let ch = conn.create_channel().await.map_err(classify)?;
     let mut replies = ch
@@ -51,15 +72,17 @@ pub async fn request(
         .with_reply_to(REPLY_TO.into())
         .with_correlation_id(id.as_str().into())
         .with_content_type("application/json".into());
-    ch.basic_publish(
-        exchange.into(),
-        routing_key.into(),
-        BasicPublishOptions::default(),
-        body,
-        props,
-    )
-    .await
-    .map_err(classify)?;
+    for routing_key in routing_keys {
+        ch.basic_publish(
+            exchange.into(),
+            routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            props.clone(),
+        )
+        .await
+        .map_err(classify)?;
+    }
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     while max.is_none_or(|m| out.len() < m) {
@@ -94,5 +117,17 @@ impl Link {
         max: Option<usize>,
     ) -> Result<Vec<RawReply>, BrokerError> {
         request(&self.conn, exchange, routing_key, body, wait, max).await
+    }
+
+    /// Ask each of `routing_keys` on this connection (see [`request_each`]).
+    pub async fn request_each(
+        &self,
+        exchange: &str,
+        routing_keys: &[String],
+        body: &[u8],
+        wait: Duration,
+    ) -> Result<Vec<RawReply>, BrokerError> {
+        let max = Some(routing_keys.len());
+        request_each(&self.conn, exchange, routing_keys, body, wait, max).await
     }
 }

@@ -15,7 +15,7 @@ use super::Status;
 use super::config::Timeout;
 use super::verdict::perf_label;
 use crate::daemon::{RosterOpts, RosterStream};
-use crate::roster::follow::{Source, ask_everyone, load};
+use crate::roster::follow::{Ask, Source, ask_while_reading, load};
 use crate::roster::{Declared, Roster, RosterState, Row};
 
 /// check_dd_alive's command line.
@@ -50,7 +50,8 @@ pub struct AliveArgs {
     /// Judge only the daemons whose `<tool>/<instance>` matches this regex.
     #[arg(long, value_name = "REGEX")]
     pub filter: Option<String>,
-    /// Seconds to collect the live answers (within -t).
+    /// Seconds a silent daemon has to answer when asked directly (within -t; no wait when
+    /// none is silent).
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     pub wait: f64,
     /// Offenders listed at most (the counts stay exact).
@@ -246,12 +247,21 @@ pub fn run(args: &AliveArgs) -> AliveOutcome {
         let (history, reader) = load(&link, &src, &mut roster, budget).await;
         let mut reader = reader;
         let wait = wait.min(left().saturating_sub(Duration::from_millis(300)));
-        let answers = ask_everyone(&link, &src.exchange, &mut roster, reader.as_mut(), wait).await;
+        let answers = ask_while_reading(
+            &link,
+            &src.exchange,
+            &mut roster,
+            reader.as_mut(),
+            wait,
+            Ask::Silent,
+        )
+        .await;
         if let Some(r) = reader {
             r.close().await;
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), link.close("OK")).await;
-        anyhow::Ok((roster, history, answers?.len()))
+        answers?;
+        anyhow::Ok((roster, history))
     };
     let outcome = rt.block_on(async { tokio::time::timeout(bound, work).await });
     rt.shutdown_background();
@@ -274,12 +284,9 @@ pub fn run(args: &AliveArgs) -> AliveOutcome {
             };
             AliveOutcome::only(Status::Unknown, &why)
         }
-        Ok(Ok((roster, history, answered))) => {
+        Ok(Ok((roster, history))) => {
             if let Some(p) = history.problem.filter(|_| history.stream.is_some()) {
-                return AliveOutcome::only(
-                    Status::Unknown,
-                    &format!("{p}; {answered} answered now"),
-                );
+                return AliveOutcome::only(Status::Unknown, &p);
             }
             let rows: Vec<Row> = roster
                 .rows(Utc::now())

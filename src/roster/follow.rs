@@ -196,9 +196,18 @@ fn observe_answer(roster: &mut Roster, reply: Reply<Health>) -> Option<Health> {
     Some(h)
 }
 
-/// Ask every daemon `health` (one broadcast, answers for `wait`) while the history goes on
-/// being read (so what is said meanwhile counts), and count the silent ones that did not
-/// answer as asked directly. Returns the answers.
+/// Whom to ask `health` while the history goes on being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// Every daemon (one broadcast), answers collected for the whole wait.
+    Everyone,
+    /// Only the silent ones, each on its own key; no wait when none is silent.
+    Silent,
+}
+
+/// Ask `health` (see [`Ask`]) for at most `wait` while the history goes on being read (so what
+/// is said meanwhile counts), then count the silent ones that did not answer as asked
+/// directly. Returns the answers.
 pub async fn ask_everyone(
     link: &Link,
     exchange: &str,
@@ -206,9 +215,34 @@ pub async fn ask_everyone(
     mut reader: Option<&mut Readers>,
     wait: Duration,
 ) -> Result<Vec<Health>, BrokerError> {
+    ask_while_reading(link, exchange, roster, reader.take(), wait, Ask::Everyone).await
+}
+
+/// See [`ask_everyone`]; `whom` says whom.
+pub async fn ask_while_reading(
+    link: &Link,
+    exchange: &str,
+    roster: &mut Roster,
+    mut reader: Option<&mut Readers>,
+    wait: Duration,
+    whom: Ask,
+) -> Result<Vec<Health>, BrokerError> {
     let asked_at = Utc::now();
-    let q = Question::new(exchange, crate::rpc::broadcast_key("health"), wait);
-    let ask = crate::rpc::ask::<Health>(link, &q);
+    let silent = roster.to_ask(asked_at);
+    if whom == Ask::Silent && silent.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ask = async {
+        match whom {
+            Ask::Everyone => {
+                let q = Question::new(exchange, crate::rpc::broadcast_key("health"), wait);
+                crate::rpc::ask::<Health>(link, &q).await
+            }
+            Ask::Silent => {
+                crate::rpc::ask_each::<Health>(link, exchange, &silent, "health", wait).await
+            }
+        }
+    };
     tokio::pin!(ask);
     let answers = loop {
         let next = async {
@@ -240,25 +274,25 @@ pub async fn ask_everyone(
     Ok(got)
 }
 
-/// Ask each silent daemon not yet asked, on its own key, waiting `wait` for each.
+/// Ask each silent daemon not yet asked, on its own key (all at once), waiting at most `wait`
+/// for their answers; the answers are observed, the others stay asked with no answer.
 pub async fn ask_silent(
     link: &Link,
     exchange: &str,
     roster: &Mutex<Roster>,
     wait: Duration,
-) -> Result<(), BrokerError> {
-    let silent = lock(roster).to_ask(Utc::now());
-    for (tool, instance) in silent {
-        let at = Utc::now();
-        let key = crate::rpc::request_key(&tool, Some(&instance), "health");
-        let answers = crate::rpc::ask::<Health>(link, &Question::new(exchange, key, wait)).await?;
-        let mut r = lock(roster);
-        r.asked(&tool, &instance, at);
-        for reply in answers.replies {
-            let _ = observe_answer(&mut r, reply);
-        }
+) -> Result<usize, BrokerError> {
+    let at = Utc::now();
+    let silent = lock(roster).to_ask(at);
+    let answers = crate::rpc::ask_each::<Health>(link, exchange, &silent, "health", wait).await?;
+    let mut r = lock(roster);
+    for (tool, instance) in &silent {
+        r.asked(tool, instance, at);
     }
-    Ok(())
+    for reply in answers.replies {
+        let _ = observe_answer(&mut r, reply);
+    }
+    Ok(silent.len())
 }
 
 fn lock(m: &Mutex<Roster>) -> std::sync::MutexGuard<'_, Roster> {

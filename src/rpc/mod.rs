@@ -188,6 +188,32 @@ pub async fn ask<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// Ask `command` of each of several daemons at once (one request per `(tool, instance)`,
+/// answers collected for `wait` or until each answered), each reply read as a [`Reply<T>`].
+pub async fn ask_each<T: DeserializeOwned>(
+    link: &Link,
+    exchange: &str,
+    daemons: &[(String, String)],
+    command: &str,
+    wait: Duration,
+) -> Result<Answers<T>, BrokerError> {
+    let mut out = Answers::default();
+    if daemons.is_empty() {
+        return Ok(out);
+    }
+    let keys: Vec<String> = daemons
+        .iter()
+        .map(|(t, i)| request_key(t, Some(i), command))
+        .collect();
+    for r in link.request_each(exchange, &keys, b"{}", wait).await? {
+        match serde_json::from_slice::<Reply<T>>(&r.body) {
+            Ok(reply) => out.replies.push(reply),
+            Err(e) => out.unreadable.push(e.to_string()),
+        }
+    }
+    Ok(out)
+}
+
 /// Ask on an open connection and keep every reply that is JSON as it came (for a command
 /// that prints the answers themselves: `dd_status --json`).
 pub async fn ask_raw(link: &Link, q: &Question) -> Result<Vec<serde_json::Value>, BrokerError> {
