@@ -248,7 +248,7 @@ pub fn main(args: Args) -> std::process::ExitCode {
             let mut roster = Roster::new(args.missing_after);
             roster.declare(&declared);
             let (history, mut reader) =
-                load(&link, &src, &mut roster, Duration::from_secs(30)).await;
+                load(&link, &src, &mut roster, Duration::from_secs(30), true).await;
             if let Some(p) = history
                 .problem
                 .as_ref()

@@ -325,7 +325,7 @@ async fn subscribe(
     Ok((channel, stream, tag))
 }
 
-pub(crate) fn convert(mut d: lapin::message::Delivery) -> Delivery {
+fn convert(mut d: lapin::message::Delivery) -> Delivery {
     // The body moves out of lapin's delivery: no copy on the hot path.
     let body = std::mem::take(&mut d.data);
     let headers = headers_of(&d.properties);

@@ -18,7 +18,6 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::Link;
-use super::consume::{Delivery, convert};
 use super::error::{BrokerError, ErrorKind, bounded, classify};
 
 /// A stream, its retention, and the keys of an exchange it keeps.
@@ -143,7 +142,7 @@ pub struct StreamReader {
     channel: Channel,
     stream: lapin::Consumer,
     /// Acknowledged in runs (credit for the next ones): the last delivery not yet acked.
-    unacked: Option<Delivery>,
+    unacked: Option<lapin::Acker>,
     count: u32,
 }
 
@@ -225,24 +224,26 @@ impl StreamReader {
             }
         };
         let d = match got? {
-            Ok(d) => convert(d),
+            Ok(d) => d,
             Err(e) => return Some(Err(classify(e))),
         };
-        let message = StreamMessage {
-            offset: match d.headers.get("x-stream-offset") {
-                Some(crate::headers::HeaderValue::Int(n)) => Some(*n),
+        let offset = d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-stream-offset").cloned())
+            .and_then(|v| match v {
+                AMQPValue::LongLongInt(n) => Some(n),
+                AMQPValue::LongInt(n) => Some(i64::from(n)),
                 _ => None,
-            },
-            mark: d
-                .inner
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|m| m.to_string()),
-            routing_key: d.routing_key.clone(),
-            body: d.body.clone(),
+            });
+        let message = StreamMessage {
+            offset,
+            mark: d.properties.message_id().as_ref().map(|m| m.to_string()),
+            routing_key: d.routing_key.to_string(),
+            body: d.data,
         };
-        self.unacked = Some(d);
+        self.unacked = Some(d.acker);
         self.count += 1;
         if self.count >= 64 {
             self.credit().await;
@@ -251,8 +252,8 @@ impl StreamReader {
     }
 
     async fn credit(&mut self) {
-        if let Some(d) = self.unacked.take() {
-            let _ = d.inner.acker.ack(BasicAckOptions { multiple: true }).await;
+        if let Some(a) = self.unacked.take() {
+            let _ = a.ack(BasicAckOptions { multiple: true }).await;
         }
         self.count = 0;
     }

@@ -244,7 +244,7 @@ pub fn run(args: &AliveArgs) -> AliveOutcome {
         let mut roster = Roster::new(missing_after);
         roster.declare(&declared);
         let budget = left().saturating_sub(wait + Duration::from_millis(400));
-        let (history, reader) = load(&link, &src, &mut roster, budget).await;
+        let (history, reader) = load(&link, &src, &mut roster, budget, false).await;
         let mut reader = reader;
         let wait = wait.min(left().saturating_sub(Duration::from_millis(300)));
         let answers = ask_while_reading(

@@ -47,9 +47,12 @@ const IDLE_END: Duration = Duration::from_millis(700);
 /// How many stream messages may be unacknowledged.
 const PREFETCH: u16 = 2000;
 
-/// The alive messages read at least this far back (seconds); further for a daemon whose
-/// interval asks for it (6x its interval: past 5x it is dead anyway).
-pub const ALIVE_WINDOW_S: f64 = 600.0;
+/// The alive messages are read this many of the longest alive interval back (past 5x a
+/// daemon is dead anyway, with or without an older alive)...
+pub const ALIVE_WINDOW_INTERVALS: f64 = 6.0;
+
+/// ... and at least this far back, seconds.
+pub const ALIVE_WINDOW_MIN_S: f64 = 60.0;
 
 /// The two readers of the roster: registry and status, and alive.
 pub struct Readers {
@@ -112,12 +115,14 @@ async fn read_to_mark(
 
 /// Declare the streams (a monitor that comes first may), mark them, and read into `roster`
 /// the registry and status messages from the first kept, then the alive messages of the last
-/// [`ALIVE_WINDOW_S`] (or more). Returns the readers, to follow on with.
+/// [`ALIVE_WINDOW_INTERVALS`] longest alive intervals. Returns the readers, to follow on with.
+/// A check (`declare` false) only reads: it leaves declaring to the daemons and monitors.
 pub async fn load(
     link: &Link,
     src: &Source,
     roster: &mut Roster,
     within: Duration,
+    declare: bool,
 ) -> (History, Option<Readers>) {
     let mut h = History::default();
     let Some([spec, alive_spec]) = src.stream.specs(&src.exchange) else {
@@ -128,7 +133,7 @@ pub async fn load(
     let deadline = tokio::time::Instant::now() + within;
     let mut marks = Vec::new();
     for s in [&spec, &alive_spec] {
-        if let Err(e) = link.declare_stream(s).await {
+        if declare && let Err(e) = link.declare_stream(s).await {
             tracing::debug!(error = %e, stream = %s.name, "cannot declare the roster stream");
         }
         let mark = format!("ddmon.mark.{:016x}", crate::broker::random_u64());
@@ -165,7 +170,11 @@ pub async fn load(
         history.close().await;
         return (h, None);
     }
-    let window = ALIVE_WINDOW_S.max(6.0 * roster.max_alive_interval());
+    let longest = match roster.max_alive_interval() {
+        0.0 => crate::roster::DEFAULT_ALIVE_S,
+        x => x,
+    };
+    let window = ALIVE_WINDOW_MIN_S.max(ALIVE_WINDOW_INTERVALS * longest);
     h.alive_window_s = window;
     let since = Utc::now() - chrono::Duration::milliseconds((window * 1000.0) as i64);
     roster.alive_since = Some(since);
@@ -332,7 +341,7 @@ pub async fn follow(
                 }
             };
         let mut fresh = Roster::new(lock(&roster).missing_after);
-        let (h, readers) = load(&link, &src, &mut fresh, Duration::from_secs(60)).await;
+        let (h, readers) = load(&link, &src, &mut fresh, Duration::from_secs(60), true).await;
         if let Some(p) = &h.problem {
             tracing::warn!("{p}");
         }
