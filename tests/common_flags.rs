@@ -6,11 +6,12 @@
 
 use std::process::Command;
 
-const TOOLS: [(&str, &str); 8] = [
+const TOOLS: [(&str, &str); 9] = [
     ("dd_log", env!("CARGO_BIN_EXE_dd_log")),
     ("dd_log2source", env!("CARGO_BIN_EXE_dd_log2source")),
     ("dd_speedo", env!("CARGO_BIN_EXE_dd_speedo")),
     ("check_dd_speedo", env!("CARGO_BIN_EXE_check_dd_speedo")),
+    ("check_dd_alive", env!("CARGO_BIN_EXE_check_dd_alive")),
     ("dd_watchdog", env!("CARGO_BIN_EXE_dd_watchdog")),
     ("dd_sim", env!("CARGO_BIN_EXE_dd_sim")),
     ("dd_status", env!("CARGO_BIN_EXE_dd_status")),
@@ -117,7 +118,7 @@ fn a_bad_config_file_is_a_usage_error_naming_the_key() {
     for (name, bin) in TOOLS {
         let (code, out, err) = run(bin, &["--config", file.to_str().unwrap()], &[]);
         // the Nagios plugin says UNKNOWN (3) on stdout, as plugins must; the others exit 2
-        let (want, text) = if name == "check_dd_speedo" {
+        let (want, text) = if name.starts_with("check_") {
             (3, &out)
         } else {
             (2, &err)
@@ -224,9 +225,10 @@ fn a_name_over_255_bytes_is_a_usage_error() {
         for args in cases {
             let (code, out, err) = run(bin, &args, &[("STATE_DIRECTORY", state)]);
             let what = format!("{name} {} <300 bytes>", args[0]);
-            if name == "check_dd_speedo" {
+            if let Some(plugin) = name.strip_prefix("check_") {
                 assert_eq!(code, 3, "{what}: {out}{err}");
-                assert!(out.starts_with("DD_SPEEDO UNKNOWN - "), "{what}: {out}");
+                let head = format!("{} UNKNOWN - ", plugin.to_uppercase());
+                assert!(out.starts_with(&head), "{what}: {out}");
                 assert!(out.contains("300 bytes"), "{what}: {out}");
                 assert_eq!(out.lines().count(), 1, "{what}: {out}");
             } else {

@@ -195,14 +195,45 @@ pub fn judge(rows: &[Row], max_offenders: usize) -> AliveOutcome {
     AliveOutcome { status, text: out }
 }
 
+/// What check_dd_alive reads (`--print-config`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AliveConfig {
+    /// The daemon exchange.
+    pub exchange: String,
+    /// The roster streams.
+    pub roster: RosterStream,
+    /// How to reach the broker.
+    pub broker: crate::config::BrokerConfig,
+}
+
+impl crate::config::Config for AliveConfig {
+    fn broker(&self) -> Option<&crate::config::BrokerConfig> {
+        Some(&self.broker)
+    }
+}
+
+/// The effective configuration: defaults < file (`[broker]`) < environment < flags.
+pub fn config_of(args: &AliveArgs) -> anyhow::Result<AliveConfig> {
+    let broker = args.common.broker_config()?.broker;
+    let mut roster = RosterStream::default();
+    args.roster.apply(&mut roster);
+    roster.validate()?;
+    crate::config::check_name("exchange", &args.exchange)?;
+    Ok(AliveConfig {
+        exchange: args.exchange.clone(),
+        roster,
+        broker,
+    })
+}
+
 /// Run the check (never panics, never hangs past `-t`).
 pub fn run(args: &AliveArgs) -> AliveOutcome {
     let setup = || -> anyhow::Result<(Source, Declared, Option<regex::Regex>)> {
-        let broker = args.common.broker_config()?.broker;
-        let mut stream = RosterStream::default();
-        args.roster.apply(&mut stream);
-        stream.validate()?;
-        crate::config::check_name("exchange", &args.exchange)?;
+        let AliveConfig {
+            broker,
+            roster: stream,
+            ..
+        } = config_of(args)?;
         let declared = match &args.declared {
             Some(p) => Declared::load(p)?,
             None => Declared::default(),
@@ -305,6 +336,21 @@ pub fn run(args: &AliveArgs) -> AliveOutcome {
 /// Entry point of the `check_dd_alive` binary.
 pub fn main(args: AliveArgs) -> std::process::ExitCode {
     crate::cli::init_tracing(&args.common, 1);
+    if args.common.print_config {
+        return match config_of(&args) {
+            Ok(cfg) => {
+                print!("{}", crate::cli::print_config(&cfg));
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!(
+                    "{}",
+                    AliveOutcome::only(Status::Unknown, &format!("{e:#}")).text
+                );
+                std::process::ExitCode::from(3)
+            }
+        };
+    }
     let outcome = run(&args);
     println!("{}", outcome.text);
     std::process::ExitCode::from(outcome.status.code())
