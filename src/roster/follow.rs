@@ -332,12 +332,10 @@ pub async fn follow(
             match Link::open_with_retry(&src.broker, "roster", &mut backoff, &mut shutdown).await {
                 Ok(Some(l)) => l,
                 Ok(None) => return,
+                // a refusal is the daemon's to say (it stops on it, in one line)
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot follow the roster");
-                    if !backoff.wait(&mut shutdown).await {
-                        return;
-                    }
-                    continue;
+                    tracing::debug!(error = %e, "cannot follow the roster");
+                    return;
                 }
             };
         let mut fresh = Roster::new(lock(&roster).missing_after);
