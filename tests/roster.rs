@@ -283,3 +283,88 @@ async fn a_restart_is_seen_as_one_and_the_registry_says_start_and_stop() {
     assert_eq!(events[0].1, events[1].1);
     assert_ne!(events[1].1, events[2].1);
 }
+
+/// A check that asks the roster of a monitor that follows it (dd_web) instead of reading the
+/// streams: the same verdicts, with the monitor's declared daemons.
+#[tokio::test]
+async fn the_check_can_ask_dd_webs_roster() {
+    let s = Scratch::new();
+    let host = ddmon::daemon::host_name();
+    let dir = tempfile::tempdir().unwrap();
+    let declared = dir.path().join("declared.toml");
+    std::fs::write(
+        &declared,
+        "[[daemon]]\ntool = \"dd_watchdog\"\ninstance = \"wd\"\n",
+    )
+    .unwrap();
+    let mut web = Command::new(env!("CARGO_BIN_EXE_dd_web"));
+    web.env("DD_BROKER", broker_url())
+        .env_remove("DD_ROSTER_STREAM")
+        .env_remove("RUST_LOG")
+        .args(["--listen", "127.0.0.1:0", "--exchange", &s.exchange])
+        .args(["--daemon-exchange", &s.exchange, "--instance", "web1"])
+        .args([
+            "--alive-interval",
+            "1",
+            "--declared",
+            declared.to_str().unwrap(),
+        ]);
+    let web = Running::spawn(web);
+    let d = daemon(&s, "f1", "1");
+    let ask = ["--from-monitor", "web1"];
+    let (first, _) = check_until(&s, 2, 20, &ask).await;
+    assert_eq!(
+        first,
+        format!(
+            "DD_ALIVE CRITICAL - 1 missing of 3 daemons: dd_watchdog/wd | {}",
+            perf([2, 0, 0, 0, 0, 0, 1])
+        ),
+        "{host}"
+    );
+    kill(&d, "-KILL");
+    let t0 = Instant::now();
+    let want = format!(
+        "DD_ALIVE CRITICAL - 1 dead, 1 missing of 3 daemons: dd_log/f1 on {host}, dd_watchdog/wd | {}",
+        perf([1, 0, 0, 0, 0, 1, 1])
+    );
+    loop {
+        let (code, first) = check(&s, &ask);
+        if first == want {
+            assert_eq!(code, 2);
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(12), "{code} {first}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // --declared belongs to the monitor then
+    let (code, first) = check(&s, &["--from-monitor", "--declared", "x.toml"]);
+    assert_eq!(code, 3);
+    assert!(
+        first.starts_with("DD_ALIVE UNKNOWN - --declared goes with the monitor"),
+        "{first}"
+    );
+    // no such monitor: UNKNOWN within -t
+    let out = Command::new(env!("CARGO_BIN_EXE_check_dd_alive"))
+        .env("DD_BROKER", broker_url())
+        .args([
+            "--exchange",
+            &s.exchange,
+            "--from-monitor",
+            "nobody",
+            "-t",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&format!(
+            "DD_ALIVE UNKNOWN - no dd_web (nobody) answered within 1 s on exchange \"{}\"",
+            s.exchange
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    web.terminate();
+    assert_eq!(web.finish(10).0, 0);
+}

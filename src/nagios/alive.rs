@@ -54,6 +54,11 @@ pub struct AliveArgs {
     /// none is silent).
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     pub wait: f64,
+    /// Ask the roster of a monitor that follows it (dd_web: its `roster` command; INSTANCE, or
+    /// the first dd_web to answer) instead of reading the streams: one small answer, whatever
+    /// the number of daemons. The declared daemons are then the monitor's (dd_web --declared).
+    #[arg(long, value_name = "INSTANCE", num_args = 0..=1, default_missing_value = "all")]
+    pub from_monitor: Option<String>,
     /// Offenders listed at most (the counts stay exact).
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub max_offenders: usize,
@@ -115,19 +120,37 @@ fn name(r: &Row) -> String {
 
 /// Judge the roster's rows (already filtered).
 pub fn judge(rows: &[Row], max_offenders: usize) -> AliveOutcome {
-    if rows.is_empty() {
+    let mut n = [0usize; 7];
+    for r in rows {
+        n[r.state.index()] += 1;
+    }
+    let mut offenders: Vec<&Row> = rows
+        .iter()
+        .filter(|r| status_of(r.state) != Status::Ok)
+        .collect();
+    offenders.sort_by_key(|r| std::cmp::Reverse(crate::roster::badness(r.state)));
+    judge_counts(&n, &offenders, offenders.len(), max_offenders)
+}
+
+/// Judge from the counts per state and the offenders (the worst first; `offending` of them in
+/// all, maybe more than given).
+pub fn judge_counts(
+    n: &[usize; 7],
+    offenders: &[&Row],
+    offending: usize,
+    max_offenders: usize,
+) -> AliveOutcome {
+    let total: usize = n.iter().sum();
+    if total == 0 {
         return AliveOutcome::only(
             Status::Unknown,
             "no ddmon daemon is known (none in the history, none answered, none declared)",
         );
     }
-    let mut n = [0usize; 7];
-    for r in rows {
-        n[r.state.index()] += 1;
-    }
-    let status = rows
+    let status = RosterState::ALL
         .iter()
-        .map(|r| status_of(r.state))
+        .filter(|s| n[s.index()] > 0)
+        .map(|s| status_of(*s))
         .max()
         .unwrap_or(Status::Ok);
     let perf: Vec<String> = RosterState::ALL
@@ -141,17 +164,13 @@ pub fn judge(rows: &[Row], max_offenders: usize) -> AliveOutcome {
         RosterState::Silent,
         RosterState::Degraded,
     ];
-    let offenders: Vec<&Row> = order
-        .iter()
-        .flat_map(|s| rows.iter().filter(move |r| r.state == *s))
-        .collect();
-    let text = if offenders.is_empty() {
+    let text = if offending == 0 {
         let parts: Vec<String> = RosterState::ALL
             .iter()
             .filter(|s| n[s.index()] > 0)
             .map(|s| format!("{} {}", n[s.index()], s.as_str()))
             .collect();
-        format!("{} daemons: {}", rows.len(), parts.join(", "))
+        format!("{total} daemons: {}", parts.join(", "))
     } else {
         let counts: Vec<String> = order
             .iter()
@@ -159,11 +178,10 @@ pub fn judge(rows: &[Row], max_offenders: usize) -> AliveOutcome {
             .map(|s| format!("{} {}", n[s.index()], s.as_str()))
             .collect();
         let first: Vec<String> = offenders.iter().take(3).map(|r| name(r)).collect();
-        let more = offenders.len().saturating_sub(3);
+        let more = offending.saturating_sub(first.len());
         format!(
-            "{} of {} daemons: {}{}",
+            "{} of {total} daemons: {}{}",
             counts.join(", "),
-            rows.len(),
             first.join(", "),
             if more > 0 {
                 format!(" and {more} more")
@@ -186,13 +204,114 @@ pub fn judge(rows: &[Row], max_offenders: usize) -> AliveOutcome {
             r.evidence.replace('|', "/")
         ));
     }
-    if offenders.len() > max_offenders {
-        out.push_str(&format!(
-            "\n... and {} more",
-            offenders.len() - max_offenders
-        ));
+    let listed = offenders.len().min(max_offenders);
+    if offending > listed {
+        out.push_str(&format!("\n... and {} more", offending - listed));
     }
     AliveOutcome { status, text: out }
+}
+
+/// Ask a monitor's roster (`--from-monitor`): the counts and the offenders, in one answer.
+fn from_monitor(args: &AliveArgs, instance: &str) -> AliveOutcome {
+    let setup = || -> anyhow::Result<crate::config::BrokerConfig> {
+        if args.declared.is_some() {
+            anyhow::bail!(
+                "--declared goes with the monitor when asking it (dd_web --declared), not with --from-monitor"
+            );
+        }
+        if let Some(f) = &args.filter {
+            regex::Regex::new(f).map_err(|e| anyhow::anyhow!("bad --filter: {e}"))?;
+        }
+        Ok(config_of(args)?.broker)
+    };
+    let broker = match setup() {
+        Ok(b) => b,
+        Err(e) => return AliveOutcome::only(Status::Unknown, &format!("{e:#}")),
+    };
+    let bound = args.timeout.duration;
+    let q = crate::roster::RosterQuery {
+        states: vec![
+            RosterState::Dead,
+            RosterState::Missing,
+            RosterState::Silent,
+            RosterState::Degraded,
+        ],
+        regex: args.filter.clone(),
+        limit: Some(args.max_offenders),
+    };
+    let key = crate::rpc::request_key(
+        "dd_web",
+        (instance != crate::rpc::ALL).then_some(instance),
+        "roster",
+    );
+    let wait = bound.saturating_sub(Duration::from_millis(300));
+    let question = crate::rpc::Question::new(&args.exchange, key, wait)
+        .with_body(&q)
+        .at_most(1);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return AliveOutcome::only(Status::Unknown, &format!("cannot start: {e}")),
+    };
+    let asked = rt.block_on(async {
+        tokio::time::timeout(
+            bound,
+            crate::rpc::ask_once::<crate::roster::RosterReply>(
+                &broker,
+                "check_dd_alive",
+                &question,
+            ),
+        )
+        .await
+    });
+    rt.shutdown_background();
+    let secs = bound.as_secs_f64();
+    let answers = match asked {
+        Err(_) => {
+            return AliveOutcome::only(
+                args.timeout.state,
+                &format!("timed out after {secs} s asking the monitor"),
+            );
+        }
+        Ok(Err(e)) => return AliveOutcome::only(Status::Unknown, &format!("{e}")),
+        Ok(Ok(a)) => a,
+    };
+    let (reply, r) = match answers.first_ok() {
+        Some(x) => x,
+        None => {
+            let why = answers
+                .replies
+                .first()
+                .and_then(|r| r.error.clone())
+                .map_or_else(
+                    || {
+                        format!(
+                            "no dd_web ({instance}) answered within {secs} s on exchange {:?}",
+                            args.exchange
+                        )
+                    },
+                    |e| format!("dd_web refused the roster request: {e}"),
+                );
+            return AliveOutcome::only(Status::Unknown, &why);
+        }
+    };
+    if !r.live {
+        return AliveOutcome::only(
+            Status::Unknown,
+            &format!(
+                "dd_web {} does not follow the roster streams now",
+                reply.instance
+            ),
+        );
+    }
+    let mut n = [0usize; 7];
+    for (s, c) in &r.counts {
+        n[s.index()] = *c;
+    }
+    let offenders: Vec<&Row> = r.rows.iter().collect();
+    judge_counts(&n, &offenders, r.matched, args.max_offenders)
 }
 
 /// What check_dd_alive reads (`--print-config`).
@@ -228,6 +347,9 @@ pub fn config_of(args: &AliveArgs) -> anyhow::Result<AliveConfig> {
 
 /// Run the check (never panics, never hangs past `-t`).
 pub fn run(args: &AliveArgs) -> AliveOutcome {
+    if let Some(instance) = &args.from_monitor {
+        return from_monitor(args, instance);
+    }
     let setup = || -> anyhow::Result<(Source, Declared, Option<regex::Regex>)> {
         let AliveConfig {
             broker,

@@ -560,5 +560,93 @@ impl Roster {
     }
 }
 
+/// A question to a monitor that holds the roster (dd_web's `roster` command): every key
+/// optional; `{}` is every daemon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RosterQuery {
+    /// Only these states (empty: all).
+    pub states: Vec<RosterState>,
+    /// Only the daemons whose `<tool>/<instance>` matches.
+    pub regex: Option<String>,
+    /// At most this many rows, the worst first (default 1,000, at most 10,000).
+    pub limit: Option<usize>,
+}
+
+/// The answer: the counts per state of the daemons in scope (the regex's), and the rows
+/// selected, the worst first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RosterReply {
+    /// When it was judged (the monitor's clock).
+    pub time: Option<DateTime<Utc>>,
+    /// Daemons in scope, per state (every state named).
+    pub counts: BTreeMap<RosterState, usize>,
+    /// Daemons in scope.
+    pub total: usize,
+    /// Of them, the selected.
+    pub matched: usize,
+    /// The selected rows, the worst first, within the limit.
+    pub rows: Vec<Row>,
+    /// More matched than the limit let through.
+    pub cut: bool,
+    /// Does the monitor follow the roster streams now (false: what it holds may be old)?
+    pub live: bool,
+}
+
+/// How bad a state is, for "the worst first": dead, missing, silent, degraded, then the rest.
+pub fn badness(s: RosterState) -> u8 {
+    match s {
+        RosterState::Dead => 6,
+        RosterState::Missing => 5,
+        RosterState::Silent => 4,
+        RosterState::Degraded => 3,
+        RosterState::Stopping => 2,
+        RosterState::Stopped => 1,
+        RosterState::Running => 0,
+    }
+}
+
+impl Roster {
+    /// Answer a [`RosterQuery`] at `now`.
+    pub fn answer(&self, q: &RosterQuery, now: DateTime<Utc>) -> Result<RosterReply, String> {
+        let re = q
+            .regex
+            .as_deref()
+            .map(regex::Regex::new)
+            .transpose()
+            .map_err(|e| format!("bad regex: {e}"))?;
+        let limit = q.limit.unwrap_or(1000).min(10_000);
+        let mut counts: BTreeMap<RosterState, usize> =
+            RosterState::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut total = 0;
+        let mut rows: Vec<Row> = self
+            .rows(now)
+            .into_iter()
+            .filter(|r| {
+                re.as_ref()
+                    .is_none_or(|re| re.is_match(&format!("{}/{}", r.tool, r.instance)))
+            })
+            .inspect(|r| {
+                total += 1;
+                *counts.entry(r.state).or_default() += 1;
+            })
+            .filter(|r| q.states.is_empty() || q.states.contains(&r.state))
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(badness(r.state)));
+        let matched = rows.len();
+        rows.truncate(limit);
+        Ok(RosterReply {
+            time: Some(now),
+            counts,
+            total,
+            matched,
+            cut: matched > rows.len(),
+            rows,
+            live: true,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests;

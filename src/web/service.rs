@@ -33,6 +33,8 @@ pub struct App {
     pub tails: tail::Tails,
     /// The roster of ddmon's daemons (followed from the roster stream).
     pub roster: Arc<Mutex<crate::roster::Roster>>,
+    /// Whether the roster's streams are followed now.
+    pub followed: Arc<Mutex<crate::roster::follow::Followed>>,
     /// Fires on SIGINT/SIGTERM: every stream ends, so that the server can stop.
     pub shutdown: Shutdown,
 }
@@ -398,6 +400,36 @@ impl crate::daemon::Service for Liveness {
         Ok(crate::daemon::Handled::ack())
     }
 
+    /// `roster`: the roster dd_web follows, asked with a `roster::RosterQuery` (what
+    /// check_dd_alive `--from-monitor` asks).
+    fn request(
+        &mut self,
+        command: &str,
+        body: &[u8],
+        now: chrono::DateTime<Utc>,
+    ) -> Option<Result<Value, String>> {
+        if command != "roster" {
+            return None;
+        }
+        let q: crate::roster::RosterQuery = if body.iter().all(u8::is_ascii_whitespace) {
+            Default::default()
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(q) => q,
+                Err(e) => return Some(Err(format!("bad roster query: {e}"))),
+            }
+        };
+        let live = self.app.followed.lock().map(|f| f.live).unwrap_or(false);
+        let answer = match self.app.roster.lock() {
+            Ok(r) => r.answer(&q, now),
+            Err(_) => Err("the roster is not readable".to_string()),
+        };
+        Some(answer.map(|mut a| {
+            a.live = live;
+            serde_json::json!(a)
+        }))
+    }
+
     fn counters(&self) -> Value {
         use std::sync::atomic::Ordering::Relaxed;
         let w = &self.app.web;
@@ -449,8 +481,10 @@ pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
         exchange: cfg.exchange.clone(),
         stream: cfg.daemon.roster.clone(),
     };
+    let followed = Arc::new(Mutex::new(crate::roster::follow::Followed::default()));
     let app = Arc::new(App {
         roster: roster.clone(),
+        followed: followed.clone(),
         board: Arc::new(Mutex::new(Board::new(cfg.history))),
         events,
         web: Arc::default(),
@@ -464,7 +498,7 @@ pub async fn run(cfg: WebConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let follower = tokio::spawn(crate::roster::follow::follow(
         source,
         roster,
-        Arc::default(),
+        followed,
         shutdown.clone(),
     ));
     let mut alive = tokio::spawn(liveness(app.clone(), shutdown.clone()));
