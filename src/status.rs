@@ -61,6 +61,17 @@ pub struct Args {
     /// Show the roster again every SECONDS (default 2) until interrupted.
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
     pub watch: Option<f64>,
+    /// Say that TOOL/INSTANCE died (its host's last word: for systemd's `ExecStopPost`,
+    /// with --because), then exit; the roster shows it `dead` until it starts again.
+    #[arg(long, value_name = "TOOL/INSTANCE", conflicts_with = "forget")]
+    pub died: Option<String>,
+    /// With --died: how it died (e.g. "systemd: killed (9)").
+    #[arg(long, value_name = "TEXT", requires = "died")]
+    pub because: Option<String>,
+    /// Forget TOOL/INSTANCE (a daemon taken out of service: no longer dead or stopped on the
+    /// roster; a declared one is missing again), then exit.
+    #[arg(long, value_name = "TOOL/INSTANCE")]
+    pub forget: Option<String>,
     /// The roster stream's flags.
     #[command(flatten)]
     pub roster: RosterOpts,
@@ -242,6 +253,14 @@ pub fn main(args: Args) -> std::process::ExitCode {
         if let Some(every) = args.watch {
             return watch(&src, &declared, args.missing_after, every);
         }
+        let word = match (&args.died, &args.forget) {
+            (Some(d), _) => Some(("died", d, args.because.clone())),
+            (None, Some(f)) => Some(("forget", f, None)),
+            (None, None) => None,
+        };
+        if let Some((event, who, failure)) = word {
+            return say_word(&src, event, who, failure);
+        }
         let wait = Duration::from_secs_f64(args.wait.max(0.0));
         let (roster, answers) = crate::cli::block_on(async {
             let link = crate::broker::Link::open(&src.broker, "dd_status").await?;
@@ -289,6 +308,50 @@ pub fn main(args: Args) -> std::process::ExitCode {
         } else {
             std::process::ExitCode::FAILURE
         })
+    })
+}
+
+/// `--died` / `--forget`: publish the word (confirmed) on the daemon exchange.
+fn say_word(
+    src: &Source,
+    event: &str,
+    who: &str,
+    failure: Option<String>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let Some((tool, instance)) = who
+        .split_once('/')
+        .filter(|(t, i)| !t.is_empty() && !i.is_empty())
+    else {
+        anyhow::bail!(crate::config::ConfigError::Invalid {
+            field: "daemon",
+            message: format!("{who:?} is not TOOL/INSTANCE"),
+        });
+    };
+    let msg = crate::daemon::registry::word_about(
+        &src.exchange,
+        tool,
+        instance,
+        event,
+        failure,
+        Utc::now(),
+    );
+    // bounded: a host's last word must not hold its service manager up
+    let bound = Duration::from_secs(10);
+    crate::cli::block_on(async {
+        let shutdown = crate::shutdown::Shutdown::install()?;
+        let say = async {
+            let mut p =
+                crate::broker::Publisher::connect(&src.broker, "dd_status", shutdown).await?;
+            p.declare_exchange(&src.exchange).await?;
+            p.publish_all(&[msg]).await?;
+            p.close().await;
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(bound, say)
+            .await
+            .map_err(|_| anyhow::anyhow!("the broker did not take the word within {bound:?}"))??;
+        tracing::info!(event, tool, instance, "said");
+        anyhow::Ok(std::process::ExitCode::SUCCESS)
     })
 }
 

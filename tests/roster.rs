@@ -368,3 +368,103 @@ async fn the_check_can_ask_dd_webs_roster() {
     web.terminate();
     assert_eq!(web.finish(10).0, 0);
 }
+
+fn status(s: &Scratch, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dd_status"))
+        .env("DD_BROKER", broker_url())
+        .env_remove("DD_ROSTER_STREAM")
+        .args(["--exchange", &s.exchange])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// Its host's last word (`dd_status --died`, as systemd's ExecStopPost in config/systemd says
+/// it) makes a killed daemon dead at once; `--forget` takes it off the roster.
+#[tokio::test]
+async fn a_hosts_last_word_is_dead_at_once_and_forget_removes_it() {
+    let s = Scratch::new();
+    let host = ddmon::daemon::host_name();
+    let d = daemon(&s, "w1", "30");
+    running(&s, &host, "w1").await;
+    kill(&d, "-KILL");
+    let out = status(
+        &s,
+        &["--died", "dd_log/w1", "--because", "systemd: signal (KILL)"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    // an alive every 30 s: silence alone would take a minute; the word is at once
+    let (first, took) = check_until(&s, 2, 5, &[]).await;
+    assert_eq!(
+        first,
+        format!(
+            "DD_ALIVE CRITICAL - 1 dead of 1 daemons: dd_log/w1 on {host} | {}",
+            perf([0, 0, 0, 0, 0, 1, 0])
+        )
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let rows = status_json(&s);
+    assert!(
+        rows[0]["evidence"]
+            .as_str()
+            .unwrap()
+            .ends_with(": systemd: signal (KILL)"),
+        "{rows:?}"
+    );
+    let out = status(&s, &["--forget", "dd_log/w1"]);
+    assert_eq!(out.status.code(), Some(0));
+    let (code, first) = check(&s, &[]);
+    assert_eq!(code, 3, "{first}");
+    assert!(status_json(&s).is_empty());
+    // a word about no TOOL/INSTANCE is a usage error
+    let out = status(&s, &["--forget", "nothing"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `dd_status --watch` redraws the roster until interrupted, then exits 0.
+#[tokio::test]
+async fn dd_status_watch_redraws_until_interrupted() {
+    let s = Scratch::new();
+    let d = daemon(&s, "v1", "1");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dd_status"));
+    c.env("DD_BROKER", broker_url())
+        .env_remove("DD_ROSTER_STREAM")
+        .args(["--exchange", &s.exchange, "--watch", "0.5"]);
+    let w = Running::spawn(c);
+    let t0 = Instant::now();
+    loop {
+        let tables = w
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("dd_log ") && l.contains(" v1 ") && l.contains("running"))
+            .count();
+        if tables >= 3 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            w.stdout.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &w.child.id().to_string()])
+        .status();
+    let (code, out, err) = w.finish(10);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.iter()
+            .any(|l| l.ends_with("daemons at ") || l.contains(" daemons at "))
+    );
+    d.terminate();
+    assert_eq!(d.finish(10).0, 0);
+}

@@ -178,6 +178,36 @@ pub fn registry_key(tool: &str, instance: &str, event: &str) -> String {
     k
 }
 
+/// Another process's word about a daemon (`event` `died` or `forget`), on `exchange`: what
+/// `dd_status --died` (its host's last word, from systemd's `ExecStopPost`) and
+/// `dd_status --forget` (an operator's) publish.
+pub fn word_about(
+    exchange: &str,
+    tool: &str,
+    instance: &str,
+    event: &str,
+    failure: Option<String>,
+    now: DateTime<Utc>,
+) -> crate::broker::Outgoing {
+    let body = Registration {
+        event: event.to_string(),
+        failure,
+        host: super::host_name(),
+        instance: instance.to_string(),
+        time: now,
+        tool: tool.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ..Registration::default()
+    };
+    crate::broker::Outgoing {
+        exchange: exchange.to_string(),
+        routing_key: registry_key(tool, instance, event),
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+        content_type: Some("application/json".to_string()),
+        ..crate::broker::Outgoing::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,6 +135,11 @@ pub enum Seen {
     Stop,
     /// A live answer to `health`.
     Answer,
+    /// `v01.registry.*.died`: someone else's word that it died (its host's: systemd's
+    /// `ExecStopPost` through `dd_status --died`).
+    Died,
+    /// `v01.registry.*.forget`: an operator's word to forget it (`dd_status --forget`).
+    Forget,
 }
 
 impl Observation {
@@ -148,13 +153,15 @@ impl Observation {
             match routing_key.rsplit('.').next() {
                 Some("start") => Seen::Start,
                 Some("stop") => Seen::Stop,
+                Some("died") => Seen::Died,
+                Some("forget") => Seen::Forget,
                 _ => return None,
             }
         } else {
             return None;
         };
         match kind {
-            Seen::Start | Seen::Stop => {
+            Seen::Start | Seen::Stop | Seen::Died | Seen::Forget => {
                 let r: Registration = serde_json::from_slice(body).ok()?;
                 Observation::of_registration(kind, r)
             }
@@ -381,6 +388,8 @@ pub enum Change {
     Heard,
     /// Older than what is known (a previous process's): ignored.
     Stale,
+    /// Forgotten (a declared one is back to never seen).
+    Forgotten,
 }
 
 /// Every daemon known, by tool and instance.
@@ -392,6 +401,9 @@ pub struct Roster {
     /// The alive messages were read from this time on (older ones were not: a daemon last
     /// heard before it is said so).
     pub alive_since: Option<DateTime<Utc>>,
+    /// Daemons forgotten, and when: what they said before is not taken again (the alive
+    /// stream is read after the registry's).
+    forgotten: BTreeMap<(String, String), DateTime<Utc>>,
 }
 
 impl Roster {
@@ -401,6 +413,7 @@ impl Roster {
             entries: BTreeMap::new(),
             missing_after,
             alive_since: None,
+            forgotten: BTreeMap::new(),
         }
     }
 
@@ -418,6 +431,23 @@ impl Roster {
     /// Take the entries of `fresh` (a history read again) in place of this one's, keeping
     /// which are declared.
     pub fn absorb(&mut self, fresh: Roster) {
+        // forgotten in the fresh history and not seen since: gone here too (a declared one
+        // back to never seen)
+        for (k, at) in &fresh.forgotten {
+            if !fresh.entries.contains_key(k) {
+                match self.entries.get(k) {
+                    Some(e) if e.declared => {
+                        let mut blank = Entry::new(String::new());
+                        blank.declared = true;
+                        self.entries.insert(k.clone(), blank);
+                    }
+                    _ => {
+                        self.entries.remove(k);
+                    }
+                }
+            }
+            self.forgotten.insert(k.clone(), *at);
+        }
         for (k, mut e) in fresh.entries {
             if let Some(old) = self.entries.get(&k) {
                 e.declared |= old.declared;
@@ -453,6 +483,37 @@ impl Roster {
     /// Take what a message or an answer says.
     pub fn observe(&mut self, o: &Observation) -> Change {
         let key = (o.tool.clone(), o.instance.clone());
+        if let Some(at) = self.forgotten.get(&key) {
+            if o.time <= *at {
+                return Change::Stale;
+            }
+            self.forgotten.remove(&key);
+        }
+        match o.kind {
+            Seen::Forget => {
+                self.forgotten.insert(key.clone(), o.time);
+                let declared = self.entries.get(&key).is_some_and(|e| e.declared);
+                if declared {
+                    let mut fresh = Entry::new(String::new());
+                    fresh.declared = true;
+                    self.entries.insert(key, fresh);
+                } else {
+                    self.entries.remove(&key);
+                }
+                return Change::Forgotten;
+            }
+            Seen::Died => {
+                // the current process, unless it spoke after the word
+                return match self.entries.get_mut(&key) {
+                    Some(e) if e.started.is_some() && e.last_heard.is_none_or(|t| t <= o.time) => {
+                        e.stop = Some((o.time, o.failure.clone().or(Some("died".into()))));
+                        Change::Heard
+                    }
+                    _ => Change::Stale,
+                };
+            }
+            _ => {}
+        }
         let e = self
             .entries
             .entry(key)

@@ -193,3 +193,46 @@ fn ten_thousand_daemons_in_any_order_count_once_each() {
     // heard at 0..19 s with a 10 s interval: silent when heard before 5 s (0..=4: a quarter)
     assert_eq!(n[RosterState::Silent.index()], 2_500);
 }
+
+#[test]
+fn a_hosts_word_makes_it_dead_and_a_forget_removes_it() {
+    let mut r = Roster::new(300.0);
+    r.observe(&obs(Seen::Alive, 7, 0.0, 10.0, State::Running));
+    let mut died = obs(Seen::Died, 0, -1e6, 12.0, State::Stopping);
+    died.failure = Some("systemd: signal (9)".into());
+    assert_eq!(r.observe(&died), Change::Heard);
+    let row = &r.rows(t(13.0))[0];
+    assert_eq!(row.state, RosterState::Dead);
+    assert_eq!(
+        row.evidence,
+        "its last word at 01:46:52Z: systemd: signal (9)"
+    );
+    // a word older than what it said since is not taken
+    let mut r2 = Roster::new(300.0);
+    r2.observe(&obs(Seen::Alive, 7, 0.0, 20.0, State::Running));
+    assert_eq!(r2.observe(&died), Change::Stale);
+    assert_eq!(r2.rows(t(21.0))[0].state, RosterState::Running);
+    // restarted after it: running again
+    assert_eq!(
+        r.observe(&obs(Seen::Start, 8, 14.0, 14.0, State::Starting)),
+        Change::Restarted
+    );
+    assert_eq!(r.rows(t(15.0))[0].state, RosterState::Running);
+    // forgotten: gone; a declared one is back to missing
+    assert_eq!(
+        r.observe(&obs(Seen::Forget, 0, 0.0, 16.0, State::Stopping)),
+        Change::Forgotten
+    );
+    assert!(r.is_empty());
+    // what it said before the forget, read after it (the alive stream comes second): ignored
+    assert_eq!(
+        r.observe(&obs(Seen::Alive, 8, 14.0, 15.5, State::Running)),
+        Change::Stale
+    );
+    assert!(r.is_empty());
+    let d = Declared::parse("[[daemon]]\ntool = \"dd_log2source\"\ninstance = \"r1\"\n").unwrap();
+    r.declare(&d);
+    r.observe(&obs(Seen::Alive, 9, 20.0, 20.0, State::Running));
+    r.observe(&obs(Seen::Forget, 0, 0.0, 21.0, State::Stopping));
+    assert_eq!(r.rows(t(22.0))[0].state, RosterState::Missing);
+}
