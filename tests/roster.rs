@@ -468,3 +468,38 @@ async fn dd_status_watch_redraws_until_interrupted() {
     d.terminate();
     assert_eq!(d.finish(10).0, 0);
 }
+
+/// A daemon that fails at start (its queue exists with other arguments) says so on its way
+/// out: dead on the roster, with its reason, at once.
+#[tokio::test]
+async fn a_daemon_failing_at_start_says_its_last_word() {
+    let s = Scratch::new();
+    let (name, _) = s.dd_log_queue();
+    let out = dd_log()
+        .args(["--exchange", &s.exchange, "--queue", &name, "-n", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let out = dd_log()
+        .env_remove("DD_ROSTER_STREAM")
+        .args([
+            "--exchange",
+            &s.exchange,
+            "--queue",
+            &name,
+            "--quorum",
+            "--service",
+        ])
+        .args(["--daemon-exchange", &s.exchange, "--instance", "bad1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let rows = status_json(&s);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["state"], "dead");
+    let why = rows[0]["evidence"].as_str().unwrap();
+    assert!(
+        why.contains(": cannot read exchange") && why.contains("PRECONDITION_FAILED"),
+        "{why}"
+    );
+}

@@ -166,7 +166,14 @@ pub async fn serve<S: Service>(
     let mut requests = match &runtime {
         Some(rt) => {
             let sub = request_subscription(rt, &cfg.broker.user());
-            Consumer::start(cfg.broker, tool, sub, shutdown.clone()).await?
+            match Consumer::start(cfg.broker, tool, sub, shutdown.clone()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let e = anyhow::Error::from(e);
+                    last_word(&runtime, &mut publisher, clock, Some(&e)).await;
+                    return Err(e);
+                }
+            }
         }
         None => None,
     };
@@ -178,9 +185,9 @@ pub async fn serve<S: Service>(
                     "cannot read exchange {:?} through queue {:?}",
                     sub.exchange, sub.queue.name
                 )
-            })? {
-            Some(c) => Some(c),
-            None => {
+            }) {
+            Ok(Some(c)) => Some(c),
+            Ok(None) => {
                 if let Some(r) = requests {
                     r.close().await;
                 }
@@ -191,10 +198,19 @@ pub async fn serve<S: Service>(
                         crate::config::mask_url(&cfg.broker.url)
                     );
                 }
+                last_word(&runtime, &mut publisher, clock, None).await;
                 return Ok(());
             }
+            Err(e) => {
+                last_word(&runtime, &mut publisher, clock, Some(&e)).await;
+                return Err(e);
+            }
         },
-        None if requests.is_none() => return Ok(()), // stopped while connecting
+        None if requests.is_none() => {
+            // stopped while connecting
+            last_word(&runtime, &mut publisher, clock, None).await;
+            return Ok(());
+        }
         None => None,
     };
     let mut loop_ = Loop {
@@ -228,6 +244,24 @@ pub async fn serve<S: Service>(
         p.close().await;
     }
     outcome
+}
+
+/// A daemon's registry `stop`, with the failure when it was not asked for (bounded: a broker
+/// that is gone does not hold the exit up).
+async fn last_word(
+    runtime: &Option<Runtime>,
+    publisher: &mut Option<Publishers>,
+    clock: &dyn Clock,
+    failure: Option<&anyhow::Error>,
+) {
+    let (Some(rt), Some(p)) = (runtime.as_ref(), publisher.as_mut()) else {
+        return;
+    };
+    let msg = rt.registration("stop", clock.now(), failure.map(|e| format!("{e:#}")));
+    let said = tokio::time::timeout(Duration::from_secs(3), p.local().publish_all(&[msg])).await;
+    if !matches!(said, Ok(Ok(_))) {
+        tracing::warn!("could not publish the registry stop message");
+    }
 }
 
 /// The daemon's own request queue: exclusive, bound to its instance's, its tool's and every
@@ -294,17 +328,9 @@ impl<S: Service> Loop<'_, S> {
         Ok(())
     }
 
-    /// The registry's `stop`, with the failure when it was not asked for (bounded: a broker
-    /// that is gone does not hold the exit up).
+    /// The registry's `stop` (see [`last_word`]).
     async fn say_stop(&mut self, failure: Option<&anyhow::Error>) {
-        let Some(rt) = self.runtime.as_ref() else {
-            return;
-        };
-        let msg = rt.registration("stop", self.clock.now(), failure.map(|e| format!("{e:#}")));
-        let said = tokio::time::timeout(Duration::from_secs(3), self.publish(&[msg])).await;
-        if !matches!(said, Ok(Ok(()))) {
-            tracing::warn!("could not publish the registry stop message");
-        }
+        last_word(self.runtime, self.publisher, self.clock, failure).await;
     }
 
     async fn alive_if_due(&mut self) -> anyhow::Result<()> {
