@@ -811,7 +811,7 @@ async fn sr3_plugin_puts_its_flow_on_the_roster_with_start_alive_status_and_stop
     assert!(out.status.success(), "{err}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "{\"instance\": \"subscribe_ddmon.roster#t*_07\", \"alive_interval\": 1.0, \"messages\": \
+        "{\"instance\": \"node01-subscribe_ddmon.roster#t*_07\", \"alive_interval\": 1.0, \"messages\": \
          [\"registry.start\", \"status.running\", \"alive.running\", \"alive.running\", \
          \"alive.running\", \"status.stopping\", \"registry.stop\"]}\n"
     );
@@ -823,7 +823,7 @@ async fn sr3_plugin_puts_its_flow_on_the_roster_with_start_alive_status_and_stop
         "{err}"
     );
     let got = drain(&mut rx, 2000).await;
-    let w = "subscribe_ddmon%2Eroster%23t%2A_07";
+    let w = "node01-subscribe_ddmon%2Eroster%23t%2A_07";
     let keys: Vec<String> = got.iter().map(|d| d.routing_key.to_string()).collect();
     let mut want = vec![
         format!("v01.registry.sr3.{w}.start"),
@@ -853,7 +853,7 @@ async fn sr3_plugin_puts_its_flow_on_the_roster_with_start_alive_status_and_stop
             ),
             (
                 "sr3",
-                "subscribe_ddmon.roster#t*_07",
+                "node01-subscribe_ddmon.roster#t*_07",
                 "node01.roster.example",
                 1.0
             )

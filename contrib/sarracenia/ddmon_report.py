@@ -57,8 +57,9 @@ daemons send, on the same broker and exchange as the records (SPEC §6):
   at least ``housekeeping``. An alive that cannot be sent is replaced by the next one (only
   the latest waits for the broker); the registry and status messages wait in the backlog.
 
-The instance is ``<component>_<config>_<NN>`` (``subscribe_ddmon_01``: sr3's instance
-number, ``00`` in the foreground); in routing keys ``.`` ``#`` ``*`` ``%`` in a name are
+The instance is ``<short host>-<component>_<config>_<NN>`` (``node01-subscribe_ddmon_01``:
+the short name of ``ddmon_host``, then sr3's instance number, ``00`` in the foreground, so that
+the same config on several nodes is several entries of the roster); in routing keys ``.`` ``#`` ``*`` ``%`` in a name are
 ``%2E`` ``%23`` ``%2A`` ``%25``. Bodies are JSON: ``tool`` (``sr3``), ``instance``, ``host``
 (``ddmon_host``), ``pid``, ``version`` (``ddmon_report/<sr3 version>``), ``alive_interval``,
 ``started`` (when the process started), ``time``, times in RFC 3339 UTC; registry messages add
@@ -303,7 +304,11 @@ class _Roster:
         self.publisher = publisher
         component = getattr(o, "component", None) or "sr3"
         config = getattr(o, "config", None) or "unknown"
-        self.instance = "%s_%s_%02d" % (component, config, int(getattr(o, "no", 0) or 0))
+        # the host first, as ddmon's own default instances (<host>-<id>): the same config on
+        # several nodes is several daemons
+        short = (host or "localhost").split(".")[0]
+        self.instance = "%s-%s_%s_%02d" % (
+            short, component, config, int(getattr(o, "no", 0) or 0))
         self.host = host
         self.pid = os.getpid()
         self.started = _process_start()

@@ -44,8 +44,8 @@ ALIVE = IDENT | {"state", "uptime_s", "last_alive", "counters"}
 STATUS = ALIVE | {"previous"}
 HOST = "node01.roster.example"
 CONFIG = "ddmon.roster#t*"
-INSTANCE = "subscribe_ddmon.roster#t*_07"
-WORD = "subscribe_ddmon%2Eroster%23t%2A_07"
+INSTANCE = "node01-subscribe_ddmon.roster#t*_07"
+WORD = "node01-subscribe_ddmon%2Eroster%23t%2A_07"
 
 
 def check(what, ok):
