@@ -135,6 +135,8 @@ fn ddmon(bin: &str, broker: &str, args: &[&str]) -> Running {
         .env_remove("RUST_LOG")
         .env_remove("DD_SPEEDO_STATE")
         .env_remove("DD_WATCHDOG_JOURNAL")
+        // the roster's history goes with the sandbox vhost
+        .env_remove("DD_ROSTER_STREAM")
         .args(args);
     Running::spawn(c)
 }
@@ -625,6 +627,44 @@ async fn sr3_reports_and_ddmon_plugin_records_match_what_sr3_logged() {
     })
     .await;
     sub.stop();
+    // the flow on ddmon's roster (its plugin's registry, status and alive), stopped; its
+    // instance starts with the short name of the host the plugin names (the fqdn)
+    let short = host.split('.').next().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_dd_status"))
+            .env("DD_BROKER", &broker)
+            .env_remove("DD_ROSTER_STREAM")
+            .args(["--json", "--wait", "0.5"])
+            .output()
+            .unwrap();
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let flow = rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["tool"] == "sr3");
+        if let Some(f) = flow
+            && f["state"] == "stopped"
+        {
+            let inst = f["instance"].as_str().unwrap();
+            assert!(
+                inst.starts_with(&format!("{short}-subscribe_ddmon_")),
+                "{f}"
+            );
+            assert_eq!(f["host"], host.as_str(), "{f}");
+            assert!(
+                f["version"].as_str().unwrap().starts_with("ddmon_report/"),
+                "{f}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sr3 flow on the roster: {rows:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let text = sub.text();
     let accepted = text.matches("after_accept accepted:").count() as u64;
     let downloaded = text.matches("downloaded ok:").count() as u64;
