@@ -92,7 +92,7 @@ async fn daemons(State(app): State<Arc<App>>) -> impl IntoResponse {
         .lock()
         .map(|r| r.rows(Utc::now()))
         .unwrap_or_default();
-    rows.sort_by_key(|r| std::cmp::Reverse(crate::nagios::alive::status_of(r.state)));
+    rows.sort_by_key(|r| std::cmp::Reverse(crate::roster::badness(r.state)));
     axum::Json(serde_json::json!({ "daemons": rows }))
 }
 
