@@ -115,16 +115,21 @@ impl Row {
 
 /// The roster's rows with the live answers beside them.
 pub fn rows(roster: &Roster, answers: &[Health], now: DateTime<Utc>) -> Vec<Row> {
-    let mut by: BTreeMap<(&str, &str), &Health> = BTreeMap::new();
+    // a group's member is on the roster as `<instance>@<member>`
+    let mut by: BTreeMap<(String, String), &Health> = BTreeMap::new();
     for h in answers {
-        by.insert((h.tool.as_str(), h.instance.as_str()), h);
+        let instance = match &h.member {
+            Some(m) => crate::rpc::member_instance(&h.instance, m),
+            None => h.instance.clone(),
+        };
+        by.insert((h.tool.clone(), instance), h);
     }
     roster
         .rows(now)
         .into_iter()
         .map(|r| {
             let result = by
-                .get(&(r.tool.as_str(), r.instance.as_str()))
+                .get(&(r.tool.clone(), r.instance.clone()))
                 .map(|h| (*h).clone());
             Row { roster: r, result }
         })
@@ -169,7 +174,10 @@ pub fn render_table(rows: &[Row], now: DateTime<Utc>) -> String {
             } else {
                 r.roster.host.clone()
             },
-            r.roster.state.as_str().to_string(),
+            match r.roster.role {
+                Some(role) => format!("{} ({})", r.roster.state.as_str(), role.as_str()),
+                None => r.roster.state.as_str().to_string(),
+            },
             r.uptime(now).map_or_else(dash, human),
             r.last_alive()
                 .map_or_else(dash, |s| format!("{} ago", human(s))),

@@ -53,6 +53,7 @@ pub async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
             quorum: false,
             dead_letter_exchange: None,
         },
+        active_lock: None,
     };
     ddmon::broker::raw::declare_queue(&conn, &sub)
         .await

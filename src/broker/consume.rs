@@ -136,11 +136,41 @@ impl Consumer {
                 i
             },
         };
+        if c.sub.active_lock.is_some() {
+            // a group's member: a standby waits for the lock in the background, and `next`
+            // gives nothing until it holds it
+            c.spawn_establish();
+            return Ok(Some(c));
+        }
         if c.establish().await? {
             Ok(Some(c))
         } else {
             Ok(None)
         }
+    }
+
+    /// Is it consuming (a group's member: holding the lock, the active)?
+    pub fn is_consuming(&self) -> bool {
+        self.live.is_some()
+    }
+
+    fn spawn_establish(&mut self) {
+        if self.establishing.is_some() {
+            return;
+        }
+        let cfg = self.cfg.clone();
+        let name = self.name.clone();
+        let sub = self.sub.clone();
+        let mut shutdown = self.shutdown.clone();
+        let mut backoff = self.backoff.clone();
+        let wait_first = std::mem::take(&mut self.lost);
+        self.establishing = Some(tokio::spawn(async move {
+            if wait_first && !backoff.wait(&mut shutdown).await {
+                return (backoff, Ok(None));
+            }
+            let r = establish(&cfg, &name, &sub, &mut backoff, &mut shutdown).await;
+            (backoff, r)
+        }));
     }
 
     /// The queue this consumer reads.
@@ -151,21 +181,7 @@ impl Consumer {
     /// Connect, declare and subscribe, in a task of its own: awaiting it is cancel-safe (a
     /// dropped wait leaves the task running; the next call picks up its result).
     async fn establish(&mut self) -> Result<bool, BrokerError> {
-        if self.establishing.is_none() {
-            let cfg = self.cfg.clone();
-            let name = self.name.clone();
-            let sub = self.sub.clone();
-            let mut shutdown = self.shutdown.clone();
-            let mut backoff = self.backoff.clone();
-            let wait_first = std::mem::take(&mut self.lost);
-            self.establishing = Some(tokio::spawn(async move {
-                if wait_first && !backoff.wait(&mut shutdown).await {
-                    return (backoff, Ok(None));
-                }
-                let r = establish(&cfg, &name, &sub, &mut backoff, &mut shutdown).await;
-                (backoff, r)
-            }));
-        }
+        self.spawn_establish();
         let Some(task) = self.establishing.as_mut() else {
             return Ok(false);
         };
@@ -269,6 +285,26 @@ async fn establish(
         let Some(conn) = connect_with_retry(cfg, &conn_name, backoff, shutdown).await? else {
             return Ok(None);
         };
+        // A group's member consumes only while it holds the group's lock, on this same
+        // connection (they go together): a standby waits here.
+        if let Some(lock) = &sub.active_lock {
+            match hold_lock(&conn, lock, shutdown).await {
+                Ok(true) => tracing::info!(lock = %lock, "active: holding the group's lock"),
+                Ok(false) => {
+                    close_quietly(&conn, "stopped").await;
+                    return Ok(None);
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "lost the broker while standing by, reconnecting");
+                    close_quietly(&conn, "lost").await;
+                    if !backoff.wait(shutdown).await {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         // Bounded (a connection opened while the broker boots may never answer), and the
         // connection given up is closed: a consumer registered by a late answer goes with it
         // instead of holding deliveries unacknowledged.
@@ -297,6 +333,41 @@ async fn establish(
                 }
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How often a standby tries the group's lock.
+pub const LOCK_RETRY: Duration = Duration::from_millis(500);
+
+/// Declare the exclusive lock queue `lock` on `conn`, trying again every [`LOCK_RETRY`] while
+/// another connection holds it (405 RESOURCE_LOCKED); `Ok(false)` on a stop.
+async fn hold_lock(
+    conn: &Connection,
+    lock: &str,
+    shutdown: &mut Shutdown,
+) -> Result<bool, BrokerError> {
+    let mut said = false;
+    loop {
+        let ch = bounded(conn.create_channel()).await?;
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        match bounded(ch.queue_declare(lock.into(), opts, FieldTable::default())).await {
+            Ok(_) => return Ok(true),
+            Err(e) if e.code() == Some(405) => {
+                if !said {
+                    tracing::info!(lock = %lock, "standby: another member of the group is active");
+                    said = true;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = shutdown.requested() => return Ok(false),
+            _ = tokio::time::sleep(LOCK_RETRY) => {}
         }
     }
 }

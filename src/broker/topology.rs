@@ -85,6 +85,10 @@ pub struct Subscription {
     pub bindings: Vec<String>,
     /// The queue.
     pub queue: QueueSpec,
+    /// A group's lock (SPEC §7): consume only while holding this exclusive queue (one member
+    /// of the group at a time: the active), the input queue itself declared with RabbitMQ's
+    /// single active consumer as the second guard. `None`: consume at once.
+    pub active_lock: Option<String>,
 }
 
 /// A binding from a headers exchange to an exchange, matching one header's value.
@@ -168,6 +172,9 @@ pub async fn declare_queue(conn: &Connection, sub: &Subscription) -> Result<Chan
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(dlx.as_str().into()),
         );
+    }
+    if sub.active_lock.is_some() {
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     }
     let opts = QueueDeclareOptions {
         durable: sub.queue.durable,

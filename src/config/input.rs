@@ -94,6 +94,7 @@ impl InputConfig {
                 self.quorum,
                 self.dead_letter_exchange.clone(),
             ),
+            active_lock: None,
         }
     }
 

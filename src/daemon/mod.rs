@@ -9,5 +9,5 @@ mod serve;
 
 pub use crate::shutdown::Shutdown;
 pub use registry::{Registration, RosterOpts, RosterStream};
-pub use runtime::{DaemonConfig, DaemonOpts, Health, Identity, Runtime, State, host_name};
+pub use runtime::{DaemonConfig, DaemonOpts, Health, Identity, Role, Runtime, State, host_name};
 pub use serve::{Handled, ServeConfig, Service, Verdict, serve};

@@ -50,6 +50,9 @@ pub struct Registration {
     pub host: String,
     /// Its instance name.
     pub instance: String,
+    /// A group member's own name; absent outside a group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
     /// Its process id.
     pub pid: u32,
     /// When it started.
@@ -168,6 +171,25 @@ impl RosterOpts {
         crate::config::overlay(&mut cfg.alive_max_age, self.roster_alive_max_age);
         crate::config::overlay(&mut cfg.max_bytes, self.roster_max_bytes);
     }
+}
+
+/// The lock a group's active holds (SPEC §7): an exclusive queue of the group's own name.
+pub fn group_lock(user: &str, tool: &str, instance: &str) -> String {
+    crate::broker::QueueSpec::name_for(user, tool, &format!("{instance}.active"))
+}
+
+/// `--group`'s check: a group is named by its `--instance`.
+pub fn check_group(
+    group: bool,
+    cfg: &super::DaemonConfig,
+) -> Result<(), crate::config::ConfigError> {
+    if group && cfg.instance.is_none() {
+        return Err(crate::config::ConfigError::Invalid {
+            field: "group",
+            message: "a group is named by its --instance: give the same --instance and --queue to each member".to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// The registry key of `event` (`start`, `stop`) for a daemon.

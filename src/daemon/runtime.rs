@@ -40,6 +40,26 @@ impl State {
     }
 }
 
+/// A group member's role (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// It consumes the group's queue, answers its requests and publishes.
+    Active,
+    /// It waits for the active's place.
+    Standby,
+}
+
+impl Role {
+    /// The lowercase name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
+}
+
 /// The body of alive and status messages and the `result` of a `health` answer: who the
 /// daemon is, its state, and its tool's counters. Fields in the wire's (alphabetical) order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -55,8 +75,14 @@ pub struct Health {
     pub instance: String,
     /// When it last sent an alive message (`null`: not yet).
     pub last_alive: Option<DateTime<Utc>>,
+    /// A group member's own name (`<short host>-<pid>`); absent outside a group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
     /// Its process id.
     pub pid: u32,
+    /// A group member's role; absent outside a group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     /// When it started.
     pub started: DateTime<Utc>,
     /// `starting`, `running`, `degraded`, `stopping`.
@@ -179,6 +205,7 @@ pub struct Runtime {
     last_alive: Option<DateTime<Utc>>,
     announced: bool,
     roster: Vec<crate::broker::StreamSpec>,
+    role: Option<Role>,
 }
 
 impl Runtime {
@@ -209,7 +236,42 @@ impl Runtime {
                 .specs(&cfg.exchange)
                 .map(Vec::from)
                 .unwrap_or_default(),
+            role: None,
         }
+    }
+
+    /// Make it a member of a group (SPEC §7), standby until it holds the group's lock.
+    pub fn join_group(&mut self) {
+        self.role = Some(Role::Standby);
+    }
+
+    /// Its role (`None`: not in a group).
+    pub fn role(&self) -> Option<Role> {
+        self.role
+    }
+
+    /// A group member's own name: `<short host>-<pid>`.
+    pub fn member(&self) -> Option<String> {
+        self.role.map(|_| {
+            let short = self.id.host.split('.').next().unwrap_or("host");
+            format!("{short}-{}", self.id.pid)
+        })
+    }
+
+    /// Change role; the status message to publish when it did change.
+    pub fn set_role(
+        &mut self,
+        role: Role,
+        now: DateTime<Utc>,
+        counters: &Value,
+    ) -> Option<Outgoing> {
+        if self.role.is_none() || self.role == Some(role) {
+            return None;
+        }
+        self.role = Some(role);
+        let mut body = json!(self.describe(now, counters));
+        body["previous"] = json!(self.state);
+        Some(self.message("status", &body))
     }
 
     /// The streams that keep the daemons' history (none when it is not kept).
@@ -231,6 +293,7 @@ impl Runtime {
             failure,
             host: self.id.host.clone(),
             instance: self.id.instance.clone(),
+            member: self.member(),
             pid: self.id.pid,
             started: self.id.started,
             time: now,
@@ -260,7 +323,15 @@ impl Runtime {
 
     /// Bindings of its request queue.
     pub fn request_bindings(&self) -> Vec<String> {
-        crate::rpc::request_bindings(&self.id.tool, &self.id.instance)
+        match (self.role, self.member()) {
+            (Some(role), Some(member)) => crate::rpc::member_bindings(
+                &self.id.tool,
+                &self.id.instance,
+                &member,
+                role == Role::Active,
+            ),
+            _ => crate::rpc::request_bindings(&self.id.tool, &self.id.instance),
+        }
     }
 
     fn topic(&self, kind: &str) -> String {
@@ -275,7 +346,9 @@ impl Runtime {
             host: self.id.host.clone(),
             instance: self.id.instance.clone(),
             last_alive: self.last_alive,
+            member: self.member(),
             pid: self.id.pid,
+            role: self.role,
             started: self.id.started,
             state: self.state,
             time: now,
@@ -345,6 +418,10 @@ impl Runtime {
         let command = crate::rpc::command_of(routing_key);
         let result = match command {
             "health" => Some(Ok(json!(self.describe(now, counters)))),
+            _ if self.role == Some(Role::Standby) => Some(Err(format!(
+                "standby of group {:?}: the active answers {command:?}",
+                self.id.instance
+            ))),
             _ => own(command).or_else(|| (command == "stats").then(|| Ok(counters.clone()))),
         };
         let (result, error) = match result {

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::runtime::{DaemonConfig, Runtime, State};
+use super::runtime::{DaemonConfig, Role, Runtime, State};
 use crate::shutdown::Shutdown;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -131,6 +131,10 @@ pub async fn serve<S: Service>(
 ) -> anyhow::Result<()> {
     let tool = service.tool();
     let mut runtime = cfg.daemon.map(|d| Runtime::new(tool, d, clock.now()));
+    let grouped = cfg.input.as_ref().is_some_and(|s| s.active_lock.is_some());
+    if let (true, Some(rt)) = (grouped, runtime.as_mut()) {
+        rt.join_group();
+    }
     let mut publisher: Option<Publishers> = None;
     if runtime.is_some() || cfg.publishes {
         let local = Publisher::connect(cfg.broker, tool, shutdown.clone()).await?;
@@ -223,6 +227,7 @@ pub async fn serve<S: Service>(
         unsettled: Vec::new(),
         backoff: Backoff::new(cfg.broker),
         shutdown: shutdown.clone(),
+        broker: cfg.broker,
     };
     loop_.set_state(State::Running).await?;
     loop_.alive_if_due().await?;
@@ -268,7 +273,12 @@ async fn last_word(
 /// daemon's request keys.
 fn request_subscription(rt: &Runtime, user: &str) -> Subscription {
     let tool = &rt.identity().tool;
-    let instance = crate::topic::escape_word(&rt.identity().instance);
+    // a group's members each have their own (the queue is exclusive)
+    let instance = match rt.member() {
+        Some(m) => crate::rpc::member_instance(&rt.identity().instance, &m),
+        None => rt.identity().instance.clone(),
+    };
+    let instance = crate::topic::escape_word(&instance);
     Subscription {
         exchange: rt.exchange().to_string(),
         bindings: rt.request_bindings(),
@@ -279,6 +289,7 @@ fn request_subscription(rt: &Runtime, user: &str) -> Subscription {
             quorum: false,
             dead_letter_exchange: None,
         },
+        active_lock: None,
     }
 }
 
@@ -297,6 +308,8 @@ struct Loop<'a, S: Service> {
     backoff: Backoff,
     /// A stop ends the waits of `backoff`.
     shutdown: Shutdown,
+    /// The broker (a group member's request queue is made again when its role changes).
+    broker: &'a BrokerConfig,
 }
 
 impl<S: Service> Loop<'_, S> {
@@ -346,7 +359,51 @@ impl<S: Service> Loop<'_, S> {
         Ok(())
     }
 
+    /// A group member's role follows whether its input consumes (it holds the group's lock):
+    /// said in a status message, and its request queue made again with the role's bindings.
+    async fn follow_role(
+        &mut self,
+        input: &Option<Consumer>,
+        requests: &mut Option<Consumer>,
+    ) -> anyhow::Result<()> {
+        let Some(rt) = self.runtime.as_mut() else {
+            return Ok(());
+        };
+        if rt.role().is_none() {
+            return Ok(());
+        }
+        let role = if input.as_ref().is_some_and(Consumer::is_consuming) {
+            Role::Active
+        } else {
+            Role::Standby
+        };
+        let counters = self.service.counters();
+        let Some(msg) = rt.set_role(role, self.clock.now(), &counters) else {
+            return Ok(());
+        };
+        tracing::info!(role = role.as_str(), "role");
+        let sub = request_subscription(rt, &self.broker.user());
+        self.publish(&[msg]).await?;
+        if let Some(old) = requests.take() {
+            old.close().await;
+        }
+        *requests =
+            Consumer::start(self.broker, self.service.tool(), sub, self.shutdown.clone()).await?;
+        Ok(())
+    }
+
+    /// A group's standby does not do the tool's work on its clock (no speedos, no reports).
+    fn standby(&self) -> bool {
+        self.runtime
+            .as_ref()
+            .is_some_and(|rt| rt.role() == Some(Role::Standby))
+    }
+
     async fn on_tick(&mut self) -> anyhow::Result<()> {
+        if self.standby() {
+            self.set_state(State::Running).await?;
+            return self.alive_if_due().await;
+        }
         let now = self.clock.now();
         let out = self.service.tick(now);
         // declared (once) before publishing; through an outage, retried like the publishing
@@ -609,6 +666,7 @@ impl<S: Service> Loop<'_, S> {
             if self.service.finished() {
                 return self.drain().await;
             }
+            self.follow_role(input, requests).await?;
             // The tick runs between deliveries too, so a busy stream does not starve it.
             let now = self.clock.now();
             // (a clock stepped back ticks at once rather than in an hour)

@@ -191,6 +191,7 @@ impl LogConfig {
                 // malformed messages go there from a tail queue too
                 dead_letter_exchange: self.input.dead_letter_exchange.clone(),
             },
+            active_lock: None,
         }
     }
 }

@@ -497,6 +497,7 @@ mod tests {
             restarts: 0,
             declared: false,
             version: String::new(),
+            role: None,
         }
     }
 

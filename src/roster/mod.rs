@@ -120,6 +120,17 @@ pub struct Observation {
     pub version: String,
     /// A stop's failure.
     pub failure: Option<String>,
+    /// A group member's role (its entry is `<instance>@<member>`).
+    pub role: Option<crate::daemon::Role>,
+}
+
+/// The roster's name of a daemon: its instance, or `<instance>@<member>` for a group's
+/// member (each member is an entry of its own, with its role).
+fn entry_instance(instance: String, member: Option<String>) -> String {
+    match member {
+        Some(m) => crate::rpc::member_instance(&instance, &m),
+        None => instance,
+    }
 }
 
 /// The kinds of observation.
@@ -176,7 +187,7 @@ impl Observation {
         Some(Observation {
             kind,
             tool: r.tool,
-            instance: r.instance,
+            instance: entry_instance(r.instance, r.member),
             host: r.host,
             pid: r.pid,
             started: r.started,
@@ -189,6 +200,7 @@ impl Observation {
             time: r.time,
             version: r.version,
             failure: r.failure,
+            role: None,
         })
     }
 
@@ -200,7 +212,7 @@ impl Observation {
         Some(Observation {
             kind,
             tool: h.tool,
-            instance: h.instance,
+            instance: entry_instance(h.instance, h.member),
             host: h.host,
             pid: h.pid,
             started: h.started,
@@ -209,6 +221,7 @@ impl Observation {
             time: h.time,
             version: h.version,
             failure: None,
+            role: h.role,
         })
     }
 }
@@ -240,6 +253,8 @@ pub struct Entry {
     pub declared: bool,
     /// When it was asked directly since it was last heard (no answer yet).
     pub asked: Option<DateTime<Utc>>,
+    /// A group member's role, as it last said.
+    pub role: Option<crate::daemon::Role>,
 }
 
 impl Entry {
@@ -257,6 +272,7 @@ impl Entry {
             restarts: 0,
             declared: false,
             asked: None,
+            role: None,
         }
     }
 
@@ -375,6 +391,9 @@ pub struct Row {
     pub declared: bool,
     /// ddmon's version.
     pub version: String,
+    /// A group member's role (`active`, `standby`); absent outside a group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::daemon::Role>,
 }
 
 /// What [`Roster::observe`] made of an observation.
@@ -552,6 +571,9 @@ impl Roster {
             if o.kind != Seen::Stop {
                 e.said = o.state;
             }
+            if o.role.is_some() {
+                e.role = o.role;
+            }
         }
         match o.kind {
             Seen::Alive => {
@@ -606,6 +628,7 @@ impl Roster {
                     restarts: e.restarts,
                     declared: e.declared,
                     version: e.version.clone(),
+                    role: e.role,
                 }
             })
             .collect()

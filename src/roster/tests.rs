@@ -19,6 +19,7 @@ fn obs(kind: Seen, pid: u32, started: f64, at: f64, state: State) -> Observation
         time: t(at),
         version: "0.1.0".into(),
         failure: None,
+        role: None,
     }
 }
 

@@ -56,6 +56,30 @@ pub fn request_bindings(tool: &str, instance: &str) -> Vec<String> {
     ]
 }
 
+/// The instance word of one member of a group (SPEC §7): `<instance>@<member>`, where the
+/// member is `<short host>-<pid>`. Every member answers on it; the group's own instance key
+/// is the active's alone.
+pub fn member_instance(instance: &str, member: &str) -> String {
+    format!("{instance}@{member}")
+}
+
+/// The bindings of a group member's request queue: its member key, and every daemon's
+/// broadcast; the active adds [`request_bindings`] of the group's instance.
+pub fn member_bindings(tool: &str, instance: &str, member: &str, active: bool) -> Vec<String> {
+    let own = format!(
+        "{PREFIX}.{}.{}.*",
+        escape_word(tool),
+        escape_word(&member_instance(instance, member))
+    );
+    let mut b = if active {
+        request_bindings(tool, instance)
+    } else {
+        vec![format!("{PREFIX}.{ALL}.*")]
+    };
+    b.push(own);
+    b
+}
+
 /// The command a request key asks for (its last word).
 pub fn command_of(routing_key: &str) -> &str {
     routing_key.rsplit('.').next().unwrap_or("")

@@ -78,6 +78,12 @@ pub struct Args {
     /// Output format of --replay.
     #[arg(long, value_enum, default_value = "line")]
     pub format: Format,
+    /// Run as a member of a group (SPEC §7): the processes started with the same --instance
+    /// and --queue and --group are one, one active (it consumes, publishes, answers), the
+    /// others standby, taking over when it goes. The input queue is declared with RabbitMQ's
+    /// single active consumer.
+    #[arg(long)]
+    pub group: bool,
     /// Daemon flags.
     #[command(flatten)]
     pub daemon: DaemonOpts,
@@ -111,6 +117,8 @@ pub struct SpeedoConfig {
     pub thresholds: ThresholdsConfig,
     /// Alive interval, instance name, exchange for alive/status/requests.
     pub daemon: DaemonConfig,
+    /// A member of a group (`--group`, SPEC §7).
+    pub group: bool,
     /// How to reach the broker.
     pub broker: BrokerConfig,
 }
@@ -138,6 +146,7 @@ impl Default for SpeedoConfig {
             top_capacity: 1000,
             thresholds: ThresholdsConfig::default(),
             daemon: DaemonConfig::default(),
+            group: false,
             broker: BrokerConfig::default(),
         }
     }
@@ -153,6 +162,7 @@ impl SpeedoConfig {
         let mut cfg: SpeedoConfig = load_file(args.common.config.as_deref())?;
         args.common.apply_broker(&mut cfg.broker)?;
         args.daemon.apply(&mut cfg.daemon);
+        cfg.group |= args.group;
         args.input.apply(&mut cfg.input);
         overlay(&mut cfg.output_exchange, args.output_exchange.clone());
         overlay(
@@ -174,6 +184,7 @@ impl SpeedoConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.broker.validate()?;
         self.daemon.validate()?;
+        crate::daemon::registry::check_group(self.group, &self.daemon)?;
         if self.interval == 0 {
             return Err(invalid("interval", "must be at least 1 second".into()));
         }
@@ -215,6 +226,14 @@ impl SpeedoConfig {
     }
 
     pub(crate) fn subscription(&self) -> Subscription {
-        self.input.durable(&self.broker.user(), "dd_speedo")
+        let mut sub = self.input.durable(&self.broker.user(), "dd_speedo");
+        if let (true, Some(instance)) = (self.group, &self.daemon.instance) {
+            sub.active_lock = Some(crate::daemon::registry::group_lock(
+                &self.broker.user(),
+                "dd_speedo",
+                instance,
+            ));
+        }
+        sub
     }
 }

@@ -90,6 +90,12 @@ pub struct Args {
     /// With --query: the page after this cursor (printed at the end of a cut list).
     #[arg(long, value_name = "CURSOR", requires = "query")]
     pub cursor: Option<String>,
+    /// Run as a member of a group (SPEC §7): the processes started with the same --instance
+    /// and --queue and --group are one, one active (it consumes, publishes, answers), the
+    /// others standby, taking over when it goes. The input queue is declared with RabbitMQ's
+    /// single active consumer.
+    #[arg(long)]
+    pub group: bool,
     /// Daemon flags.
     #[command(flatten)]
     pub daemon: DaemonOpts,
@@ -126,6 +132,8 @@ pub struct WatchdogConfig {
     pub max_report_bytes: usize,
     /// Alive interval, instance name, exchange for alive/status/requests.
     pub daemon: DaemonConfig,
+    /// A member of a group (`--group`, SPEC §7).
+    pub group: bool,
     /// How to reach the broker.
     pub broker: BrokerConfig,
 }
@@ -153,6 +161,7 @@ impl Default for WatchdogConfig {
             fsync: false,
             max_report_bytes: 1_000_000,
             daemon: DaemonConfig::default(),
+            group: false,
             broker: BrokerConfig::default(),
         }
     }
@@ -164,6 +173,7 @@ impl WatchdogConfig {
         let mut cfg: WatchdogConfig = load_file(args.common.config.as_deref())?;
         args.common.apply_broker(&mut cfg.broker)?;
         args.daemon.apply(&mut cfg.daemon);
+        cfg.group |= args.group;
         args.input.apply(&mut cfg.input);
         overlay(&mut cfg.output_exchange, args.output_exchange.clone());
         overlay(&mut cfg.node_timeout, args.node_timeout);
@@ -188,6 +198,7 @@ impl WatchdogConfig {
         overlay(&mut cfg.max_report_bytes, args.max_report_bytes);
         cfg.broker.validate()?;
         cfg.daemon.validate()?;
+        crate::daemon::registry::check_group(cfg.group, &cfg.daemon)?;
         cfg.input.validate()?;
         crate::config::check_name("output_exchange", &cfg.output_exchange)?;
         for (field, v) in [
@@ -281,7 +292,15 @@ impl WatchdogConfig {
     }
 
     pub(crate) fn subscription(&self) -> Subscription {
-        self.input.durable(&self.broker.user(), "dd_watchdog")
+        let mut sub = self.input.durable(&self.broker.user(), "dd_watchdog");
+        if let (true, Some(instance)) = (self.group, &self.daemon.instance) {
+            sub.active_lock = Some(crate::daemon::registry::group_lock(
+                &self.broker.user(),
+                "dd_watchdog",
+                instance,
+            ));
+        }
+        sub
     }
 }
 

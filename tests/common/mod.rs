@@ -580,6 +580,7 @@ pub async fn durable_tap(conn: &lapin::Connection, name: &str, exchange: &str, k
             quorum: false,
             dead_letter_exchange: None,
         },
+        active_lock: None,
     };
     let ch = ddmon::broker::raw::declare_queue(conn, &sub).await.unwrap();
     let _ = ch.close(200, "tapped".into()).await;
