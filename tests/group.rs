@@ -149,3 +149,133 @@ fn a_group_needs_an_instance() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a group is named by its --instance"), "{err}");
 }
+
+/// dd_log2source instances share one queue as competing consumers (no group needed): three
+/// of them, two killed with SIGKILL in the middle of the stream, and every record is routed,
+/// the copies of deliveries whose acks died with their router counted as duplicates.
+#[tokio::test]
+async fn three_routers_two_killed_mid_stream_lose_nothing() {
+    use futures_lite::StreamExt;
+    let n = 6000;
+    let conn = connect().await;
+    let s = Scratch::new();
+    let sources = ["source00", "source01", "source02"];
+    let ch = conn.create_channel().await.unwrap();
+    let mut dest = Vec::new();
+    for src in sources
+        .iter()
+        .map(|x| x.to_string())
+        .chain(["unknown".into()])
+    {
+        let x = format!("{}.src_{src}", s.exchange);
+        s.track_exchange(&x);
+        ddmon::broker::raw::declare_topic_exchange(&ch, &x)
+            .await
+            .unwrap();
+        let q = format!("{}.dest.{src}", s.exchange);
+        durable_tap(&conn, &q, &x, "#").await;
+        s.track_queue(&q);
+        dest.push(q);
+    }
+    let queue = unique("three");
+    let input = format!("q_guest.dd_log2source.{queue}");
+    s.track_queue(&input);
+    let router = |i: usize| {
+        let mut c = dd_log2source();
+        c.env_remove("DD_ROSTER_STREAM")
+            .args(["--exchange", &s.exchange, "--queue", &queue])
+            .args([
+                "--instance",
+                &format!("r{i}"),
+                "--daemon-exchange",
+                &s.exchange,
+            ])
+            .args([
+                "--source-exchange-template",
+                &format!("{}.src_{{source}}", s.exchange),
+            ])
+            .args(["--unknown-exchange", &format!("{}.src_unknown", s.exchange)]);
+        Running::spawn(c)
+    };
+    let routers: Vec<Running> = (0..3).map(router).collect();
+    wait_for_consumers(&conn, &input, 3).await;
+    let msgs = v02_messages(&sim_records(n, 31));
+    let publisher = {
+        let exchange = s.exchange.clone();
+        let msgs = msgs.clone();
+        tokio::spawn(async move { publish(&exchange, msgs).await })
+    };
+    // two of them die while the stream flows
+    let t0 = Instant::now();
+    loop {
+        let left = queue_counts(&conn, &input).await.map_or(0, |c| c.0);
+        let routed: u32 = {
+            let mut t = 0;
+            for q in &dest {
+                t += queue_counts(&conn, q).await.map_or(0, |c| c.0);
+            }
+            t
+        };
+        if routed > (n / 5) as u32 || t0.elapsed() > Duration::from_secs(30) {
+            eprintln!("killing two routers with {routed} routed, {left} waiting");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for r in &routers[..2] {
+        let _ = Command::new("kill")
+            .args(["-KILL", &r.child.id().to_string()])
+            .status();
+    }
+    publisher.await.unwrap();
+    // the third drains the rest
+    let t0 = Instant::now();
+    loop {
+        if queue_counts(&conn, &input)
+            .await
+            .is_some_and(|(waiting, consumers)| waiting == 0 && consumers == 1)
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "not drained");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut seen = std::collections::HashSet::new();
+    let mut deliveries = 0usize;
+    let mut unknown = 0usize;
+    for q in &dest {
+        let ch = conn.create_channel().await.unwrap();
+        let mut c = ch
+            .basic_consume(
+                q.as_str().into(),
+                "".into(),
+                lapin::options::BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(2), c.next()).await {
+            deliveries += 1;
+            if q.ends_with(".unknown") {
+                unknown += 1;
+            }
+            seen.insert(d.data);
+        }
+    }
+    let lost = msgs.iter().filter(|m| !seen.contains(&m.2)).count();
+    eprintln!(
+        "three routers, two killed: {n} published, {} distinct routed, {} duplicates, {lost} lost, {unknown} unrouted",
+        seen.len(),
+        deliveries - seen.len()
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(unknown, 0);
+    let mut routers = routers;
+    let last = routers.pop().unwrap();
+    last.terminate();
+    assert_eq!(last.finish(20).0, 0);
+}
