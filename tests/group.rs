@@ -15,8 +15,12 @@ use common::*;
 use serde_json::Value;
 
 fn member(s: &Scratch, queue: &str) -> Running {
+    member_on(s, queue, &broker_url())
+}
+
+fn member_on(s: &Scratch, queue: &str, url: &str) -> Running {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dd_speedo"));
-    c.env("DD_BROKER", broker_url())
+    c.env("DD_BROKER", url)
         .env_remove("RUST_LOG")
         .env_remove("DD_SPEEDO_STATE")
         .env_remove("DD_ROSTER_STREAM")
@@ -278,4 +282,71 @@ async fn three_routers_two_killed_mid_stream_lose_nothing() {
     let last = routers.pop().unwrap();
     last.terminate();
     assert_eq!(last.finish(20).0, 0);
+}
+
+/// The active stalls (SIGSTOP): with a heartbeat of 2 s on the members' connections, the broker
+/// closes the stalled one and the standby takes over; the old active, resumed, finds its
+/// connection gone and stands by. Killing the standby changes nothing for the active.
+#[tokio::test]
+async fn a_stalled_active_is_replaced_and_stands_by_when_it_resumes() {
+    let conn = connect().await;
+    let s = Scratch::new();
+    let queue = unique("g");
+    s.track_queue(&format!("q_guest.dd_speedo.{queue}"));
+    let url = format!("{}?heartbeat=2", broker_url());
+    let mut status = listen(&conn, &s.exchange, &["v01.status.dd_speedo.#"]).await;
+    let first = member_on(&s, &queue, &url);
+    let health = ddmon::rpc::request_key("dd_speedo", Some("g1"), "health");
+    let t0 = Instant::now();
+    while !ask(&s, health.clone())
+        .await
+        .is_some_and(|r| r["result"]["pid"] == first.child.id())
+    {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+    }
+    let second = member_on(&s, &queue, &url);
+    let third = member_on(&s, &queue, &url);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // a standby killed: the active goes on
+    let _ = Command::new("kill")
+        .args(["-KILL", &third.child.id().to_string()])
+        .status();
+    let _ = third.finish(5);
+    let r = ask(&s, health.clone()).await.unwrap();
+    assert_eq!(r["result"]["pid"], first.child.id());
+    while tokio::time::timeout(Duration::from_millis(300), next_json(&mut status, 1))
+        .await
+        .is_ok()
+    {}
+    // the active stalls
+    let stalled = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-STOP", &first.child.id().to_string()])
+        .status();
+    let took = loop {
+        let (_, body) = next_json(&mut status, 30).await;
+        if body["role"] == "active" && body["pid"] == second.child.id() {
+            break stalled.elapsed();
+        }
+    };
+    eprintln!("takeover after SIGSTOP with a 2 s heartbeat: {took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    // resumed, the old active stands by
+    let _ = Command::new("kill")
+        .args(["-CONT", &first.child.id().to_string()])
+        .status();
+    let t0 = Instant::now();
+    loop {
+        let (_, body) = next_json(&mut status, 30).await;
+        if body["role"] == "standby" && body["pid"] == first.child.id() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{body}");
+    }
+    let r = ask(&s, health.clone()).await.unwrap();
+    assert_eq!(r["result"]["pid"], second.child.id(), "{r}");
+    for m in [first, second] {
+        m.terminate();
+        assert_eq!(m.finish(10).0, 0);
+    }
 }
