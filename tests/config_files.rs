@@ -51,7 +51,8 @@ fn dd_speedo_example_parses() {
     assert_eq!(t.get(i).max_error_ratio, 0.1);
     let i = t.resolve(Kind::Source, "ssc_ddsr");
     assert_eq!(t.get(i).td, 3600.0, "a client override is not a source's");
-    // the roster stream's block
+    // the roster stream's block; not a group member
+    assert!(!cfg.group);
     assert_eq!(cfg.daemon.roster.max_age, 86_400);
     assert_eq!(
         cfg.daemon.roster.specs("log").unwrap()[1].name,

@@ -350,3 +350,67 @@ async fn a_stalled_active_is_replaced_and_stands_by_when_it_resumes() {
         assert_eq!(m.finish(10).0, 0);
     }
 }
+
+/// dd_watchdog's members too: one active, one standby, on the roster with their roles.
+#[tokio::test]
+async fn dd_watchdog_members_show_their_roles_on_the_roster() {
+    let s = Scratch::new();
+    let queue = unique("gw");
+    s.track_queue(&format!("q_guest.dd_watchdog.{queue}"));
+    let dir = tempfile::tempdir().unwrap();
+    let member = |i: usize| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dd_watchdog"));
+        c.env("DD_BROKER", broker_url())
+            .env_remove("RUST_LOG")
+            .env_remove("DD_WATCHDOG_JOURNAL")
+            .env_remove("DD_ROSTER_STREAM")
+            .args(["--exchange", &s.exchange, "--output-exchange", &s.exchange])
+            .args(["--daemon-exchange", &s.exchange, "--queue", &queue])
+            .args(["--group", "--instance", "w1", "--alive-interval", "1"])
+            .args([
+                "--journal",
+                dir.path().join(format!("j{i}")).to_str().unwrap(),
+            ]);
+        Running::spawn(c)
+    };
+    let a = member(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let b = member(1);
+    let t0 = Instant::now();
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_dd_status"))
+            .env("DD_BROKER", broker_url())
+            .env_remove("DD_ROSTER_STREAM")
+            .args(["--exchange", &s.exchange, "--wait", "0.5", "--json"])
+            .output()
+            .unwrap();
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let mut roles: Vec<(u64, String)> = rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["state"] == "running")
+            .map(|r| {
+                (
+                    r["pid"].as_u64().unwrap(),
+                    r["role"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        roles.sort();
+        let mut want = vec![
+            (u64::from(a.child.id()), "active".to_string()),
+            (u64::from(b.child.id()), "standby".to_string()),
+        ];
+        want.sort();
+        if roles == want {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{rows:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for m in [a, b] {
+        m.terminate();
+        assert_eq!(m.finish(10).0, 0);
+    }
+}
