@@ -328,6 +328,25 @@ impl<S: Service> Loop<'_, S> {
         }
     }
 
+    /// Publish alive and status messages without waiting for their confirms: they route to
+    /// the roster streams too, and a stream that lost its leader (a cluster node stopped)
+    /// holds confirms until it has a new one, which must not hold the daemon's loop. The next
+    /// alive says it all again; a broker that is gone is the input's and the copies' to find.
+    async fn say(&mut self, msgs: &[Outgoing]) -> anyhow::Result<()> {
+        let Some(p) = self.publisher.as_mut() else {
+            return Ok(());
+        };
+        match p.local().send(msgs).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_transient() => {
+                tracing::debug!(error = %e, "alive or status not sent: the next one will be");
+                p.local().reset().await;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn set_state(&mut self, state: State) -> anyhow::Result<()> {
         let counters = self.service.counters();
         let msg = self
@@ -336,7 +355,7 @@ impl<S: Service> Loop<'_, S> {
             .and_then(|rt| rt.set_state(state, self.clock.now(), &counters));
         if let Some(m) = msg {
             tracing::info!(state = state.as_str(), "state");
-            self.publish(&[m]).await?;
+            self.say(&[m]).await?;
         }
         Ok(())
     }
@@ -354,7 +373,7 @@ impl<S: Service> Loop<'_, S> {
             _ => None,
         };
         if let Some(m) = msg {
-            self.publish(&[m]).await?;
+            self.say(&[m]).await?;
         }
         Ok(())
     }
@@ -383,7 +402,7 @@ impl<S: Service> Loop<'_, S> {
         };
         tracing::info!(role = role.as_str(), "role");
         let sub = request_subscription(rt, &self.broker.user());
-        self.publish(&[msg]).await?;
+        self.say(&[msg]).await?;
         if let Some(old) = requests.take() {
             old.close().await;
         }
