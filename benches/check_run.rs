@@ -7,8 +7,10 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -86,18 +88,7 @@ fn main() {
             .collect::<String>()
     );
     assert!(out.status.code().unwrap() <= 2, "{first}");
-    let script = format!("for i in $(seq {runs}); do {check} {args} > /dev/null; done; times");
-    let started = Instant::now();
-    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
-    let wall = started.elapsed().as_secs_f64() / runs as f64;
-    // `times`: shell user/sys, then children user/sys: "0m0.123s 0m0.045s"
-    let text = String::from_utf8(out.stdout).unwrap();
-    let secs = |s: &str| -> f64 {
-        let (m, rest) = s.split_once('m').unwrap();
-        m.parse::<f64>().unwrap() * 60.0 + rest.trim_end_matches('s').parse::<f64>().unwrap()
-    };
-    let children: Vec<f64> = text.lines().nth(1).unwrap().split(' ').map(secs).collect();
-    let cpu = (children[0] + children[1]) / runs as f64;
+    let (wall, cpu) = common::runs_of(check, &args, runs);
     println!(
         "check_dd_speedo, {runs} runs: {:.1} ms wall and {:.1} ms CPU (user+sys) per run (bars: < 200 ms wall, < 50 ms CPU)",
         wall * 1000.0,

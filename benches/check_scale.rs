@@ -150,25 +150,7 @@ fn main() {
         }
     }
     // CPU to the millisecond: the children's times of a shell loop over the runs
-    let script = format!(
-        "for i in $(seq {runs}); do {check} {} > /dev/null; done; times",
-        args.join(" ")
-    );
-    let shell = Command::new("bash").args(["-c", &script]).output().unwrap();
-    let times = String::from_utf8(shell.stdout).unwrap();
-    let secs = |s: &str| -> f64 {
-        let (m, rest) = s.split_once('m').unwrap_or(("0", s));
-        m.parse::<f64>().unwrap_or(0.0) * 60.0
-            + rest.trim_end_matches('s').parse::<f64>().unwrap_or(0.0)
-    };
-    let children: Vec<f64> = times
-        .lines()
-        .nth(1)
-        .unwrap_or("")
-        .split(' ')
-        .map(secs)
-        .collect();
-    let mean_cpu = children.iter().sum::<f64>() * 1000.0 / runs as f64;
+    let mean_cpu = runs_of(check, &args.join(" "), runs).1 * 1000.0;
     // dd_speedo under a check every 10 s and a dd_web poll every 5 s, for a while
     let soak = env_num("CHECK_SCALE_SECS", 600) as u64;
     let soaked = Instant::now();

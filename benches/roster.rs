@@ -284,21 +284,6 @@ fn on_broker(rt: &tokio::runtime::Runtime, daemons: usize, runs: usize) {
         .output();
 }
 
-/// Wall and CPU (user + system of the children, bash `times`) per run of `check args`.
-fn runs_of(check: &str, args: &str, runs: usize) -> (f64, f64) {
-    let script = format!("for i in $(seq {runs}); do {check} {args} > /dev/null; done; times");
-    let started = Instant::now();
-    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
-    let wall = started.elapsed().as_secs_f64() / runs as f64;
-    let text = String::from_utf8(out.stdout).unwrap();
-    let secs = |s: &str| -> f64 {
-        let (m, rest) = s.split_once('m').unwrap();
-        m.parse::<f64>().unwrap() * 60.0 + rest.trim_end_matches('s').parse::<f64>().unwrap()
-    };
-    let children: Vec<f64> = text.lines().nth(1).unwrap().split(' ').map(secs).collect();
-    (wall, (children[0] + children[1]) / runs as f64)
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::cli::CommonOpts;
 use crate::config::BrokerConfig;
 use crate::daemon::{Health, RosterOpts, RosterStream};
-use crate::roster::follow::{Source, ask_everyone, load};
+use crate::roster::follow::{Ask, Source, ask_while_reading, load};
 use crate::roster::{Declared, Roster, RosterState};
 
 /// dd_status's command line.
@@ -283,8 +283,15 @@ pub fn main(args: Args) -> std::process::ExitCode {
             {
                 tracing::warn!("{p}: the roster is what answers now");
             }
-            let answers =
-                ask_everyone(&link, &src.exchange, &mut roster, reader.as_mut(), wait).await;
+            let answers = ask_while_reading(
+                &link,
+                &src.exchange,
+                &mut roster,
+                reader.as_mut(),
+                wait,
+                Ask::Everyone,
+            )
+            .await;
             if let Some(r) = reader {
                 r.close().await;
             }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ddmon::broker::{Outgoing, Publisher};
@@ -221,4 +222,20 @@ pub fn good_record(time: chrono::DateTime<chrono::Utc>) -> ddmon::record::LogRec
         sum: None,
         bytes: Some(123_456),
     }
+}
+
+/// Wall and CPU per run of `check args`, run `runs` times in a row by bash (CPU: user + system
+/// of the children, from bash's `times`), in seconds.
+pub fn runs_of(check: &str, args: &str, runs: usize) -> (f64, f64) {
+    let script = format!("for i in $(seq {runs}); do {check} {args} > /dev/null; done; times");
+    let started = Instant::now();
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let wall = started.elapsed().as_secs_f64() / runs as f64;
+    let text = String::from_utf8(out.stdout).unwrap();
+    let secs = |s: &str| -> f64 {
+        let (m, rest) = s.split_once('m').unwrap();
+        m.parse::<f64>().unwrap() * 60.0 + rest.trim_end_matches('s').parse::<f64>().unwrap()
+    };
+    let children: Vec<f64> = text.lines().nth(1).unwrap().split(' ').map(secs).collect();
+    (wall, (children[0] + children[1]) / runs as f64)
 }

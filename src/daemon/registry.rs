@@ -173,9 +173,24 @@ impl RosterOpts {
     }
 }
 
-/// The lock a group's active holds (SPEC §7): an exclusive queue of the group's own name.
-pub fn group_lock(user: &str, tool: &str, instance: &str) -> String {
-    crate::broker::QueueSpec::name_for(user, tool, &format!("{instance}.active"))
+/// A daemon's input as a member of its group when `group` (SPEC §7): consumed only while
+/// holding the lock the group's active holds, an exclusive queue of the group's own name
+/// (`q_<user>.<tool>.<instance>.active`).
+pub fn in_group(
+    mut sub: crate::broker::Subscription,
+    group: bool,
+    user: &str,
+    tool: &str,
+    cfg: &super::DaemonConfig,
+) -> crate::broker::Subscription {
+    if let (true, Some(instance)) = (group, &cfg.instance) {
+        sub.active_lock = Some(crate::broker::QueueSpec::name_for(
+            user,
+            tool,
+            &format!("{instance}.active"),
+        ));
+    }
+    sub
 }
 
 /// `--group`'s check: a group is named by its `--instance`.

@@ -388,14 +388,15 @@ impl<S: Service> Loop<'_, S> {
         let Some(rt) = self.runtime.as_mut() else {
             return Ok(());
         };
-        if rt.role().is_none() {
-            return Ok(());
-        }
         let role = if input.as_ref().is_some_and(Consumer::is_consuming) {
             Role::Active
         } else {
             Role::Standby
         };
+        // called before every delivery: nothing more unless a group member's role changed
+        if rt.role().is_none_or(|r| r == role) {
+            return Ok(());
+        }
         let counters = self.service.counters();
         let Some(msg) = rt.set_role(role, self.clock.now(), &counters) else {
             return Ok(());

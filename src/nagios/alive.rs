@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::Status;
 use super::config::Timeout;
 use super::verdict::perf_label;
+use super::{Outcome, Status};
 use crate::daemon::{RosterOpts, RosterStream};
 use crate::roster::follow::{Ask, Source, ask_while_reading, load};
 use crate::roster::{Declared, Roster, RosterState, Row};
@@ -75,30 +75,12 @@ pub struct AliveArgs {
     pub timeout: Timeout,
 }
 
-/// The plugin's verdict and output.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AliveOutcome {
-    /// The state (exit code).
-    pub status: Status,
-    /// The whole output.
-    pub text: String,
-}
-
 /// The perfdata of a run that could not judge.
 pub const NO_ALIVE_PERFDATA: &str = "running=U;;;0 degraded=U;;;0 stopping=U;;;0 stopped=U;;;0 silent=U;;;0 dead=U;;;0 missing=U;;;0";
 
-impl AliveOutcome {
-    /// A one-line outcome, the counts undetermined.
-    pub fn only(status: Status, message: &str) -> AliveOutcome {
-        AliveOutcome {
-            status,
-            text: format!(
-                "DD_ALIVE {} - {} | {NO_ALIVE_PERFDATA}",
-                status.as_str(),
-                message.replace('|', "/")
-            ),
-        }
-    }
+/// A one-line outcome, the counts undetermined.
+pub fn only(status: Status, message: &str) -> Outcome {
+    Outcome::undetermined("DD_ALIVE", NO_ALIVE_PERFDATA, status, message)
 }
 
 /// The plugin state a roster state gives.
@@ -119,7 +101,7 @@ fn name(r: &Row) -> String {
 }
 
 /// Judge the roster's rows (already filtered).
-pub fn judge(rows: &[Row], max_offenders: usize) -> AliveOutcome {
+pub fn judge(rows: &[Row], max_offenders: usize) -> Outcome {
     let mut n = [0usize; 7];
     for r in rows {
         n[r.state.index()] += 1;
@@ -139,10 +121,10 @@ pub fn judge_counts(
     offenders: &[&Row],
     offending: usize,
     max_offenders: usize,
-) -> AliveOutcome {
+) -> Outcome {
     let total: usize = n.iter().sum();
     if total == 0 {
-        return AliveOutcome::only(
+        return only(
             Status::Unknown,
             "no ddmon daemon is known (none in the history, none answered, none declared)",
         );
@@ -208,11 +190,11 @@ pub fn judge_counts(
     if offending > listed {
         out.push_str(&format!("\n... and {} more", offending - listed));
     }
-    AliveOutcome { status, text: out }
+    Outcome { status, text: out }
 }
 
 /// Ask a monitor's roster (`--from-monitor`): the counts and the offenders, in one answer.
-fn from_monitor(args: &AliveArgs, instance: &str) -> AliveOutcome {
+fn from_monitor(args: &AliveArgs, instance: &str) -> Outcome {
     let setup = || -> anyhow::Result<crate::config::BrokerConfig> {
         if args.declared.is_some() {
             anyhow::bail!(
@@ -226,7 +208,7 @@ fn from_monitor(args: &AliveArgs, instance: &str) -> AliveOutcome {
     };
     let broker = match setup() {
         Ok(b) => b,
-        Err(e) => return AliveOutcome::only(Status::Unknown, &format!("{e:#}")),
+        Err(e) => return only(Status::Unknown, &format!("{e:#}")),
     };
     let bound = args.timeout.duration;
     let q = crate::roster::RosterQuery {
@@ -253,7 +235,7 @@ fn from_monitor(args: &AliveArgs, instance: &str) -> AliveOutcome {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return AliveOutcome::only(Status::Unknown, &format!("cannot start: {e}")),
+        Err(e) => return only(Status::Unknown, &format!("cannot start: {e}")),
     };
     let asked = rt.block_on(async {
         tokio::time::timeout(
@@ -270,12 +252,12 @@ fn from_monitor(args: &AliveArgs, instance: &str) -> AliveOutcome {
     let secs = bound.as_secs_f64();
     let answers = match asked {
         Err(_) => {
-            return AliveOutcome::only(
+            return only(
                 args.timeout.state,
                 &format!("timed out after {secs} s asking the monitor"),
             );
         }
-        Ok(Err(e)) => return AliveOutcome::only(Status::Unknown, &format!("{e}")),
+        Ok(Err(e)) => return only(Status::Unknown, &format!("{e}")),
         Ok(Ok(a)) => a,
     };
     let (reply, r) = match answers.first_ok() {
@@ -294,11 +276,11 @@ fn from_monitor(args: &AliveArgs, instance: &str) -> AliveOutcome {
                     },
                     |e| format!("dd_web refused the roster request: {e}"),
                 );
-            return AliveOutcome::only(Status::Unknown, &why);
+            return only(Status::Unknown, &why);
         }
     };
     if !r.live {
-        return AliveOutcome::only(
+        return only(
             Status::Unknown,
             &format!(
                 "dd_web {} does not follow the roster streams now",
@@ -346,7 +328,7 @@ pub fn config_of(args: &AliveArgs) -> anyhow::Result<AliveConfig> {
 }
 
 /// Run the check (never panics, never hangs past `-t`).
-pub fn run(args: &AliveArgs) -> AliveOutcome {
+pub fn run(args: &AliveArgs) -> Outcome {
     if let Some(instance) = &args.from_monitor {
         return from_monitor(args, instance);
     }
@@ -378,7 +360,7 @@ pub fn run(args: &AliveArgs) -> AliveOutcome {
     };
     let (src, declared, filter) = match setup() {
         Ok(x) => x,
-        Err(e) => return AliveOutcome::only(Status::Unknown, &format!("{e:#}")),
+        Err(e) => return only(Status::Unknown, &format!("{e:#}")),
     };
     let bound = args.timeout.duration;
     let started = Instant::now();
@@ -388,7 +370,7 @@ pub fn run(args: &AliveArgs) -> AliveOutcome {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return AliveOutcome::only(Status::Unknown, &format!("cannot start: {e}")),
+        Err(e) => return only(Status::Unknown, &format!("cannot start: {e}")),
     };
     let missing_after = args.missing_after;
     let wait = Duration::from_secs_f64(args.wait.max(0.0));
@@ -420,7 +402,7 @@ pub fn run(args: &AliveArgs) -> AliveOutcome {
     rt.shutdown_background();
     let secs = bound.as_secs_f64();
     match outcome {
-        Err(_) => AliveOutcome::only(
+        Err(_) => only(
             args.timeout.state,
             &format!("timed out after {secs} s reading the roster"),
         ),
@@ -435,11 +417,11 @@ pub fn run(args: &AliveArgs) -> AliveOutcome {
                 }
                 _ => format!("cannot reach the broker: {e:#}"),
             };
-            AliveOutcome::only(Status::Unknown, &why)
+            only(Status::Unknown, &why)
         }
         Ok(Ok((roster, history))) => {
             if let Some(p) = history.problem.filter(|_| history.stream.is_some()) {
-                return AliveOutcome::only(Status::Unknown, &p);
+                return only(Status::Unknown, &p);
             }
             let rows: Vec<Row> = roster
                 .rows(Utc::now())
@@ -465,10 +447,7 @@ pub fn main(args: AliveArgs) -> std::process::ExitCode {
                 std::process::ExitCode::SUCCESS
             }
             Err(e) => {
-                println!(
-                    "{}",
-                    AliveOutcome::only(Status::Unknown, &format!("{e:#}")).text
-                );
+                println!("{}", only(Status::Unknown, &format!("{e:#}")).text);
                 std::process::ExitCode::from(3)
             }
         };

@@ -238,6 +238,34 @@ fn ask_speedo(cfg: &CheckConfig, check: &Check, bound: Duration) -> std::io::Res
     Ok((outcome.ok(), stage.get()))
 }
 
+/// The entry of a plugin binary: its flags parsed (`--help` and `--version` printed; a usage
+/// error is `usage`'s UNKNOWN on stdout, exit 3, as the plugin guidelines want), then `main`.
+pub fn plugin_main<A: clap::Parser>(
+    main: fn(A) -> std::process::ExitCode,
+    usage: fn(Status, &str) -> Outcome,
+) -> std::process::ExitCode {
+    match A::try_parse() {
+        Ok(args) => main(args),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            println!(
+                "{}",
+                usage(Status::Unknown, &format!("usage: {first}")).text
+            );
+            std::process::ExitCode::from(3)
+        }
+    }
+}
+
 /// Entry point of the `check_dd_speedo` binary: print the outcome, exit with its code.
 pub fn main(args: Args) -> std::process::ExitCode {
     crate::cli::init_tracing(&args.common, 1);

@@ -21,10 +21,16 @@ impl Outcome {
     /// A one-line outcome with the totals undetermined (`U`), as the plugin guidelines have it
     /// (a `|` in the message would start the perfdata: written `/`).
     pub fn only(status: Status, message: &str) -> Outcome {
+        Outcome::undetermined("DD_SPEEDO", NO_PERFDATA, status, message)
+    }
+
+    /// The same for plugin `name` (`DD_SPEEDO`, `DD_ALIVE`), whose undetermined perfdata is
+    /// `perfdata`.
+    pub fn undetermined(name: &str, perfdata: &str, status: Status, message: &str) -> Outcome {
         Outcome {
             status,
             text: format!(
-                "DD_SPEEDO {} - {} | {NO_PERFDATA}",
+                "{name} {} - {} | {perfdata}",
                 status.as_str(),
                 message.replace('|', "/")
             ),

@@ -217,17 +217,6 @@ pub enum Ask {
 /// Ask `health` (see [`Ask`]) for at most `wait` while the history goes on being read (so what
 /// is said meanwhile counts), then count the silent ones that did not answer as asked
 /// directly. Returns the answers.
-pub async fn ask_everyone(
-    link: &Link,
-    exchange: &str,
-    roster: &mut Roster,
-    mut reader: Option<&mut Readers>,
-    wait: Duration,
-) -> Result<Vec<Health>, BrokerError> {
-    ask_while_reading(link, exchange, roster, reader.take(), wait, Ask::Everyone).await
-}
-
-/// See [`ask_everyone`]; `whom` says whom.
 pub async fn ask_while_reading(
     link: &Link,
     exchange: &str,

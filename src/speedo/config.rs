@@ -226,14 +226,8 @@ impl SpeedoConfig {
     }
 
     pub(crate) fn subscription(&self) -> Subscription {
-        let mut sub = self.input.durable(&self.broker.user(), "dd_speedo");
-        if let (true, Some(instance)) = (self.group, &self.daemon.instance) {
-            sub.active_lock = Some(crate::daemon::registry::group_lock(
-                &self.broker.user(),
-                "dd_speedo",
-                instance,
-            ));
-        }
-        sub
+        let user = self.broker.user();
+        let sub = self.input.durable(&user, "dd_speedo");
+        crate::daemon::registry::in_group(sub, self.group, &user, "dd_speedo", &self.daemon)
     }
 }

@@ -292,15 +292,9 @@ impl WatchdogConfig {
     }
 
     pub(crate) fn subscription(&self) -> Subscription {
-        let mut sub = self.input.durable(&self.broker.user(), "dd_watchdog");
-        if let (true, Some(instance)) = (self.group, &self.daemon.instance) {
-            sub.active_lock = Some(crate::daemon::registry::group_lock(
-                &self.broker.user(),
-                "dd_watchdog",
-                instance,
-            ));
-        }
-        sub
+        let user = self.broker.user();
+        let sub = self.input.durable(&user, "dd_watchdog");
+        crate::daemon::registry::in_group(sub, self.group, &user, "dd_watchdog", &self.daemon)
     }
 }
 
