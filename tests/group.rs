@@ -31,15 +31,14 @@ fn member_on(s: &Scratch, queue: &str, url: &str) -> Running {
     Running::spawn(c)
 }
 
-/// Ask `command` on `key`; the first reply.
+/// The first reply to the request `key`, on a connection of its own.
 async fn ask(s: &Scratch, key: String) -> Option<Value> {
     let link = ddmon::broker::Link::open(&broker_config(), "test-group")
         .await
         .unwrap();
-    let q = ddmon::rpc::Question::new(&s.exchange, key, Duration::from_secs(2)).at_most(1);
-    let a = ddmon::rpc::ask_raw(&link, &q).await.unwrap();
+    let a = ask_first(&link, &s.exchange, key).await;
     link.close("OK").await;
-    a.into_iter().next()
+    a
 }
 
 #[tokio::test]
@@ -106,10 +105,7 @@ async fn one_active_one_standby_and_the_standby_takes_over() {
     // records go to the active only
     publish(&s.exchange, v02_messages(&sim_records(200, 7))).await;
     // the active dies: the standby takes over, said in a status with role active
-    while tokio::time::timeout(Duration::from_millis(300), next_json(&mut status, 1))
-        .await
-        .is_ok()
-    {}
+    drain(&mut status, 300).await;
     let killed = Instant::now();
     let _ = Command::new("kill")
         .args(["-KILL", &first.child.id().to_string()])
@@ -159,28 +155,12 @@ fn a_group_needs_an_instance() {
 /// the copies of deliveries whose acks died with their router counted as duplicates.
 #[tokio::test]
 async fn three_routers_two_killed_mid_stream_lose_nothing() {
-    use futures_lite::StreamExt;
     let n = 6000;
     let conn = connect().await;
     let s = Scratch::new();
     let sources = ["source00", "source01", "source02"];
-    let ch = conn.create_channel().await.unwrap();
-    let mut dest = Vec::new();
-    for src in sources
-        .iter()
-        .map(|x| x.to_string())
-        .chain(["unknown".into()])
-    {
-        let x = format!("{}.src_{src}", s.exchange);
-        s.track_exchange(&x);
-        ddmon::broker::raw::declare_topic_exchange(&ch, &x)
-            .await
-            .unwrap();
-        let q = format!("{}.dest.{src}", s.exchange);
-        durable_tap(&conn, &q, &x, "#").await;
-        s.track_queue(&q);
-        dest.push(q);
-    }
+    let dest =
+        route_destinations(&conn, &s, &sources, &format!("{}.src_unknown", s.exchange)).await;
     let queue = unique("three");
     let input = format!("q_guest.dd_log2source.{queue}");
     s.track_queue(&input);
@@ -245,31 +225,7 @@ async fn three_routers_two_killed_mid_stream_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut seen = std::collections::HashSet::new();
-    let mut deliveries = 0usize;
-    let mut unknown = 0usize;
-    for q in &dest {
-        let ch = conn.create_channel().await.unwrap();
-        let mut c = ch
-            .basic_consume(
-                q.as_str().into(),
-                "".into(),
-                lapin::options::BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(2), c.next()).await {
-            deliveries += 1;
-            if q.ends_with(".unknown") {
-                unknown += 1;
-            }
-            seen.insert(d.data);
-        }
-    }
+    let (seen, deliveries, unknown) = read_routed(&conn, &dest).await;
     let lost = msgs.iter().filter(|m| !seen.contains(&m.2)).count();
     eprintln!(
         "three routers, two killed: {n} published, {} distinct routed, {} duplicates, {lost} lost, {unknown} unrouted",
@@ -314,10 +270,7 @@ async fn a_stalled_active_is_replaced_and_stands_by_when_it_resumes() {
     let _ = third.finish(5);
     let r = ask(&s, health.clone()).await.unwrap();
     assert_eq!(r["result"]["pid"], first.child.id());
-    while tokio::time::timeout(Duration::from_millis(300), next_json(&mut status, 1))
-        .await
-        .is_ok()
-    {}
+    drain(&mut status, 300).await;
     // the active stalls
     let stalled = Instant::now();
     let _ = Command::new("kill")
@@ -378,17 +331,9 @@ async fn dd_watchdog_members_show_their_roles_on_the_roster() {
     let b = member(1);
     let t0 = Instant::now();
     loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_dd_status"))
-            .env("DD_BROKER", broker_url())
-            .env_remove("DD_ROSTER_STREAM")
-            .args(["--exchange", &s.exchange, "--wait", "0.5", "--json"])
-            .output()
-            .unwrap();
-        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let rows = roster_rows(&s.exchange).unwrap_or_default();
         let mut roles: Vec<(u64, String)> = rows
-            .as_array()
-            .into_iter()
-            .flatten()
+            .iter()
             .filter(|r| r["state"] == "running")
             .map(|r| {
                 (
@@ -406,7 +351,7 @@ async fn dd_watchdog_members_show_their_roles_on_the_roster() {
         if roles == want {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "{rows:#}");
+        assert!(t0.elapsed() < Duration::from_secs(20), "{rows:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     for m in [a, b] {

@@ -12,9 +12,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_lite::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
 
 fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl")
@@ -52,27 +49,7 @@ async fn dd_log2source_loses_nothing_across_a_broker_restart() {
     let sources = ["source00", "source01", "source02"];
     let conn = connect().await;
     // durable destination queues, so that they outlive the restart
-    let ch = conn.create_channel().await.unwrap();
-    let mut dest = Vec::new();
-    for src in sources
-        .iter()
-        .map(|x| x.to_string())
-        .chain(["unknown".to_string()])
-    {
-        let x = if src == "unknown" {
-            format!("{}.unknown", s.exchange)
-        } else {
-            format!("{}.src_{src}", s.exchange)
-        };
-        s.track_exchange(&x);
-        ddmon::broker::raw::declare_topic_exchange(&ch, &x)
-            .await
-            .unwrap();
-        let q = format!("{}.dest.{src}", s.exchange);
-        durable_tap(&conn, &q, &x, "#").await;
-        s.track_queue(&q);
-        dest.push(q);
-    }
+    let dest = route_destinations(&conn, &s, &sources, &format!("{}.unknown", s.exchange)).await;
     let queue = unique("rst");
     let input = format!("q_guest.dd_log2source.{queue}");
     s.track_queue(&input);
@@ -144,33 +121,7 @@ async fn dd_log2source_loses_nothing_across_a_broker_restart() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await; // last confirms and acks
-    let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(n);
-    let mut deliveries = 0usize;
-    let mut unknown = 0usize;
-    for q in &dest {
-        let ch = conn.create_channel().await.unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                q.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        while let Ok(Some(Ok(d))) =
-            tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
-        {
-            deliveries += 1;
-            if q.ends_with(".unknown") {
-                unknown += 1;
-            }
-            seen.insert(d.data);
-        }
-    }
+    let (seen, deliveries, unknown) = read_routed(&conn, &dest).await;
     let _ = conn.close(200, "OK".into()).await;
     router.terminate();
     let (code, _, err) = router.finish(20);
@@ -412,28 +363,13 @@ async fn dd_speedo_and_dd_watchdog_survive_a_broker_restart() {
 #[ignore = "restarts the broker: run alone (scripts/test does)"]
 async fn the_roster_stream_survives_a_broker_restart() {
     let s = Scratch::new();
-    let spawn = |instance: &str| {
-        let (queue, _) = s.dd_log_queue();
-        let mut c = dd_log();
-        c.env_remove("DD_ROSTER_STREAM")
-            .args(["--exchange", &s.exchange, "--queue", &queue, "--service"])
-            .args(["--topic", "v02.#", "--daemon-exchange", &s.exchange])
-            .args(["--instance", instance, "--alive-interval", "1"]);
-        Running::spawn(c)
-    };
-    let stopped = spawn("before-stopped");
-    let killed = spawn("before-killed");
+    let stopped = dd_log_daemon(&s, "before-stopped", "1");
+    let killed = dd_log_daemon(&s, "before-killed", "1");
+    // (no answer while the broker restarts: no rows)
     let roster = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_dd_status"))
-            .env("DD_BROKER", broker_url())
-            .env_remove("DD_ROSTER_STREAM")
-            .args(["--exchange", &s.exchange, "--wait", "0.5", "--json"])
-            .output()
-            .unwrap();
-        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        rows.as_array()
-            .into_iter()
-            .flatten()
+        roster_rows(&s.exchange)
+            .unwrap_or_default()
+            .iter()
             .map(|r| {
                 (
                     r["instance"].as_str().unwrap_or("").to_string(),

@@ -17,17 +17,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// A dd_log daemon (`--service`) on the scratch exchange, saying alive every `alive` s.
-fn daemon(s: &Scratch, instance: &str, alive: &str) -> Running {
-    let (queue, _) = s.dd_log_queue();
-    let mut c = dd_log();
-    c.env_remove("DD_ROSTER_STREAM")
-        .args(["--exchange", &s.exchange, "--queue", &queue, "--service"])
-        .args(["--topic", "v02.#", "--daemon-exchange", &s.exchange])
-        .args(["--instance", instance, "--alive-interval", alive]);
-    Running::spawn(c)
-}
-
 fn check(s: &Scratch, extra: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_check_dd_alive"))
         .env("DD_BROKER", broker_url())
@@ -42,17 +31,7 @@ fn check(s: &Scratch, extra: &[&str]) -> (i32, String) {
 }
 
 fn status_json(s: &Scratch) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_dd_status"))
-        .env("DD_BROKER", broker_url())
-        .env_remove("DD_ROSTER_STREAM")
-        .args(["--exchange", &s.exchange, "--wait", "0.5", "--json"])
-        .output()
-        .unwrap();
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
-        .as_array()
-        .unwrap()
-        .clone()
+    roster_rows(&s.exchange).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn perf(n: [usize; 7]) -> String {
@@ -106,7 +85,7 @@ fn kill(r: &Running, sig: &str) {
 async fn sigkill_goes_silent_then_dead_and_a_later_monitor_still_says_dead() {
     let s = Scratch::new();
     let host = ddmon::daemon::host_name();
-    let d = daemon(&s, "k1", "1");
+    let d = dd_log_daemon(&s, "k1", "1");
     running(&s, &host, "k1").await;
     kill(&d, "-KILL");
     let killed = Instant::now();
@@ -153,7 +132,7 @@ async fn sigstop_is_silent_and_sigcont_running_again() {
     let s = Scratch::new();
     let host = ddmon::daemon::host_name();
     // an alive every 2 s: silent from 4 s to 10 s
-    let d = daemon(&s, "z1", "2");
+    let d = dd_log_daemon(&s, "z1", "2");
     running(&s, &host, "z1").await;
     kill(&d, "-STOP");
     let (first, _) = check_until(&s, 1, 8, &[]).await;
@@ -177,7 +156,7 @@ async fn sigstop_is_silent_and_sigcont_running_again() {
 async fn sigterm_is_stopped_never_dead() {
     let s = Scratch::new();
     let host = ddmon::daemon::host_name();
-    let d = daemon(&s, "t1", "1");
+    let d = dd_log_daemon(&s, "t1", "1");
     running(&s, &host, "t1").await;
     d.terminate();
     assert_eq!(d.finish(10).0, 0);
@@ -213,7 +192,7 @@ async fn a_declared_daemon_never_started_is_missing() {
          [[daemon]]\ntool = \"dd_speedo\"\ninstance = \"never\"\nhost = \"pump9\"\n",
     )
     .unwrap();
-    let d = daemon(&s, "m1", "1");
+    let d = dd_log_daemon(&s, "m1", "1");
     // without the declared file nothing is amiss
     running(&s, &host, "m1").await;
     let arg = declared.to_str().unwrap();
@@ -235,11 +214,11 @@ async fn a_restart_is_seen_as_one_and_the_registry_says_start_and_stop() {
     let s = Scratch::new();
     let host = ddmon::daemon::host_name();
     let mut rx = listen(&conn, &s.exchange, &["v01.registry.#"]).await;
-    let first = daemon(&s, "r1", "1");
+    let first = dd_log_daemon(&s, "r1", "1");
     running(&s, &host, "r1").await;
     first.terminate();
     assert_eq!(first.finish(10).0, 0);
-    let second = daemon(&s, "r1", "1");
+    let second = dd_log_daemon(&s, "r1", "1");
     let t0 = Instant::now();
     let rows = loop {
         let rows = status_json(&s);
@@ -310,7 +289,7 @@ async fn the_check_can_ask_dd_webs_roster() {
             declared.to_str().unwrap(),
         ]);
     let web = Running::spawn(web);
-    let d = daemon(&s, "f1", "1");
+    let d = dd_log_daemon(&s, "f1", "1");
     let ask = ["--from-monitor", "web1"];
     let (first, _) = check_until(&s, 2, 20, &ask).await;
     assert_eq!(
@@ -385,7 +364,7 @@ fn status(s: &Scratch, extra: &[&str]) -> std::process::Output {
 async fn a_hosts_last_word_is_dead_at_once_and_forget_removes_it() {
     let s = Scratch::new();
     let host = ddmon::daemon::host_name();
-    let d = daemon(&s, "w1", "30");
+    let d = dd_log_daemon(&s, "w1", "30");
     running(&s, &host, "w1").await;
     kill(&d, "-KILL");
     let out = status(
@@ -431,7 +410,7 @@ async fn a_hosts_last_word_is_dead_at_once_and_forget_removes_it() {
 #[tokio::test]
 async fn dd_status_watch_redraws_until_interrupted() {
     let s = Scratch::new();
-    let d = daemon(&s, "v1", "1");
+    let d = dd_log_daemon(&s, "v1", "1");
     let mut c = Command::new(env!("CARGO_BIN_EXE_dd_status"));
     c.env("DD_BROKER", broker_url())
         .env_remove("DD_ROSTER_STREAM")

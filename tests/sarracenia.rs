@@ -121,6 +121,22 @@ fn http_server(dir: &Path, slow: f64, log: &Path) -> (Program, u16) {
     }
 }
 
+/// Run a driver of ddmon's sr3 plugin (`tests/sarracenia/<script>`, on the local broker and
+/// `exchange`) with the sr3 venv's python: its stdout and stderr, once it exited 0.
+fn plugin_driver(venv: &Path, script: &str, exchange: &str) -> (String, String) {
+    let out = Command::new(venv.join("bin/python"))
+        .arg(root().join("tests/sarracenia").join(script))
+        .arg(root().join("contrib/sarracenia"))
+        .arg("5672")
+        .arg(exchange)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{script}: {err}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+}
+
 /// A ddmon binary on the sandbox vhost.
 fn ddmon(bin: &str, broker: &str, args: &[&str]) -> Running {
     let path = match bin {
@@ -791,19 +807,8 @@ async fn sr3_plugin_keeps_records_while_its_broker_is_away_and_sends_them_in_ord
     let conn = connect().await;
     let s = Scratch::new();
     let mut rx = listen(&conn, &s.exchange, &["v03.report.#"]).await;
-    let out = Command::new(venv.join("bin/python"))
-        .arg(root().join("tests/sarracenia/plugin_backlog.py"))
-        .arg(root().join("contrib/sarracenia"))
-        .arg("5672")
-        .arg(&s.exchange)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "{\"sent\": 160, \"dropped\": 15}\n"
-    );
+    let (out, err) = plugin_driver(&venv, "plugin_backlog.py", &s.exchange);
+    assert_eq!(out, "{\"sent\": 160, \"dropped\": 15}\n");
     // each outage said once, with what is kept; the end of each said too; the drops counted
     assert_eq!(err.matches("cannot publish to").count(), 3, "{err}");
     assert_eq!(err.matches("answers again").count(), 3, "{err}");
@@ -839,18 +844,9 @@ async fn sr3_plugin_puts_its_flow_on_the_roster_with_start_alive_status_and_stop
         &["v01.alive.#", "v01.status.#", "v01.registry.#"],
     )
     .await;
-    let out = Command::new(venv.join("bin/python"))
-        .arg(root().join("tests/sarracenia/plugin_roster.py"))
-        .arg(root().join("contrib/sarracenia"))
-        .arg("5672")
-        .arg(&s.exchange)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (out, err) = plugin_driver(&venv, "plugin_roster.py", &s.exchange);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        out,
         "{\"instance\": \"node01-subscribe_ddmon.roster#t*_07\", \"alive_interval\": 1.0, \"messages\": \
          [\"registry.start\", \"status.running\", \"alive.running\", \"alive.running\", \
          \"alive.running\", \"status.stopping\", \"registry.stop\"]}\n"

@@ -602,3 +602,105 @@ pub fn test_state_dir() -> std::path::PathBuf {
         .join("target/test-state")
         .join(std::process::id().to_string())
 }
+
+/// A dd_log daemon (`--service`) on the scratch exchange, with a durable queue of its own,
+/// saying alive every `alive` seconds, its roster history kept (the roster tests).
+pub fn dd_log_daemon(s: &Scratch, instance: &str, alive: &str) -> Running {
+    let (queue, _) = s.dd_log_queue();
+    let mut c = dd_log();
+    c.env_remove("DD_ROSTER_STREAM")
+        .args(["--exchange", &s.exchange, "--queue", &queue, "--service"])
+        .args(["--topic", "v02.#", "--daemon-exchange", &s.exchange])
+        .args(["--instance", instance, "--alive-interval", alive]);
+    Running::spawn(c)
+}
+
+/// `dd_status --json` on `exchange`, its roster history read: the rows, or why not.
+pub fn roster_rows(exchange: &str) -> Result<Vec<Value>, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_dd_status"))
+        .env("DD_BROKER", broker_url())
+        .env_remove("DD_ROSTER_STREAM")
+        .args(["--exchange", exchange, "--wait", "0.5", "--json"])
+        .output()
+        .unwrap();
+    match serde_json::from_slice::<Value>(&out.stdout) {
+        Ok(Value::Array(rows)) => Ok(rows),
+        other => Err(format!(
+            "{other:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
+/// The first answer to the request `key` on `exchange`, within 2 s.
+pub async fn ask_first(link: &ddmon::broker::Link, exchange: &str, key: String) -> Option<Value> {
+    let q = ddmon::rpc::Question::new(exchange, key, Duration::from_secs(2)).at_most(1);
+    ddmon::rpc::ask_raw(link, &q)
+        .await
+        .ok()
+        .and_then(|a| a.into_iter().next())
+}
+
+/// dd_log2source's destinations for `sources`: exchanges `<x>.src_<source>` (and
+/// `unknown_exchange` for `unknown`), each with a durable queue `<x>.dest.<source>`, removed
+/// with the scratch. Returns the queues, `unknown`'s last.
+pub async fn route_destinations(
+    conn: &lapin::Connection,
+    s: &Scratch,
+    sources: &[&str],
+    unknown_exchange: &str,
+) -> Vec<String> {
+    let ch = conn.create_channel().await.unwrap();
+    let mut dest = Vec::new();
+    for src in sources.iter().copied().chain(["unknown"]) {
+        let x = if src == "unknown" {
+            unknown_exchange.to_string()
+        } else {
+            format!("{}.src_{src}", s.exchange)
+        };
+        s.track_exchange(&x);
+        ddmon::broker::raw::declare_topic_exchange(&ch, &x)
+            .await
+            .unwrap();
+        let q = format!("{}.dest.{src}", s.exchange);
+        durable_tap(conn, &q, &x, "#").await;
+        s.track_queue(&q);
+        dest.push(q);
+    }
+    dest
+}
+
+/// What the destination queues hold (read to a 2 s pause each): the distinct bodies, the
+/// deliveries, and the deliveries to the `unknown` one.
+pub async fn read_routed(
+    conn: &lapin::Connection,
+    dest: &[String],
+) -> (std::collections::HashSet<Vec<u8>>, usize, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut deliveries, mut unknown) = (0, 0);
+    for q in dest {
+        let ch = conn.create_channel().await.unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                q.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
+        {
+            deliveries += 1;
+            if q.ends_with(".unknown") {
+                unknown += 1;
+            }
+            seen.insert(d.data);
+        }
+    }
+    (seen, deliveries, unknown)
+}
