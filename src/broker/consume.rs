@@ -43,6 +43,31 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A delivery made again from what a group's active wrote (its state stream): handled by
+    /// a standby's service, never acknowledged (settling it does nothing).
+    pub fn replayed(
+        routing_key: &str,
+        headers: crate::headers::Headers,
+        body: Vec<u8>,
+    ) -> Delivery {
+        Delivery {
+            routing_key: routing_key.to_string(),
+            exchange: String::new(),
+            headers,
+            body,
+            redelivered: false,
+            reply_to: None,
+            correlation_id: None,
+            inner: lapin::message::Delivery::mock(
+                0,
+                "".into(),
+                routing_key.into(),
+                false,
+                Vec::new(),
+            ),
+        }
+    }
+
     /// Acknowledge: its effect is durable. If the channel it came on is gone, the broker
     /// redelivers it (at-least-once); that is logged, not an error.
     pub async fn ack(&self) {

@@ -236,6 +236,18 @@ impl Publisher {
         Ok(Confirmed { returned })
     }
 
+    /// As [`Publisher::publish_all`], but a broken connection is an error, not a reason to
+    /// publish again on a new one (a group's active that lost its connection may no longer
+    /// be the active: it must not publish what another now publishes).
+    pub async fn publish_all_once(&mut self, msgs: &[Outgoing]) -> Result<Confirmed, BrokerError> {
+        let mut returned = Vec::new();
+        for (n, window) in msgs.chunks(PUBLISH_WINDOW).enumerate() {
+            let c = self.send(window).await?.wait().await?;
+            returned.extend(c.returned.into_iter().map(|i| i + n * PUBLISH_WINDOW));
+        }
+        Ok(Confirmed { returned })
+    }
+
     async fn publish_window(&mut self, msgs: &[Outgoing]) -> Result<Confirmed, BrokerError> {
         // once stopping, one more connection is still tried (the connection may have died
         // quietly, as when a cluster node stops), then no more

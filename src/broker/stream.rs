@@ -93,18 +93,21 @@ impl StreamOffset {
 /// An exchange that does not exist is [`ErrorKind::NotFound`], and nothing is declared (a
 /// monitor asked about a mistyped exchange leaves no stream behind).
 pub async fn declare_stream(conn: &Connection, spec: &StreamSpec) -> Result<bool, BrokerError> {
-    let check = bounded(conn.create_channel()).await?;
-    bounded(check.exchange_declare(
-        spec.exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            passive: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    ))
-    .await?;
-    let _ = check.close(200, "OK".into()).await;
+    // (no exchange: a stream written through the default one, a group's state)
+    if !spec.exchange.is_empty() {
+        let check = bounded(conn.create_channel()).await?;
+        bounded(check.exchange_declare(
+            spec.exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        ))
+        .await?;
+        let _ = check.close(200, "OK".into()).await;
+    }
     let channel = bounded(conn.create_channel()).await?;
     let opts = QueueDeclareOptions {
         durable: true,

@@ -4,6 +4,7 @@
 //! stopping on signals ([`Shutdown`]).
 
 pub mod registry;
+pub mod replica;
 mod runtime;
 mod serve;
 

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::replica::{self, Apply, Event, Replica, Replication};
 use super::runtime::{DaemonConfig, Role, Runtime, State};
 use crate::shutdown::Shutdown;
 use std::collections::{BTreeMap, VecDeque};
@@ -102,6 +103,15 @@ pub trait Service {
     /// Is something wrong that an operator should see (state `degraded`)?
     fn degraded(&self) -> bool {
         false
+    }
+    /// The whole state, for a group's standbys to [`Service::restore`] (hot standby, see
+    /// `replica`); `None`: the tool does not form groups.
+    fn snapshot(&mut self, _now: DateTime<Utc>) -> Option<Vec<u8>> {
+        None
+    }
+    /// Replace the state by a [`Service::snapshot`] taken at `at`.
+    fn restore(&mut self, _snapshot: &[u8], _at: DateTime<Utc>) -> anyhow::Result<()> {
+        anyhow::bail!("{} keeps no group state", self.tool())
     }
 }
 
@@ -217,8 +227,19 @@ pub async fn serve<S: Service>(
         }
         None => None,
     };
+    // a group's member keeps the group's state through the broker (replica)
+    let replication = match (&runtime, grouped) {
+        (Some(rt), true) => Some(Replication::new(
+            cfg.broker,
+            tool,
+            &crate::topic::escape_word(&rt.identity().instance),
+            cfg.broker.prefetch,
+        )),
+        _ => None,
+    };
     let mut loop_ = Loop {
         service,
+        replication,
         runtime: &mut runtime,
         publisher: &mut publisher,
         clock,
@@ -228,6 +249,8 @@ pub async fn serve<S: Service>(
         backoff: Backoff::new(cfg.broker),
         shutdown: shutdown.clone(),
         broker: cfg.broker,
+        input_sub: cfg.input.clone(),
+        stepping_down: false,
     };
     loop_.set_state(State::Running).await?;
     loop_.alive_if_due().await?;
@@ -241,6 +264,9 @@ pub async fn serve<S: Service>(
     loop_.say_stop(outcome.as_ref().err()).await;
     if let Some(i) = input {
         i.close().await;
+    }
+    if let Some(r) = loop_.replication.take() {
+        r.close().await;
     }
     if let Some(r) = requests {
         r.close().await;
@@ -295,6 +321,8 @@ fn request_subscription(rt: &Runtime, user: &str) -> Subscription {
 
 struct Loop<'a, S: Service> {
     service: &'a mut S,
+    /// A group member's side of the group's state stream.
+    replication: Option<Replication>,
     runtime: &'a mut Option<Runtime>,
     publisher: &'a mut Option<Publishers>,
     clock: &'a dyn Clock,
@@ -310,9 +338,80 @@ struct Loop<'a, S: Service> {
     shutdown: Shutdown,
     /// The broker (a group member's request queue is made again when its role changes).
     broker: &'a BrokerConfig,
+    /// The input (a group's member that stands down starts consuming it again).
+    input_sub: Option<Subscription>,
+    /// A group's active could not publish or write its state: it stands down at the top of
+    /// the loop (see `step_down`).
+    stepping_down: bool,
 }
 
 impl<S: Service> Loop<'_, S> {
+    /// The service's counters, with a group member's `state_stream`.
+    fn counters(&self) -> Value {
+        let mut c = self.service.counters();
+        if let (Some(r), Value::Object(map)) = (self.replication.as_ref(), &mut c) {
+            map.insert(
+                "state_stream".into(),
+                serde_json::to_value(&r.replica.counters).unwrap_or_default(),
+            );
+        }
+        c
+    }
+
+    /// Publish what the tool made on its clock. A group's active does not publish it again on
+    /// a new connection: it stands down (the new active, or itself once it took the lock
+    /// again, publishes what the group's state says is not published yet).
+    async fn publish_work(&mut self, msgs: &[Outgoing]) -> anyhow::Result<()> {
+        if self.replication.is_none() {
+            return self.publish(msgs).await;
+        }
+        if msgs.is_empty() || self.stepping_down {
+            return Ok(());
+        }
+        let Some(p) = self.publisher.as_mut() else {
+            anyhow::bail!("{} has nothing to publish with", self.service.tool());
+        };
+        match p.local().publish_all_once(msgs).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "a group's active could not publish: standing down");
+                self.stepping_down = true;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A group's active that could not publish or write its state stands down: what it
+    /// handled and did not acknowledge goes back to the queue (for whoever holds the lock),
+    /// its state is no longer the group's (it reads the stream again), and it waits for the
+    /// lock again on a new connection.
+    async fn step_down(&mut self, input: &mut Option<Consumer>) -> anyhow::Result<()> {
+        self.stepping_down = false;
+        tracing::warn!(
+            unacknowledged = self.pending.len() + self.unsettled.len(),
+            "standing down: the group's state stream says where the group is"
+        );
+        self.pending.clear();
+        self.unsettled.clear();
+        while !self.service.more().is_empty() {}
+        if let Some(r) = self.replication.as_mut() {
+            r.stand_by().await;
+            r.reset().await;
+        }
+        if let Some(old) = input.take() {
+            old.close().await;
+        }
+        if let Some(p) = self.publisher.as_mut() {
+            p.reset().await;
+        }
+        if let Some(sub) = self.input_sub.clone() {
+            *input = Consumer::start(self.broker, self.service.tool(), sub, self.shutdown.clone())
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn publish(&mut self, msgs: &[Outgoing]) -> anyhow::Result<()> {
         if msgs.is_empty() {
             return Ok(());
@@ -348,7 +447,7 @@ impl<S: Service> Loop<'_, S> {
     }
 
     async fn set_state(&mut self, state: State) -> anyhow::Result<()> {
-        let counters = self.service.counters();
+        let counters = self.counters();
         let msg = self
             .runtime
             .as_mut()
@@ -367,7 +466,7 @@ impl<S: Service> Loop<'_, S> {
 
     async fn alive_if_due(&mut self) -> anyhow::Result<()> {
         let now = self.clock.now();
-        let counters = self.service.counters();
+        let counters = self.counters();
         let msg = match self.runtime.as_mut() {
             Some(rt) if rt.alive_due(now) => Some(rt.alive(now, &counters)),
             _ => None,
@@ -397,12 +496,24 @@ impl<S: Service> Loop<'_, S> {
         if rt.role().is_none_or(|r| r == role) {
             return Ok(());
         }
-        let counters = self.service.counters();
+        let counters = self.counters();
+        let Some(rt) = self.runtime.as_mut() else {
+            return Ok(());
+        };
         let Some(msg) = rt.set_role(role, self.clock.now(), &counters) else {
             return Ok(());
         };
         tracing::info!(role = role.as_str(), "role");
         let sub = request_subscription(rt, &self.broker.user());
+        match role {
+            // in step with the stream before the first delivery is handled
+            Role::Active => self.take_over().await?,
+            Role::Standby => {
+                if let Some(r) = self.replication.as_mut() {
+                    r.stand_by().await;
+                }
+            }
+        }
         self.say(&[msg]).await?;
         if let Some(old) = requests.take() {
             old.close().await;
@@ -410,6 +521,136 @@ impl<S: Service> Loop<'_, S> {
         *requests =
             Consumer::start(self.broker, self.service.tool(), sub, self.shutdown.clone()).await?;
         Ok(())
+    }
+
+    /// A member that became active reads the group's state stream to its end before it
+    /// handles a delivery, then writes a snapshot: from here it writes what it does.
+    async fn take_over(&mut self) -> anyhow::Result<()> {
+        let Some(rep) = self.replication.as_mut() else {
+            return Ok(());
+        };
+        if rep.writing {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let service = &mut *self.service;
+        loop {
+            match rep.catch_up(|r, body| apply_frame(service, r, body)).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(stream = %rep.spec().name, error = %e, "cannot read the group's state yet, retrying");
+                    rep.reset().await;
+                    if !self.backoff.wait(&mut self.shutdown).await {
+                        anyhow::bail!("stopped while reading the group's state");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.backoff.reset();
+        if !rep.replica.counters.synced {
+            tracing::info!(stream = %rep.spec().name, "no whole state in the stream: this member's own is the group's from here");
+        }
+        rep.replica.open_term();
+        rep.writing = true;
+        let took = started.elapsed().as_secs_f64();
+        rep.replica.counters.catch_up_seconds = Some(took);
+        tracing::info!(
+            seq = rep.replica.counters.seq,
+            applied = rep.replica.counters.applied,
+            seconds = took,
+            "in step with the group's state: writing it"
+        );
+        let now = self.clock.now();
+        self.write_snapshot(now).await
+    }
+
+    /// Write the events noted so far to the group's stream, confirmed, before the deliveries
+    /// they cover are acknowledged.
+    async fn replicate(&mut self) -> anyhow::Result<()> {
+        let Some(rep) = self.replication.as_mut().filter(|r| r.writing) else {
+            return Ok(());
+        };
+        let Some(frame) = rep.replica.take_frame() else {
+            return Ok(());
+        };
+        let msg = replica::outgoing(rep.replica.stream(), frame);
+        self.write_stream(vec![msg]).await
+    }
+
+    /// A snapshot of the service's state (after the events noted so far).
+    async fn write_snapshot(&mut self, now: DateTime<Utc>) -> anyhow::Result<()> {
+        self.replicate().await?;
+        let Some(bytes) = self.service.snapshot(now) else {
+            return Ok(());
+        };
+        let Some(rep) = self.replication.as_mut().filter(|r| r.writing) else {
+            return Ok(());
+        };
+        let stream = rep.replica.stream().to_string();
+        let msgs: Vec<Outgoing> = rep
+            .replica
+            .snapshot(now, &bytes)
+            .into_iter()
+            .map(|f| replica::outgoing(&stream, f))
+            .collect();
+        tracing::debug!(
+            bytes = bytes.len(),
+            parts = msgs.len(),
+            "snapshot of the group's state"
+        );
+        self.write_stream(msgs).await
+    }
+
+    /// Publish to the group's stream until the broker confirmed it (through an outage: retried
+    /// with the backoff; a stream that is gone is declared again).
+    async fn write_stream(&mut self, msgs: Vec<Outgoing>) -> anyhow::Result<()> {
+        let Some(spec) = self.replication.as_ref().map(|r| r.spec().clone()) else {
+            return Ok(());
+        };
+        let Some(p) = self.publisher.as_mut() else {
+            anyhow::bail!("{} has nothing to publish with", self.service.tool());
+        };
+        loop {
+            match p.local().publish_all_once(&msgs).await {
+                Ok(c) if c.returned.is_empty() => {
+                    self.backoff.reset();
+                    return Ok(());
+                }
+                Ok(_) => {
+                    tracing::warn!(stream = %spec.name, "the group's state stream is gone: declaring it again");
+                    if let Err(e) = p.local().declare_stream(&spec).await {
+                        tracing::warn!(stream = %spec.name, error = %e, "cannot declare the group's state stream");
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    // the lock may be gone with the connection: what is not written is not
+                    // the group's, and the deliveries it covers are not acknowledged
+                    tracing::warn!(stream = %spec.name, error = %e, "cannot write the group's state: standing down");
+                    self.stepping_down = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if !self.backoff.wait(&mut self.shutdown).await {
+                anyhow::bail!("stopped while writing the group's state");
+            }
+        }
+    }
+
+    /// A standby read a frame of the group's stream.
+    async fn on_frame(&mut self, frame: Option<Result<Vec<u8>, crate::broker::BrokerError>>) {
+        let Some(rep) = self.replication.as_mut() else {
+            return;
+        };
+        match frame {
+            Some(Ok(body)) => apply_frame(&mut *self.service, &mut rep.replica, &body),
+            Some(Err(e)) => {
+                tracing::warn!(stream = %rep.spec().name, error = %e, "lost the group's state stream, reading it again");
+                rep.reset().await;
+            }
+            None => rep.reset().await,
+        }
     }
 
     /// A group's standby does not do the tool's work on its clock (no speedos, no reports).
@@ -426,6 +667,7 @@ impl<S: Service> Loop<'_, S> {
         }
         let now = self.clock.now();
         let out = self.service.tick(now);
+        let writing = self.replication.as_ref().is_some_and(|r| r.writing);
         // declared (once) before publishing; through an outage, retried like the publishing
         if let Some(p) = self.publisher.as_mut() {
             for x in &out.declare {
@@ -445,13 +687,30 @@ impl<S: Service> Loop<'_, S> {
             }
             self.backoff.reset();
         }
-        self.publish(&out.publish).await?;
+        self.publish_work(&out.publish).await?;
         loop {
             let window = self.service.more();
-            if window.is_empty() {
+            if window.is_empty() || self.stepping_down {
                 break;
             }
-            self.publish(&window).await?;
+            self.publish_work(&window).await?;
+        }
+        if writing && !self.stepping_down {
+            // the tick after what it published (a standby does it again, and publishes it
+            // itself only if it takes over before reading this)
+            if let Some(r) = self.replication.as_mut() {
+                r.replica.wrote_tick(now);
+            }
+            let due = self
+                .replication
+                .as_ref()
+                .and_then(|r| r.replica.last_snapshot)
+                .is_none_or(|t| (now - t).num_seconds() >= replica::SNAPSHOT_EVERY_S || now < t);
+            if due {
+                self.write_snapshot(now).await?;
+            } else {
+                self.replicate().await?;
+            }
         }
         let wanted = if self.service.degraded() {
             State::Degraded
@@ -465,7 +724,26 @@ impl<S: Service> Loop<'_, S> {
     /// Handle a delivery. What it publishes is sent without waiting: the delivery waits in
     /// `pending` (in order) until the broker confirmed its copies, then it is acknowledged.
     async fn on_delivery(&mut self, d: Delivery) -> anyhow::Result<()> {
-        let handled = self.service.handle(&d, self.clock.now())?;
+        if self.replication.as_ref().is_some_and(|r| !r.writing) {
+            // the lock came with a delivery before the role was seen
+            self.take_over().await?;
+        }
+        if let Some(r) = self.replication.as_mut() {
+            if d.redelivered
+                && r.replica
+                    .seen(replica::fingerprint(&d.routing_key, &d.body))
+            {
+                // the old active handled and wrote it, and did not live to acknowledge it
+                r.replica.counters.duplicates += 1;
+                self.unsettled.push((d, Verdict::Ack));
+                return Ok(());
+            }
+        }
+        let now = self.clock.now();
+        let handled = self.service.handle(&d, now)?;
+        if let Some(r) = self.replication.as_mut() {
+            r.replica.wrote_delivery(&d, now);
+        }
         let verdict = handled.verdict.unwrap_or(Verdict::Ack);
         if handled.publish.is_empty() {
             // settled after the service's flush, with the rest of the batch
@@ -505,6 +783,11 @@ impl<S: Service> Loop<'_, S> {
     ) -> anyhow::Result<()> {
         match outcome {
             Ok(confirmed) => {
+                // what the group's standbys need is written before any acknowledgement
+                self.replicate().await?;
+                if self.stepping_down {
+                    return Ok(());
+                }
                 let Some(done) = self.pending.pop_front() else {
                     return Ok(());
                 };
@@ -558,6 +841,11 @@ impl<S: Service> Loop<'_, S> {
     /// Reconnect and send every pending delivery's messages again, in order (at-least-once),
     /// waiting between attempts with the broker module's one backoff.
     async fn resend_pending(&mut self) -> anyhow::Result<()> {
+        if self.replication.is_some() {
+            // a group's active does not publish again on a new connection (see publish_work)
+            self.stepping_down = true;
+            return Ok(());
+        }
         let Some(p) = self.publisher.as_mut() else {
             return Ok(());
         };
@@ -604,7 +892,8 @@ impl<S: Service> Loop<'_, S> {
 
     /// Flush the service's output, then acknowledge (or reject) what it covers.
     async fn settle_batch(&mut self) -> anyhow::Result<()> {
-        if self.unsettled.is_empty() {
+        self.replicate().await?;
+        if self.unsettled.is_empty() || self.stepping_down {
             return Ok(());
         }
         self.service.flush()?;
@@ -648,7 +937,7 @@ impl<S: Service> Loop<'_, S> {
 
     async fn on_request(&mut self, d: Delivery) -> anyhow::Result<()> {
         let now = self.clock.now();
-        let counters = self.service.counters();
+        let counters = self.counters();
         let service = &mut *self.service;
         let reply = match self.runtime.as_ref() {
             Some(rt) => rt.answer(&d.routing_key, now, &counters, |cmd| {
@@ -686,7 +975,15 @@ impl<S: Service> Loop<'_, S> {
             if self.service.finished() {
                 return self.drain().await;
             }
+            if self.stepping_down {
+                self.step_down(input).await?;
+            }
             self.follow_role(input, requests).await?;
+            if self.standby() {
+                if let Some(r) = self.replication.as_mut() {
+                    r.follow().await;
+                }
+            }
             // The tick runs between deliveries too, so a busy stream does not starve it.
             let now = self.clock.now();
             // (a clock stepped back ticks at once rather than in an hour)
@@ -713,6 +1010,7 @@ impl<S: Service> Loop<'_, S> {
                     Some(r) => self.on_request(r).await?,
                     None => return Ok(()),
                 },
+                f = next_frame(&mut self.replication) => self.on_frame(f).await,
                 _ = ticker.tick() => {}
             }
         }
@@ -732,6 +1030,63 @@ async fn declare_then_send(
         p.local().bind_headers(b).await?;
     }
     p.send(publish).await
+}
+
+/// The next frame of the group's stream a standby reads (never, outside a group or while
+/// writing).
+async fn next_frame(
+    replication: &mut Option<Replication>,
+) -> Option<Result<Vec<u8>, crate::broker::BrokerError>> {
+    match replication.as_mut().filter(|r| !r.writing) {
+        Some(r) => r.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Do again what a frame of the group's stream says (a standby, or a new active catching
+/// up): restore a snapshot, handle a delivery, tick; what it would publish is dropped (the
+/// active published it).
+fn apply_frame<S: Service>(service: &mut S, replica: &mut Replica, body: &[u8]) {
+    let mut any = false;
+    for a in replica.accept(body) {
+        any = true;
+        match a {
+            Apply::Restore(bytes, at) => match service.restore(&bytes, at) {
+                Ok(()) => tracing::info!(
+                    stream = %replica.stream(),
+                    seq = replica.counters.seq,
+                    bytes = bytes.len(),
+                    "the group's state restored from its snapshot"
+                ),
+                Err(e) => {
+                    tracing::error!(stream = %replica.stream(), "cannot restore the group's snapshot: {e:#}");
+                    replica.counters.synced = false;
+                }
+            },
+            Apply::Event(Event::Delivery {
+                at,
+                routing_key,
+                headers,
+                body,
+                ..
+            }) => {
+                let d = Delivery::replayed(&routing_key, headers, body);
+                if let Err(e) = service.handle(&d, at) {
+                    tracing::warn!("a delivery of the group's state was not handled again: {e:#}");
+                }
+                while !service.more().is_empty() {}
+            }
+            Apply::Event(Event::Tick { at, .. }) => {
+                let _ = service.tick(at);
+                while !service.more().is_empty() {}
+            }
+        }
+    }
+    if any {
+        if let Err(e) = service.flush() {
+            tracing::warn!("{e:#}");
+        }
+    }
 }
 
 /// The broker's answer for the oldest pending delivery.

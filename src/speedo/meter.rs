@@ -854,6 +854,21 @@ impl Speedo {
 
     /// Put back what a state file kept: counts, times, states, learning.
     pub fn restore(&mut self, saved: super::state::Saved) {
+        self.restore_runs(saved, false);
+    }
+
+    /// When it started (ms since the epoch).
+    pub fn started_ms(&self) -> i64 {
+        self.started_ms
+    }
+
+    /// Put back a group's snapshot: as [`Speedo::restore`], and a run of minutes outside the
+    /// expectation goes on (there was no downtime: the active was judging).
+    pub fn restore_exact(&mut self, saved: super::state::Saved) {
+        self.restore_runs(saved, true);
+    }
+
+    fn restore_runs(&mut self, saved: super::state::Saved, keep_runs: bool) {
         self.client_all.counts = saved.client_all;
         self.sources_all.counts = saved.sources_all;
         for (kind, map) in [(Kind::Client, saved.clients), (Kind::Source, saved.sources)] {
@@ -868,10 +883,14 @@ impl Speedo {
                     last_good_ms: s.last_good_ms,
                     limits,
                     // a run outside the expectation does not span the downtime
-                    watch: Watch {
-                        outside_since_ms: None,
-                        abnormal: false,
-                        ..s.watch
+                    watch: if keep_runs {
+                        s.watch
+                    } else {
+                        Watch {
+                            outside_since_ms: None,
+                            abnormal: false,
+                            ..s.watch
+                        }
                     },
                     figures: Figures::default(),
                     learned: s.learned.map(|l| Box::new(l.into_learned())),

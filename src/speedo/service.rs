@@ -216,6 +216,53 @@ impl Service for SpeedoService {
     fn degraded(&self) -> bool {
         self.keeper.error.is_some()
     }
+
+    /// A group's snapshot: its counters on a first line, then the state file's JSON.
+    fn snapshot(&mut self, now: DateTime<Utc>) -> Option<Vec<u8>> {
+        let head = GroupHead {
+            started_ms: self.speedo.started_ms(),
+            counted: self.speedo.counted,
+            neutral: self.speedo.neutral,
+            skipped: self.skipped,
+            speedos: self.speedos,
+            alerts: self.alerts,
+        };
+        let mut out = serde_json::to_vec(&head).unwrap_or_default();
+        out.push(b'\n');
+        out.extend(state::to_vec(&self.speedo, now));
+        Some(out)
+    }
+
+    fn restore(&mut self, snapshot: &[u8], at: DateTime<Utc>) -> anyhow::Result<()> {
+        let cut = snapshot
+            .iter()
+            .position(|&c| c == b'\n')
+            .context("a snapshot without its counters")?;
+        let head: GroupHead = serde_json::from_slice(&snapshot[..cut])?;
+        let saved: state::Saved = serde_json::from_slice(&snapshot[cut + 1..])?;
+        let mut speedo = self.cfg.speedo(at)?;
+        speedo.restore_exact(saved);
+        speedo.set_start(crate::clock::at_ms(head.started_ms));
+        speedo.counted = head.counted;
+        speedo.neutral = head.neutral;
+        self.speedo = speedo;
+        self.skipped = head.skipped;
+        self.speedos = head.speedos;
+        self.alerts = head.alerts;
+        self.backlog.clear();
+        Ok(())
+    }
+}
+
+/// The counters a group's snapshot carries beside the state file's JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GroupHead {
+    started_ms: i64,
+    counted: u64,
+    neutral: u64,
+    skipped: u64,
+    speedos: u64,
+    alerts: u64,
 }
 
 /// Entry point of the `dd_speedo` binary.

@@ -166,6 +166,16 @@ pub fn save(path: &Path, speedo: &Speedo, now: DateTime<Utc>, seq: u64) -> std::
     outcome
 }
 
+/// The state file's JSON, in memory (a group's snapshot).
+pub fn to_vec(speedo: &Speedo, now: DateTime<Utc>) -> Vec<u8> {
+    serde_json::to_vec(&View {
+        speedo,
+        now,
+        seq: 0,
+    })
+    .unwrap_or_default()
+}
+
 /// What loading found.
 #[derive(Debug)]
 pub enum Loaded {

@@ -229,6 +229,18 @@ fn apply(table: &mut Table, line: &str) -> bool {
     true
 }
 
+/// Apply journal lines held in memory (a group's snapshot) to `table`.
+pub fn apply_lines(table: &mut Table, bytes: &[u8]) -> Loaded {
+    let mut loaded = Loaded::default();
+    for l in bytes.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+        match std::str::from_utf8(l) {
+            Ok(l) if apply(table, l) => loaded.lines += 1,
+            _ => loaded.bad += 1,
+        }
+    }
+    loaded
+}
+
 impl Journal {
     /// Open (creating) the journal at `path` and replay it into `table`.
     pub fn open(path: &Path, table: &mut Table, fsync: bool) -> std::io::Result<(Journal, Loaded)> {

@@ -185,6 +185,54 @@ impl Service for WatchdogService {
     fn degraded(&self) -> bool {
         self.journal_error.is_some()
     }
+
+    /// A group's snapshot: the counters on a first line, then the table as journal lines.
+    fn snapshot(&mut self, _now: DateTime<Utc>) -> Option<Vec<u8>> {
+        let head = GroupHead {
+            counts: self.table.counts.clone(),
+            heartbeats: self.heartbeats,
+            reports: self.reports,
+            skipped: self.skipped,
+        };
+        let mut out = serde_json::to_vec(&head).unwrap_or_default();
+        out.push(b'\n');
+        self.table.snapshot(&mut out);
+        Some(out)
+    }
+
+    fn restore(&mut self, snapshot: &[u8], at: DateTime<Utc>) -> anyhow::Result<()> {
+        let cut = snapshot
+            .iter()
+            .position(|&c| c == b'\n')
+            .context("a snapshot without its counters")?;
+        let head: GroupHead = serde_json::from_slice(&snapshot[..cut])?;
+        let mut table = Table::new(self.cfg.limits(), at, self.table.journaling());
+        let loaded = journal::apply_lines(&mut table, &snapshot[cut + 1..]);
+        if loaded.bad > 0 {
+            anyhow::bail!("{} lines of the snapshot unreadable", loaded.bad);
+        }
+        table.counts = head.counts;
+        self.table = table;
+        self.heartbeats = head.heartbeats;
+        self.reports = head.reports;
+        self.skipped = head.skipped;
+        // the local journal says the restored table from here
+        if let Some(j) = self.journal.as_mut() {
+            let _ = self.table.take_journal();
+            j.compact(&self.table)
+                .context("cannot write the journal after a restore")?;
+        }
+        Ok(())
+    }
+}
+
+/// The counters a group's snapshot carries beside the table.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GroupHead {
+    counts: table::Counts,
+    heartbeats: u64,
+    reports: u64,
+    skipped: u64,
 }
 
 /// Entry point of the `dd_watchdog` binary.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod node;
+pub mod proxy;
 
 use ddmon::broker::{Outgoing, Publisher};
 use ddmon::config::BrokerConfig;
