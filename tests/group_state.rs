@@ -73,12 +73,12 @@ fn daemon(tool: &str, s: &Scratch, url: &str, who: &Who<'_>, dir: &std::path::Pa
     let file = dir.join(format!("{}.{}", unique("m"), tool));
     let file = file.to_str().unwrap();
     if tool == "dd_speedo" {
-        c.args(["--no-source-copies", "--interval", "1"]).args([
-            "--state-interval",
-            "1",
-            "--state-file",
-            file,
-        ]);
+        // late 2 s after a name's last good delivery: alerts within the test
+        let config = dir.join("late.toml");
+        std::fs::write(&config, "[thresholds.defaults]\ntd = 2\n").unwrap();
+        c.args(["--no-source-copies", "--interval", "1"])
+            .args(["--state-interval", "1", "--state-file", file])
+            .args(["--config", config.to_str().unwrap()]);
     } else {
         c.args(["--journal", file]);
     }
@@ -183,20 +183,87 @@ async fn drained(conn: &lapin::Connection, queue: &str) {
     }
 }
 
-/// The speedo records seen: (topic, interval end) to how many times.
-fn intervals(deliveries: &[lapin::message::Delivery]) -> BTreeMap<(String, String), usize> {
-    let mut seen = BTreeMap::new();
-    for d in deliveries {
-        let body = String::from_utf8_lossy(&d.data);
+/// The speedo records seen: (topic, interval end) to their bodies.
+fn intervals(deliveries: &[lapin::message::Delivery]) -> BTreeMap<(String, String), Vec<String>> {
+    let mut seen: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for d in deliveries.iter().filter(|d| !is_alert(d)) {
+        let body = String::from_utf8_lossy(&d.data).to_string();
         let end = body.split(' ').next().unwrap_or("").to_string();
-        *seen.entry((d.routing_key.to_string(), end)).or_insert(0) += 1;
+        seen.entry((d.routing_key.to_string(), end))
+            .or_default()
+            .push(body);
     }
     seen
 }
 
-/// Doubled records, and intervals missing between a name's first and last record.
-fn doubled_and_missing(seen: &BTreeMap<(String, String), usize>) -> (usize, usize) {
-    let doubled = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+fn is_alert(d: &lapin::message::Delivery) -> bool {
+    d.routing_key.as_str().starts_with("v01.speedo.alert.")
+}
+
+/// Each name's states, in the order its alerts said them.
+fn alerts(deliveries: &[lapin::message::Delivery]) -> BTreeMap<String, Vec<String>> {
+    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for d in deliveries.iter().filter(|d| is_alert(d)) {
+        let v: Value = serde_json::from_slice(&d.data).unwrap();
+        let name = format!(
+            "{} {}",
+            v["kind"].as_str().unwrap(),
+            v["name"].as_str().unwrap()
+        );
+        let states = by_name.entry(name).or_default();
+        // each alert is a change from the state the last one said
+        if let Some(last) = states.last() {
+            assert_eq!(v["old"].as_str(), Some(last.as_str()), "{v}");
+        }
+        states.push(v["new"].as_str().unwrap().to_string());
+    }
+    by_name
+}
+
+/// A good record of a client seen once: late 2 s later.
+fn lonely() -> Vec<RawMessage> {
+    let mut r = sim_records(40, 99)
+        .into_iter()
+        .find(|r| (200..300).contains(&r.status))
+        .unwrap();
+    r.client = "lonely".into();
+    r.source = Some("lonelysrc".into());
+    v02_messages(&[r])
+}
+
+async fn declare_topic(conn: &lapin::Connection, name: &str) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        name.into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = ch.close(200, "OK".into()).await;
+}
+
+/// Records published twice (each an identical copy, all of one interval: the window an
+/// active was publishing when its connection broke, published again by the next), and
+/// intervals missing between a name's first and last record.
+fn doubled_and_missing(seen: &BTreeMap<(String, String), Vec<String>>) -> (usize, usize) {
+    let mut doubled = 0;
+    let mut doubled_ends = std::collections::BTreeSet::new();
+    for ((_, end), bodies) in seen {
+        if bodies.len() > 1 {
+            assert!(bodies.iter().all(|b| b == &bodies[0]), "{bodies:?}");
+            doubled += bodies.len() - 1;
+            doubled_ends.insert(end.clone());
+        }
+    }
+    assert!(
+        doubled_ends.len() <= 1,
+        "doubled in several intervals: {doubled_ends:?}"
+    );
     let mut by_name: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for (topic, end) in seen.keys() {
         let t = chrono::NaiveDateTime::parse_from_str(end, "%Y%m%d%H%M%S")
@@ -232,10 +299,12 @@ async fn case(tool: &'static str, fault: Fault) {
     s.track_queue(&input);
     s.track_queue(&format!("q_guest.{tool}.{reference_queue}"));
     s.track_queue(&format!("ddmon.state.{tool}.{instance}"));
-    let reference_out = format!("{}.ref", s.exchange);
-    s.track_exchange(&reference_out);
     let mut status = listen(&conn, &s.exchange, &[&format!("v01.status.{tool}.#")]).await;
     let mut speedos = listen(&conn, &s.exchange, &["v01.speedo.#"]).await;
+    let reference_out = format!("{}.ref", s.exchange);
+    s.track_exchange(&reference_out);
+    declare_topic(&conn, &reference_out).await;
+    let mut reference_speedos = listen(&conn, &reference_out, &["v01.speedo.alert.#"]).await;
     let reference_instance = unique("r");
     let reference = daemon(
         tool,
@@ -273,6 +342,11 @@ async fn case(tool: &'static str, fault: Fault) {
         pb,
     };
     drain(&mut status, 300).await;
+    if tool == "dd_speedo" {
+        // a client that goes late on the active, before the fault
+        publish(&s.exchange, lonely()).await;
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+    }
     let publisher = stream_records(&s.exchange, 41);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let struck = Instant::now();
@@ -312,8 +386,8 @@ async fn case(tool: &'static str, fault: Fault) {
     publisher.await.unwrap();
     drained(&conn, &input).await;
     drained(&conn, &format!("q_guest.{tool}.{reference_queue}")).await;
-    // the last interval closes
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // the last interval closes, and every name goes late
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     let of = |instance: &str, cmd: &str| ddmon::rpc::request_key(tool, Some(instance), cmd);
     let group = ask(&s, of(&instance, "stats"))
         .await
@@ -328,6 +402,7 @@ async fn case(tool: &'static str, fault: Fault) {
         .expect("the reference answers")["result"]
         .clone();
     let speedo_records = drain(&mut speedos, 500).await;
+    let reference_alerts = drain(&mut reference_speedos, 500).await;
     let line = match tool {
         "dd_speedo" => {
             let of = |v: &Value, k: &str| v["totals"]["client.all"][k].as_u64().unwrap_or(0);
@@ -339,13 +414,28 @@ async fn case(tool: &'static str, fault: Fault) {
                 let src = |v: &Value| v["totals"]["sources.all"][k].as_u64().unwrap_or(0);
                 assert_eq!(src(&group), src(&truth), "{fault:?}: sources.all {k}");
             }
-            assert_eq!(doubled_iv, 0, "{fault:?}: speedo records doubled");
+            if fault != Fault::CutActive {
+                assert_eq!(doubled_iv, 0, "{fault:?}: speedo records doubled");
+            }
             assert_eq!(missing_iv, 0, "{fault:?}: speedo records missing");
+            // the states went through the takeover: the same alerts as the reference's, none
+            // said twice (a new active starting afresh would not know `lonely` is late)
+            let (ours, theirs) = (alerts(&speedo_records), alerts(&reference_alerts));
+            assert_eq!(ours, theirs, "{fault:?}: the alerts");
+            assert_eq!(ours["client lonely"], vec!["late".to_string()]);
+            let lonely_state = group["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == "lonely")
+                .map(|c| c["state"].clone());
+            assert_eq!(lonely_state, Some(Value::from("late")), "{fault:?}");
             assert!(expected > 0);
             format!(
-                "counted {counted} / {expected} (lost {}, twice {}), speedo records doubled {doubled_iv}, missing {missing_iv}",
+                "counted {counted} / {expected} (lost {}, twice {}), speedo records doubled {doubled_iv}, missing {missing_iv}, alerts {} as the reference's",
                 expected.saturating_sub(counted),
-                counted.saturating_sub(expected)
+                counted.saturating_sub(expected),
+                ours.values().map(Vec::len).sum::<usize>()
             )
         }
         _ => {

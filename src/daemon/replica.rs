@@ -320,6 +320,9 @@ pub enum Apply {
     Restore(Vec<u8>, DateTime<Utc>),
     /// Do this again.
     Event(Event),
+    /// A new active took over at this time (its first snapshot, of the state this member
+    /// has).
+    NewTerm(DateTime<Utc>),
 }
 
 /// Counters of the state stream, in `health` and `stats` under `state_stream`.
@@ -530,7 +533,7 @@ impl Replica {
                         // a new active's first snapshot, of the state this member has
                         self.counters.term = term;
                         self.gathering = None;
-                        return Vec::new();
+                        return vec![Apply::NewTerm(at)];
                     }
                     // this member went past what the new active read (an old active's late
                     // events): the new active's state it is
@@ -988,7 +991,10 @@ mod tests {
             term: 2,
             ring: vec![42],
         };
-        assert!(r.accept(&snapshot_frames(ring_snap, b"b")[0]).is_empty());
+        assert_eq!(
+            r.accept(&snapshot_frames(ring_snap, b"b")[0]),
+            vec![Apply::NewTerm(t(2))]
+        );
         assert_eq!(r.counters.term, 2);
         // the old active, back from a stall, writes 12 late under term 1: left out
         assert!(r.accept(&events_frame_of(1, &[(12, 3, None)])).is_empty());
@@ -1045,6 +1051,7 @@ mod tests {
                 };
                 for a in got {
                     match a {
+                        Apply::NewTerm(_) => {}
                         Apply::Restore(..) => { restored = true; last = Some(r.counters.seq); }
                         Apply::Event(e) => {
                             prop_assert!(restored);

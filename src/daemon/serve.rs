@@ -113,6 +113,10 @@ pub trait Service {
     fn restore(&mut self, _snapshot: &[u8], _at: DateTime<Utc>) -> anyhow::Result<()> {
         anyhow::bail!("{} keeps no group state", self.tool())
     }
+    /// A group's new active starts at `at` (every member hears it, at the same time): what
+    /// no member could see between the old active's last word and now is not held against
+    /// the names (dd_speedo: a name not late gets its `td` from here, as after a start).
+    fn took_over(&mut self, _at: DateTime<Utc>) {}
 }
 
 /// How to run a service.
@@ -553,6 +557,8 @@ impl<S: Service> Loop<'_, S> {
         }
         rep.replica.open_term();
         rep.writing = true;
+        let now = self.clock.now();
+        self.service.took_over(now);
         let took = started.elapsed().as_secs_f64();
         rep.replica.counters.catch_up_seconds = Some(took);
         tracing::info!(
@@ -561,7 +567,6 @@ impl<S: Service> Loop<'_, S> {
             seconds = took,
             "in step with the group's state: writing it"
         );
-        let now = self.clock.now();
         self.write_snapshot(now).await
     }
 
@@ -1076,6 +1081,7 @@ fn apply_frame<S: Service>(service: &mut S, replica: &mut Replica, body: &[u8]) 
                 }
                 while !service.more().is_empty() {}
             }
+            Apply::NewTerm(at) => service.took_over(at),
             Apply::Event(Event::Tick { at, .. }) => {
                 let _ = service.tick(at);
                 while !service.more().is_empty() {}

@@ -356,6 +356,8 @@ pub struct Speedo {
     /// Earliest second at which `advance` has something to do.
     next_due: i64,
     started_ms: i64,
+    /// A group's active took over here: a name not late gets its `td` from here too.
+    resumed_ms: Option<i64>,
     files: SpaceSaving,
     bytes: SpaceSaving,
     top: TopSubjects,
@@ -404,6 +406,7 @@ impl Speedo {
             judged: i64::MIN,
             next_due: i64::MIN,
             started_ms: ms(now),
+            resumed_ms: None,
             files: SpaceSaving::new(capacity),
             bytes: SpaceSaving::new(capacity),
             top: TopSubjects {
@@ -716,7 +719,7 @@ impl Speedo {
     }
 
     fn judge(&mut self, now_ms: i64, out: &mut Vec<Output>) {
-        let started = self.started_ms;
+        let started = self.started_ms.max(self.resumed_ms.unwrap_or(i64::MIN));
         let mut alerts = Vec::new();
         for (kind, map) in [
             (Kind::Client, &mut self.clients),
@@ -860,6 +863,18 @@ impl Speedo {
     /// When it started (ms since the epoch).
     pub fn started_ms(&self) -> i64 {
         self.started_ms
+    }
+
+    /// When a group's active took over (ms since the epoch), if it did.
+    pub fn resumed_ms(&self) -> Option<i64> {
+        self.resumed_ms
+    }
+
+    /// A group's active takes over at `at` (or a snapshot says it did): as after a start, a
+    /// name not late is given its `td` from here (the records that waited in the queue while
+    /// no member judged come in first).
+    pub fn resume(&mut self, at: DateTime<Utc>) {
+        self.resumed_ms = Some(ms(at));
     }
 
     /// Put back a group's snapshot: as [`Speedo::restore`], and a run of minutes outside the

@@ -226,11 +226,16 @@ impl Service for SpeedoService {
             skipped: self.skipped,
             speedos: self.speedos,
             alerts: self.alerts,
+            resumed_ms: self.speedo.resumed_ms(),
         };
         let mut out = serde_json::to_vec(&head).unwrap_or_default();
         out.push(b'\n');
         out.extend(state::to_vec(&self.speedo, now));
         Some(out)
+    }
+
+    fn took_over(&mut self, at: DateTime<Utc>) {
+        self.speedo.resume(at);
     }
 
     fn restore(&mut self, snapshot: &[u8], at: DateTime<Utc>) -> anyhow::Result<()> {
@@ -245,6 +250,9 @@ impl Service for SpeedoService {
         speedo.set_start(crate::clock::at_ms(head.started_ms));
         speedo.counted = head.counted;
         speedo.neutral = head.neutral;
+        if let Some(t) = head.resumed_ms {
+            speedo.resume(crate::clock::at_ms(t));
+        }
         self.speedo = speedo;
         self.skipped = head.skipped;
         self.speedos = head.speedos;
@@ -263,6 +271,8 @@ struct GroupHead {
     skipped: u64,
     speedos: u64,
     alerts: u64,
+    #[serde(default)]
+    resumed_ms: Option<i64>,
 }
 
 /// Entry point of the `dd_speedo` binary.

@@ -200,6 +200,10 @@ impl Service for WatchdogService {
         Some(out)
     }
 
+    fn took_over(&mut self, at: DateTime<Utc>) {
+        self.table.resume(at);
+    }
+
     fn restore(&mut self, snapshot: &[u8], at: DateTime<Utc>) -> anyhow::Result<()> {
         let cut = snapshot
             .iter()

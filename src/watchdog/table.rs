@@ -290,6 +290,12 @@ impl Table {
         }
     }
 
+    /// A group's active takes over at `now`: every node gets its timeout afresh from here
+    /// (no member saw the nodes in between), as when input comes back after a silence.
+    pub fn resume(&mut self, now: DateTime<Utc>) {
+        self.resumed_ms = self.resumed_ms.max(now.timestamp_millis());
+    }
+
     /// Any delivery arrived at `now` (records, heartbeats, other messages).
     pub fn input(&mut self, now: DateTime<Utc>) {
         let now_ms = now.timestamp_millis();
