@@ -192,10 +192,11 @@ async fn a_node_stops_mid_stream_and_the_quorum_capture_loses_nothing() {
     drop(cluster);
 }
 
-/// A group across the cluster (the hot-standby issue): the active dd_speedo on node 1, the
-/// standby on node 2, the group's queue a quorum queue; node 1 stops: one member is active
-/// again at once, the other stands by. (The counts through
-/// the takeover are the issue's next part: here only that one active goes on counting.)
+/// Groups across the cluster (the hot-standby issue): the active dd_speedo and dd_watchdog on
+/// node 1, their standbys on node 2, the groups' queues quorum queues, and a plain reference
+/// instance of each on node 3; node 1 stops while the records flow: one member is active
+/// again at once, the other stands by, and the counts and the in-flight table are exactly the
+/// references'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_groups_active_node_stops_and_the_standby_on_another_node_takes_over() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,25 +207,33 @@ async fn a_groups_active_node_stops_and_the_standby_on_another_node_takes_over()
             .collect::<Vec<_>>()
             .join(",")
     };
-    let member = |i: usize| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dd_speedo"));
+    let member_of = |tool: &str, i: usize, group: bool| {
+        let (bin, queue, instance) = match (tool, group) {
+            ("dd_speedo", true) => (env!("CARGO_BIN_EXE_dd_speedo"), "grp", "g1"),
+            ("dd_speedo", false) => (env!("CARGO_BIN_EXE_dd_speedo"), "ref", "r1"),
+            (_, true) => (env!("CARGO_BIN_EXE_dd_watchdog"), "grpw", "w1"),
+            _ => (env!("CARGO_BIN_EXE_dd_watchdog"), "refw", "rw1"),
+        };
+        let mut c = Command::new(bin);
         // no roster streams here: with them, stopping the node of a stream's leader once held
         // the confirms of the alive and status messages for over 30 s (RabbitMQ 3.10; see the
         // README's "Known")
         c.env("DD_BROKER", first_on(i))
             .env_remove("RUST_LOG")
             .env_remove("DD_SPEEDO_STATE")
+            .env_remove("DD_WATCHDOG_JOURNAL")
             .env("DD_ROSTER_STREAM", "none")
-            .args(["--queue", "grp", "--quorum", "--group", "--instance", "g1"])
-            .args([
-                "--interval",
-                "1",
-                "--alive-interval",
-                "1",
-                "--no-source-copies",
-            ]);
+            .args(["--queue", queue, "--quorum", "--instance", instance])
+            .args(["--alive-interval", "1"]);
+        if group {
+            c.arg("--group");
+        }
+        if tool == "dd_speedo" {
+            c.args(["--interval", "1", "--no-source-copies"]);
+        }
         Running::spawn(c)
     };
+    let member = |i: usize| member_of("dd_speedo", i, true);
     let active = member(0);
     let cfg = ddmon::config::BrokerConfig {
         url: cluster.url(2),
@@ -247,8 +256,37 @@ async fn a_groups_active_node_stops_and_the_standby_on_another_node_takes_over()
         assert!(t0.elapsed() < Duration::from_secs(60), "no active");
     }
     let standby = member(1);
+    let watchdog_active = member_of("dd_watchdog", 0, true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let watchdog_standby = member_of("dd_watchdog", 1, true);
+    let references = [
+        member_of("dd_speedo", 2, false),
+        member_of("dd_watchdog", 2, false),
+    ];
     tokio::time::sleep(Duration::from_secs(3)).await;
-    publish_on(&cluster.url(2), "log", v02_messages(&sim_records(500, 3))).await;
+    for (instance, pid) in [
+        ("g1", active.child.id()),
+        ("w1", watchdog_active.child.id()),
+    ] {
+        let tool = if instance == "g1" {
+            "dd_speedo"
+        } else {
+            "dd_watchdog"
+        };
+        let key = ddmon::rpc::request_key(tool, Some(instance), "health");
+        let r = ask(key).await.unwrap();
+        assert_eq!(r["result"]["pid"], pid, "{r}");
+    }
+    // the records flow through node 3 while node 1 stops
+    let url3 = cluster.url(2);
+    let flow = tokio::spawn(async move {
+        let msgs = v02_messages(&sim_records(3000, 3));
+        for chunk in msgs.chunks(100) {
+            publish_on(&url3, "log", chunk.to_vec()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
     // the whole node stops (its host going down), not only its RabbitMQ application
     let mut cluster = cluster;
     cluster.nodes[0].stop();
@@ -293,26 +331,78 @@ async fn a_groups_active_node_stops_and_the_standby_on_another_node_takes_over()
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "{r:?}");
     }
-    // the new active counts what comes
-    publish_on(&cluster.url(2), "log", v02_messages(&sim_records(300, 4))).await;
-    let stats = ddmon::rpc::request_key("dd_speedo", Some("g1"), "stats");
+    flow.await.unwrap();
+    // every record taken by the groups and the references: the same counts, exactly
+    let stats_of =
+        |tool: &str, instance: &str| ddmon::rpc::request_key(tool, Some(instance), "stats");
     let t0 = Instant::now();
-    loop {
-        let r = ask(stats.clone()).await;
-        // counted (good and bad) and neutral (1xx, 3xx): every record it took
-        let took_in = |k: &str| {
-            r.as_ref()
-                .and_then(|r| r["result"]["counters"][k].as_u64())
-                .unwrap_or(0)
+    let (speedo, watchdog) = loop {
+        let got = (
+            ask(stats_of("dd_speedo", "g1")).await,
+            ask(stats_of("dd_speedo", "r1")).await,
+            ask(stats_of("dd_watchdog", "w1")).await,
+            ask(stats_of("dd_watchdog", "rw1")).await,
+        );
+        let taken = |r: &Option<serde_json::Value>| {
+            r.as_ref().map_or(0, |r| {
+                let c = &r["result"]["counters"];
+                c["counted"].as_u64().unwrap_or(0) + c["neutral"].as_u64().unwrap_or(0)
+            })
         };
-        if took_in("counted") + took_in("neutral") >= 300 {
-            break;
+        let seen = |r: &Option<serde_json::Value>| {
+            r.as_ref().map_or(0, |r| {
+                let c = &r["result"]["counts"];
+                c["opened"].as_u64().unwrap_or(0) + c["closed"].as_u64().unwrap_or(0)
+            })
+        };
+        let settled = taken(&got.0) > 0
+            && taken(&got.0) == taken(&got.1)
+            && seen(&got.2) > 0
+            && seen(&got.2) == seen(&got.3);
+        if settled || t0.elapsed() > Duration::from_secs(60) {
+            break ((got.0, got.1), (got.2, got.3));
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "{r:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let result =
+        |r: &Option<serde_json::Value>| r.as_ref().map(|r| r["result"].clone()).unwrap_or_default();
+    let (g, r) = (result(&speedo.0), result(&speedo.1));
+    for k in ["good", "errors", "good_bytes", "bad_bytes"] {
+        assert_eq!(
+            g["totals"]["client.all"][k], r["totals"]["client.all"][k],
+            "client.all {k}"
+        );
     }
+    let (gw, rw) = (result(&watchdog.0), result(&watchdog.1));
+    assert_eq!(gw["in_flight"], rw["in_flight"]);
+    assert_eq!(gw["counts"], rw["counts"]);
+    let rows = |v: &serde_json::Value| {
+        let mut t: Vec<String> = v["inflight"]["transfers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| format!("{} {} {}", t["node"], t["client"], t["url"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        t.sort();
+        t
+    };
+    assert_eq!(rows(&gw), rows(&rw));
+    eprintln!(
+        "cluster: node 1 stopped mid-stream: dd_speedo counted {} / {} (reference), dd_watchdog in flight {} / {}",
+        g["totals"]["client.all"]["good"].as_u64().unwrap_or(0)
+            + g["totals"]["client.all"]["errors"].as_u64().unwrap_or(0),
+        r["totals"]["client.all"]["good"].as_u64().unwrap_or(0)
+            + r["totals"]["client.all"]["errors"].as_u64().unwrap_or(0),
+        gw["in_flight"],
+        rw["in_flight"]
+    );
     link.close("OK").await;
-    for m in [active, standby] {
+    for m in [active, standby, watchdog_active, watchdog_standby]
+        .into_iter()
+        .chain(references)
+    {
         m.terminate();
         let _ = m.finish(20);
     }
