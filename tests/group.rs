@@ -18,7 +18,9 @@ fn member(s: &Scratch, queue: &str) -> Running {
     member_on(s, queue, &broker_url())
 }
 
+/// The group's instance: the queue's name (unique to the test), its stream removed after.
 fn member_on(s: &Scratch, queue: &str, url: &str) -> Running {
+    s.track_queue(&ddmon::daemon::replica::stream_name("dd_speedo", queue));
     let mut c = Command::new(env!("CARGO_BIN_EXE_dd_speedo"));
     c.env("DD_BROKER", url)
         .env_remove("RUST_LOG")
@@ -26,7 +28,7 @@ fn member_on(s: &Scratch, queue: &str, url: &str) -> Running {
         .env_remove("DD_ROSTER_STREAM")
         .args(["--exchange", &s.exchange, "--output-exchange", &s.exchange])
         .args(["--daemon-exchange", &s.exchange, "--no-source-copies"])
-        .args(["--queue", queue, "--group", "--instance", "g1"])
+        .args(["--queue", queue, "--group", "--instance", queue])
         .args(["--interval", "1", "--alive-interval", "1"]);
     Running::spawn(c)
 }
@@ -45,12 +47,12 @@ async fn ask(s: &Scratch, key: String) -> Option<Value> {
 async fn one_active_one_standby_and_the_standby_takes_over() {
     let conn = connect().await;
     let s = Scratch::new();
-    let queue = unique("g");
+    let queue = unique("g").replace('.', "-");
     s.track_queue(&format!("q_guest.dd_speedo.{queue}"));
     let mut status = listen(&conn, &s.exchange, &["v01.status.dd_speedo.#"]).await;
     let first = member(&s, &queue);
     // the first is active
-    let health = ddmon::rpc::request_key("dd_speedo", Some("g1"), "health");
+    let health = ddmon::rpc::request_key("dd_speedo", Some(&queue), "health");
     let t0 = Instant::now();
     let active = loop {
         if let Some(r) = ask(&s, health.clone()).await
@@ -68,7 +70,7 @@ async fn one_active_one_standby_and_the_standby_takes_over() {
         .next()
         .unwrap()
         .to_string();
-    let own = ddmon::rpc::member_instance("g1", &format!("{short}-{}", second.child.id()));
+    let own = ddmon::rpc::member_instance(&queue, &format!("{short}-{}", second.child.id()));
     let t0 = Instant::now();
     loop {
         if let Some(r) = ask(
@@ -94,7 +96,7 @@ async fn one_active_one_standby_and_the_standby_takes_over() {
         r["error"]
             .as_str()
             .unwrap()
-            .starts_with("standby of group \"g1\""),
+            .starts_with(&format!("standby of group {queue:?}")),
         "{r}"
     );
     // the group's own key: the active alone answers
@@ -113,7 +115,7 @@ async fn one_active_one_standby_and_the_standby_takes_over() {
     let took = loop {
         let (key, body) = next_json(&mut status, 10).await;
         if body["role"] == "active" && body["pid"] == second.child.id() {
-            assert_eq!(key, "v01.status.dd_speedo.g1");
+            assert_eq!(key, format!("v01.status.dd_speedo.{queue}"));
             break killed.elapsed();
         }
     };
@@ -247,12 +249,12 @@ async fn three_routers_two_killed_mid_stream_lose_nothing() {
 async fn a_stalled_active_is_replaced_and_stands_by_when_it_resumes() {
     let conn = connect().await;
     let s = Scratch::new();
-    let queue = unique("g");
+    let queue = unique("g").replace('.', "-");
     s.track_queue(&format!("q_guest.dd_speedo.{queue}"));
     let url = format!("{}?heartbeat=2", broker_url());
     let mut status = listen(&conn, &s.exchange, &["v01.status.dd_speedo.#"]).await;
     let first = member_on(&s, &queue, &url);
-    let health = ddmon::rpc::request_key("dd_speedo", Some("g1"), "health");
+    let health = ddmon::rpc::request_key("dd_speedo", Some(&queue), "health");
     let t0 = Instant::now();
     while !ask(&s, health.clone())
         .await
@@ -308,7 +310,8 @@ async fn a_stalled_active_is_replaced_and_stands_by_when_it_resumes() {
 #[tokio::test]
 async fn dd_watchdog_members_show_their_roles_on_the_roster() {
     let s = Scratch::new();
-    let queue = unique("gw");
+    let queue = unique("gw").replace('.', "-");
+    s.track_queue(&ddmon::daemon::replica::stream_name("dd_watchdog", &queue));
     s.track_queue(&format!("q_guest.dd_watchdog.{queue}"));
     let dir = tempfile::tempdir().unwrap();
     let member = |i: usize| {
@@ -319,7 +322,7 @@ async fn dd_watchdog_members_show_their_roles_on_the_roster() {
             .env_remove("DD_ROSTER_STREAM")
             .args(["--exchange", &s.exchange, "--output-exchange", &s.exchange])
             .args(["--daemon-exchange", &s.exchange, "--queue", &queue])
-            .args(["--group", "--instance", "w1", "--alive-interval", "1"])
+            .args(["--group", "--instance", &queue, "--alive-interval", "1"])
             .args([
                 "--journal",
                 dir.path().join(format!("j{i}")).to_str().unwrap(),

@@ -62,6 +62,29 @@ pub async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
     let _ = conn.close(200, "OK".into()).await;
 }
 
+/// As [`declare`], for a group's input (single active consumer).
+pub async fn declare_for_group(cfg: &BrokerConfig, exchange: &str, queue: &str) {
+    let conn = ddmon::broker::raw::connect(cfg, "bench-declare")
+        .await
+        .unwrap();
+    let sub = ddmon::broker::Subscription {
+        exchange: exchange.into(),
+        bindings: vec!["v02.#".into(), "v03.#".into()],
+        queue: ddmon::broker::QueueSpec {
+            name: queue.into(),
+            durable: true,
+            exclusive: false,
+            quorum: false,
+            dead_letter_exchange: None,
+        },
+        active_lock: Some(format!("{queue}.active")),
+    };
+    ddmon::broker::raw::declare_queue(&conn, &sub)
+        .await
+        .unwrap();
+    let _ = conn.close(200, "OK".into()).await;
+}
+
 /// The baseline's prefetch (`BENCH_BASELINE_PREFETCH`, default 1000).
 pub fn baseline_prefetch() -> u16 {
     env_num("BENCH_BASELINE_PREFETCH", 1000).min(usize::from(u16::MAX)) as u16

@@ -403,15 +403,20 @@ impl<S: Service> Loop<'_, S> {
             r.stand_by().await;
             r.reset().await;
         }
-        if let Some(old) = input.take() {
-            old.close().await;
-        }
         if let Some(p) = self.publisher.as_mut() {
             p.reset().await;
         }
-        if let Some(sub) = self.input_sub.clone() {
-            *input = Consumer::start(self.broker, self.service.tool(), sub, self.shutdown.clone())
-                .await?;
+        // a consumer that lost its connection is already waiting for the lock again (and its
+        // close would wait with it); one that still consumes gives the lock up here
+        if input.as_ref().is_some_and(Consumer::is_consuming) {
+            if let Some(old) = input.take() {
+                old.close().await;
+            }
+            if let Some(sub) = self.input_sub.clone() {
+                *input =
+                    Consumer::start(self.broker, self.service.tool(), sub, self.shutdown.clone())
+                        .await?;
+            }
         }
         Ok(())
     }
