@@ -1,8 +1,8 @@
-//! Groups (SPEC §7, the hot-standby issue, first part): processes of dd_speedo started with
-//! the same `--instance`, `--queue` and `--group` are one group, one `active` (it consumes,
-//! publishes and answers the group's requests), the others `standby`; a standby takes over
-//! when the active dies. (Carrying the active's state over is the issue's next part: here the
-//! new active starts from its own.)
+//! Groups (SPEC §7, the hot-standby issue): processes of dd_speedo started with the same
+//! `--instance`, `--queue` and `--group` are one group, one `active` (it consumes, publishes
+//! and answers the group's requests), the others `standby`; a standby takes over when the
+//! active dies. (The state carried over, counts exact through every fault, is
+//! `tests/group_state.rs`'s.)
 
 #![allow(clippy::unwrap_used)]
 
