@@ -70,7 +70,11 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "slow,abnormal")]
     pub warning_states: Vec<String>,
     /// dd_speedo states that give CRITICAL (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "late,failing")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "late,failing,stalled,stopped"
+    )]
     pub critical_states: Vec<String>,
     /// Ignore dd_speedo's states (only -w/-c).
     #[arg(long)]

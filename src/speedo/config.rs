@@ -78,6 +78,21 @@ pub struct Args {
     /// Output format of --replay.
     #[arg(long, value_enum, default_value = "line")]
     pub format: Format,
+    /// The pump broker's management API to read the clients' queues from (repeatable: a
+    /// cluster's nodes, the pumps of a site), logged in as the broker URL's user.
+    #[arg(long, value_name = "URL")]
+    pub management_url: Vec<String>,
+    /// A client's queue names; the `client` group (else the first) is the client
+    /// [default: ^q_(?P<client>[^.]+)\.].
+    #[arg(long, value_name = "REGEX")]
+    pub client_queue_pattern: Option<String>,
+    /// Seconds over which a client's queues are judged (stopped, stalled, slow)
+    /// [default: 120].
+    #[arg(long, value_name = "SECONDS")]
+    pub queue_window: Option<f64>,
+    /// Seconds between polls of the management API [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub queue_poll: Option<f64>,
     /// Run as a member of a group (SPEC §7): the processes started with the same --instance
     /// and --queue and --group are one, one active (it consumes, publishes, answers), the
     /// others standby, taking over when it goes. The input queue is declared with RabbitMQ's
@@ -119,8 +134,35 @@ pub struct SpeedoConfig {
     pub daemon: DaemonConfig,
     /// A member of a group (`--group`, SPEC §7).
     pub group: bool,
+    /// The clients' broker queues: `[queues]`.
+    pub queues: QueuesConfig,
     /// How to reach the broker.
     pub broker: BrokerConfig,
+}
+
+/// `[queues]`: the broker side of each client (the management API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueuesConfig {
+    /// Management API URLs (empty: the queues are not watched).
+    pub management: Vec<String>,
+    /// A client's queue names; the `client` group is the client.
+    pub pattern: String,
+    /// Seconds over which a queue is judged.
+    pub window: f64,
+    /// Seconds between polls.
+    pub poll: f64,
+}
+
+impl Default for QueuesConfig {
+    fn default() -> Self {
+        QueuesConfig {
+            management: Vec::new(),
+            pattern: super::queues::DEFAULT_PATTERN.to_string(),
+            window: 120.0,
+            poll: 10.0,
+        }
+    }
 }
 
 impl crate::config::Config for SpeedoConfig {
@@ -147,6 +189,7 @@ impl Default for SpeedoConfig {
             thresholds: ThresholdsConfig::default(),
             daemon: DaemonConfig::default(),
             group: false,
+            queues: QueuesConfig::default(),
             broker: BrokerConfig::default(),
         }
     }
@@ -176,6 +219,12 @@ impl SpeedoConfig {
         }
         overlay(&mut cfg.state_interval, args.state_interval);
         overlay(&mut cfg.top_capacity, args.top_capacity);
+        if !args.management_url.is_empty() {
+            cfg.queues.management = args.management_url.clone();
+        }
+        overlay(&mut cfg.queues.pattern, args.client_queue_pattern.clone());
+        overlay(&mut cfg.queues.window, args.queue_window);
+        overlay(&mut cfg.queues.poll, args.queue_poll);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -205,6 +254,16 @@ impl SpeedoConfig {
             }
         }
         Thresholds::new(&self.thresholds)?;
+        regex::Regex::new(&self.queues.pattern)
+            .map_err(|e| invalid("queues.pattern", format!("not a regex: {e}")))?;
+        for (field, v) in [
+            ("queues.window", self.queues.window),
+            ("queues.poll", self.queues.poll),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(invalid(field, "must be > 0 seconds".into()));
+            }
+        }
         Ok(())
     }
 

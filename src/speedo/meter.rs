@@ -125,15 +125,23 @@ pub struct Watch {
     pub outside_since_ms: Option<i64>,
     /// Outside for at least `abnormal_after`.
     pub abnormal: bool,
+    /// What its broker queues say (`stopped`, `stalled`, `slow`), with the evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<super::queues::QueueView>,
 }
 
 impl Watch {
     fn state_now(&self) -> Health {
+        if let Some(h @ (Health::Stopped | Health::Stalled)) =
+            self.queue.as_ref().and_then(|q| q.state)
+        {
+            return h;
+        }
         if self.late {
             Health::Late
         } else if self.failing {
             Health::Failing
-        } else if self.slow {
+        } else if self.slow || self.queue.as_ref().and_then(|q| q.state) == Some(Health::Slow) {
             Health::Slow
         } else if self.abnormal {
             Health::Abnormal
@@ -358,6 +366,8 @@ pub struct Speedo {
     started_ms: i64,
     /// A group's active took over here: a name not late gets its `td` from here too.
     resumed_ms: Option<i64>,
+    /// The clients' broker queues (`None`: not watched).
+    queues: Option<super::queues::ClientQueues>,
     files: SpaceSaving,
     bytes: SpaceSaving,
     top: TopSubjects,
@@ -407,6 +417,7 @@ impl Speedo {
             next_due: i64::MIN,
             started_ms: ms(now),
             resumed_ms: None,
+            queues: None,
             files: SpaceSaving::new(capacity),
             bytes: SpaceSaving::new(capacity),
             top: TopSubjects {
@@ -721,12 +732,25 @@ impl Speedo {
     fn judge(&mut self, now_ms: i64, out: &mut Vec<Output>) {
         let started = self.started_ms.max(self.resumed_ms.unwrap_or(i64::MIN));
         let mut alerts = Vec::new();
+        let queues = self.queues.as_ref();
         for (kind, map) in [
             (Kind::Client, &mut self.clients),
             (Kind::Source, &mut self.sources),
         ] {
             for (name, e) in map.iter_mut() {
                 let limits = self.thresholds.get(e.limits);
+                if let (Kind::Client, Some(q)) = (kind, queues) {
+                    // the report side's good deliveries in the window, from the last minute
+                    let w = q.window_ms();
+                    let good = match e.last_good_ms {
+                        Some(g) if now_ms - g <= w => {
+                            let per_min = e.figures.files_per_min.unwrap_or(0.0);
+                            ((per_min * w as f64 / 60_000.0).round() as u64).max(1)
+                        }
+                        _ => 0,
+                    };
+                    e.watch.queue = q.view(name, good, at_ms(now_ms));
+                }
                 e.watch.late = is_late(e, limits, now_ms, started);
                 let state = e.watch.state_now();
                 if state != e.watch.state {
@@ -811,6 +835,7 @@ impl Speedo {
             seconds_since_good: e.last_good_ms.map(|g| (now_ms - g) as f64 / 1000.0),
             since: at_ms(e.watch.since_ms),
             state: e.watch.state,
+            queue: e.watch.queue.clone(),
         }
     }
 
@@ -863,6 +888,43 @@ impl Speedo {
     /// When it started (ms since the epoch).
     pub fn started_ms(&self) -> i64 {
         self.started_ms
+    }
+
+    /// Watch the clients' broker queues (the client-health issue).
+    pub fn watch_queues(&mut self, queues: super::queues::ClientQueues) {
+        self.queues = Some(queues);
+    }
+
+    /// The broker queues watched, if they are.
+    pub fn queues(&self) -> Option<&super::queues::ClientQueues> {
+        self.queues.as_ref()
+    }
+
+    /// A poll of `broker`'s management API at `now`: its queues, or why it could not be
+    /// read. A client seen only by its queue gets an entry (its reports may never come: a
+    /// stopped client).
+    pub fn queues_polled(
+        &mut self,
+        broker: &str,
+        polled: Result<Vec<super::queues::QueueSample>, String>,
+        now: DateTime<Utc>,
+    ) {
+        let Some(q) = self.queues.as_mut() else {
+            return;
+        };
+        match polled {
+            Ok(samples) => q.update(broker, samples, now),
+            Err(why) => q.unseen(broker, why),
+        }
+        for client in q.clients() {
+            ensure_entry(
+                &mut self.clients,
+                &mut self.thresholds,
+                Kind::Client,
+                &client,
+                ms(now),
+            );
+        }
     }
 
     /// When a group's active took over (ms since the epoch), if it did.
@@ -982,6 +1044,9 @@ fn is_late(e: &Entry, limits: &Limits, now_ms: i64, started_ms: i64) -> bool {
 /// Every condition that holds, most serious first.
 fn reason(e: &Entry, limits: &Limits, now_ms: i64) -> String {
     let mut parts: Vec<String> = Vec::new();
+    if let Some(ev) = e.watch.queue.as_ref().and_then(|q| q.evidence.clone()) {
+        parts.push(ev);
+    }
     if e.watch.late {
         let since = (now_ms - e.last_good_ms.unwrap_or(e.first_seen_ms)) / 1000;
         let what = if e.last_good_ms.is_some() {

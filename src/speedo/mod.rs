@@ -8,6 +8,7 @@
 pub mod journal;
 mod meter;
 mod query;
+pub mod queues;
 pub mod replay;
 pub mod reply;
 pub mod state;

@@ -17,6 +17,8 @@ const KINDS: [Kind; 2] = [Kind::Client, Kind::Source];
 /// The severity of a state, for worst first (higher is worse).
 fn severity(h: Health) -> i64 {
     match h {
+        Health::Stopped => 6,
+        Health::Stalled => 5,
         Health::Failing => 4,
         Health::Late => 3,
         Health::Abnormal => 2,

@@ -140,8 +140,13 @@ pub struct NameStats {
     pub seconds_since_good: Option<f64>,
     /// Since when the name is in `state`.
     pub since: DateTime<Utc>,
-    /// The threshold state (`ok`, `late`, `failing`, `slow`, `abnormal`).
+    /// The threshold state (`ok`, `late`, `failing`, `slow`, `abnormal`, `stalled`,
+    /// `stopped`).
     pub state: Health,
+    /// Its broker queues (a client's, when they are watched): backlog, consumers, their
+    /// state and its evidence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<super::queues::QueueView>,
 }
 
 /// The four limits shown per name: a subset of [`thresholds::Limits`], whose other fields
@@ -258,6 +263,19 @@ pub struct Counters {
     /// (`Speedo::states`). String keys: `Health` has no `Ord`, and the wire order is the
     /// names' alphabetical order, not the variants'.
     pub states: BTreeMap<String, u64>,
+    /// The clients' broker queues, when they are watched (`--management-url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queues: Option<QueuesCounters>,
+}
+
+/// `counters.queues`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct QueuesCounters {
+    /// Polls of the management APIs that answered.
+    pub polls: u64,
+    /// The APIs whose last poll failed, with why: what dd_speedo could not see.
+    pub unseen: BTreeMap<String, String>,
 }
 
 /// `counters.state_file`.

@@ -86,6 +86,61 @@ struct SpeedoService {
     /// What the last tick has still to publish: its messages are made a window at a time
     /// (`more`), never the whole interval's at once (100,000 names: 240 MiB of messages).
     backlog: std::collections::VecDeque<Output>,
+    /// The management API polls (`--management-url`), from the poller task.
+    polls: Option<tokio::sync::mpsc::UnboundedReceiver<Polled>>,
+}
+
+/// One management API's answer: its URL, and its queues or why not.
+type Polled = (String, Result<Vec<queues::QueueSample>, String>);
+
+/// Poll every management API every `poll` seconds (a task of its own: a slow API never holds
+/// the loop) until the receiver is gone.
+fn spawn_poller(cfg: &SpeedoConfig) -> Option<tokio::sync::mpsc::UnboundedReceiver<Polled>> {
+    if cfg.queues.management.is_empty() {
+        return None;
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let urls = cfg.queues.management.clone();
+    let broker = cfg.broker.clone();
+    let every = std::time::Duration::from_secs_f64(cfg.queues.poll);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            for url in &urls {
+                let polled = poll_once(url, &broker).await;
+                if tx.send((url.clone(), polled)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Some(rx)
+}
+
+async fn poll_once(
+    url: &str,
+    broker: &crate::config::BrokerConfig,
+) -> Result<Vec<queues::QueueSample>, String> {
+    let api = crate::route::permissions::client(url, broker).map_err(|e| format!("{e:#}"))?;
+    let listed = tokio::time::timeout(std::time::Duration::from_secs(10), api.list_queues())
+        .await
+        .map_err(|_| format!("{url}: no answer in 10 s"))?
+        .map_err(|e| crate::route::permissions::api_error(&e, url))?;
+    Ok(listed
+        .into_iter()
+        .map(|q| queues::QueueSample {
+            broker: url.to_string(),
+            vhost: q.vhost.to_string(),
+            ready: q
+                .message_count
+                .saturating_sub(q.unacknowledged_message_count),
+            unacked: q.unacknowledged_message_count,
+            consumers: u64::from(q.consumer_count),
+            name: q.name,
+        })
+        .collect())
 }
 
 impl SpeedoService {
@@ -114,6 +169,10 @@ impl SpeedoService {
                 .into_iter()
                 .map(|(k, n)| (k.to_string(), n as u64))
                 .collect(),
+            queues: self.speedo.queues().map(|q| reply::QueuesCounters {
+                polls: q.polls,
+                unseen: q.unseen.clone(),
+            }),
         }
     }
 
@@ -169,6 +228,24 @@ impl Service for SpeedoService {
     }
 
     fn tick(&mut self, now: DateTime<Utc>) -> Handled {
+        if let Some(rx) = self.polls.as_mut() {
+            while let Ok((url, polled)) = rx.try_recv() {
+                let was = self
+                    .speedo
+                    .queues()
+                    .and_then(|q| q.unseen.get(&url).cloned());
+                match (&polled, was) {
+                    (Err(why), None) => {
+                        tracing::warn!(api = %url, "cannot read the clients' queues ({why}): judging from the reports alone until it answers")
+                    }
+                    (Ok(_), Some(_)) => {
+                        tracing::info!(api = %url, "the clients' queues can be read again")
+                    }
+                    _ => {}
+                }
+                self.speedo.queues_polled(&url, polled, now);
+            }
+        }
         let outputs = self.speedo.advance(now);
         let due = match self.keeper.last {
             None => true,
@@ -247,6 +324,10 @@ impl Service for SpeedoService {
         let saved: state::Saved = serde_json::from_slice(&snapshot[cut + 1..])?;
         let mut speedo = self.cfg.speedo(at)?;
         speedo.restore_exact(saved);
+        if let (Some(q), Ok(pattern)) = (&self.polls, regex::Regex::new(&self.cfg.queues.pattern)) {
+            let _ = q;
+            speedo.watch_queues(queues::ClientQueues::new(pattern, self.cfg.queues.window));
+        }
         speedo.set_start(crate::clock::at_ms(head.started_ms));
         speedo.counted = head.counted;
         speedo.neutral = head.neutral;
@@ -396,7 +477,15 @@ pub async fn run(cfg: &SpeedoConfig, shutdown: Shutdown, clock: &dyn Clock) -> a
             ..Keeper::default()
         },
         backlog: Default::default(),
+        polls: spawn_poller(cfg),
     };
+    if let Ok(pattern) = regex::Regex::new(&cfg.queues.pattern) {
+        if service.polls.is_some() {
+            service
+                .speedo
+                .watch_queues(queues::ClientQueues::new(pattern, cfg.queues.window));
+        }
+    }
     // the replayed counts go into a state file at once, and the journal starts afresh
     service.keeper.save(&service.speedo, clock.now());
     let serve_cfg = ServeConfig {

@@ -55,16 +55,23 @@ pub enum Health {
     Slow,
     /// Far from the learned expectation for too long.
     Abnormal,
+    /// Its broker queue: a consumer holds messages and acknowledges nothing (the
+    /// client-health issue; `queues`).
+    Stalled,
+    /// Its broker queue: messages wait and no consumer is connected.
+    Stopped,
 }
 
 impl Health {
     /// Every state, in order of the enum.
-    pub const ALL: [Health; 5] = [
+    pub const ALL: [Health; 7] = [
         Health::Ok,
         Health::Late,
         Health::Failing,
         Health::Slow,
         Health::Abnormal,
+        Health::Stalled,
+        Health::Stopped,
     ];
 
     /// The state of a name (`late`...), if it is one.
@@ -80,6 +87,8 @@ impl Health {
             Health::Failing => "failing",
             Health::Slow => "slow",
             Health::Abnormal => "abnormal",
+            Health::Stalled => "stalled",
+            Health::Stopped => "stopped",
         }
     }
 }

@@ -96,6 +96,15 @@ impl RabbitNode {
         }
     }
 
+    /// Enable these plugins when the node starts (before `spawn`).
+    pub fn enable_plugins(&self, plugins: &[&str]) {
+        std::fs::write(
+            self.dir.join("enabled_plugins"),
+            format!("[{}].\n", plugins.join(",")),
+        )
+        .unwrap();
+    }
+
     /// Start a single node and wait for it.
     pub async fn start(dir: &Path, name: &str) -> RabbitNode {
         let mut n = RabbitNode::new(dir, &dir.join("home"), name, "");
