@@ -732,25 +732,12 @@ impl Speedo {
     fn judge(&mut self, now_ms: i64, out: &mut Vec<Output>) {
         let started = self.started_ms.max(self.resumed_ms.unwrap_or(i64::MIN));
         let mut alerts = Vec::new();
-        let queues = self.queues.as_ref();
         for (kind, map) in [
             (Kind::Client, &mut self.clients),
             (Kind::Source, &mut self.sources),
         ] {
             for (name, e) in map.iter_mut() {
                 let limits = self.thresholds.get(e.limits);
-                if let (Kind::Client, Some(q)) = (kind, queues) {
-                    // the report side's good deliveries in the window, from the last minute
-                    let w = q.window_ms();
-                    let good = match e.last_good_ms {
-                        Some(g) if now_ms - g <= w => {
-                            let per_min = e.figures.files_per_min.unwrap_or(0.0);
-                            ((per_min * w as f64 / 60_000.0).round() as u64).max(1)
-                        }
-                        _ => 0,
-                    };
-                    e.watch.queue = q.view(name, good, at_ms(now_ms));
-                }
                 e.watch.late = is_late(e, limits, now_ms, started);
                 let state = e.watch.state_now();
                 if state != e.watch.state {
@@ -916,14 +903,31 @@ impl Speedo {
             Ok(samples) => q.update(broker, samples, now),
             Err(why) => q.unseen(broker, why),
         }
-        for client in q.clients() {
-            ensure_entry(
+        // judged at each poll (the samples change only then), for every client with a queue;
+        // a client whose queues are gone has none
+        let now_ms = ms(now);
+        let w = q.window_ms();
+        let clients = q.clients();
+        for e in self.clients.values_mut() {
+            e.watch.queue = None;
+        }
+        for client in clients {
+            let e = entry_of(
                 &mut self.clients,
                 &mut self.thresholds,
                 Kind::Client,
                 &client,
-                ms(now),
+                now_ms,
             );
+            // the report side's good deliveries in the window, from the last whole minute
+            let good = match e.last_good_ms {
+                Some(g) if now_ms - g <= w => {
+                    let per_min = e.figures.files_per_min.unwrap_or(0.0);
+                    ((per_min * w as f64 / 60_000.0).round() as u64).max(1)
+                }
+                _ => 0,
+            };
+            e.watch.queue = q.view(&client, good, now);
         }
     }
 

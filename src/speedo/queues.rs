@@ -53,7 +53,6 @@ struct Point {
 
 #[derive(Debug, Default)]
 struct History {
-    client: String,
     points: VecDeque<Point>,
     /// Since when it has had no consumer (ms).
     no_consumer_since: Option<i64>,
@@ -86,7 +85,8 @@ pub struct QueueView {
 pub struct ClientQueues {
     pattern: Regex,
     window_ms: i64,
-    queues: HashMap<(String, String, String), History>,
+    /// By client, then by (broker, vhost, queue).
+    queues: HashMap<String, HashMap<(String, String, String), History>>,
     /// The last poll's outcome per broker: `None` answered, `Some(why)` did not.
     pub unseen: BTreeMap<String, String>,
     /// Polls applied.
@@ -130,10 +130,12 @@ impl ClientQueues {
             };
             let key = (s.broker.clone(), s.vhost.clone(), s.name.clone());
             seen.insert(key.clone());
-            let h = self.queues.entry(key).or_insert_with(|| History {
-                client,
-                ..History::default()
-            });
+            let h = self
+                .queues
+                .entry(client)
+                .or_default()
+                .entry(key)
+                .or_default();
             if s.consumers == 0 {
                 h.no_consumer_since.get_or_insert(now_ms);
             } else {
@@ -150,7 +152,10 @@ impl ClientQueues {
                 h.points.pop_front();
             }
         }
-        self.queues.retain(|k, _| k.0 != broker || seen.contains(k));
+        for qs in self.queues.values_mut() {
+            qs.retain(|k, _| k.0 != broker || seen.contains(k));
+        }
+        self.queues.retain(|_, qs| !qs.is_empty());
     }
 
     /// A poll of `broker` failed: its queues keep their last view, and the operator is told
@@ -161,9 +166,8 @@ impl ClientQueues {
 
     /// Every client with a queue.
     pub fn clients(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.queues.values().map(|h| h.client.clone()).collect();
+        let mut v: Vec<String> = self.queues.keys().cloned().collect();
         v.sort_unstable();
-        v.dedup();
         v
     }
 
@@ -173,7 +177,8 @@ impl ClientQueues {
         let now_ms = now.timestamp_millis();
         let mut v = QueueView::default();
         let mut worst: Option<(u8, String, Health)> = None;
-        for ((_, _, name), h) in self.queues.iter().filter(|(_, h)| h.client == client) {
+        let qs = self.queues.get(client)?;
+        for ((_, _, name), h) in qs {
             let Some(last) = h.points.back() else {
                 continue;
             };
