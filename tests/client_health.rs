@@ -257,6 +257,22 @@ async fn stopped_stalled_slow_and_healthy_from_the_broker_side() {
             .unwrap()
             .clone()
     };
+    // the speedo record of the client carries its queue's figures
+    let mut records = listen(&conn, "log", &["v01.speedo.client.stop"]).await;
+    let d = tokio::time::timeout(Duration::from_secs(10), records.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let h = ddmon::broker::raw::headers_of(&d.properties);
+    assert!(
+        matches!(h.get("backlog"), Some(ddmon::record::HeaderValue::Int(n)) if *n > 0),
+        "{h:?}"
+    );
+    assert_eq!(
+        h.get("consumers"),
+        Some(&ddmon::record::HeaderValue::Int(0))
+    );
     let stop = client("stop");
     let evidence = stop["queue"]["evidence"].as_str().unwrap().to_string();
     assert!(

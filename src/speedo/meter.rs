@@ -211,6 +211,9 @@ pub struct SpeedoRecord {
     pub lag_mean: Option<f64>,
     /// Largest lag this interval.
     pub lag_max: Option<f64>,
+    /// A client's broker queues at the last poll: messages waiting (ready and
+    /// unacknowledged) and consumers (`None`: not watched, or no queue).
+    pub queue: Option<(u64, u64)>,
 }
 
 impl SpeedoRecord {
@@ -274,6 +277,10 @@ impl SpeedoRecord {
         if let (Some(mean), Some(max)) = (self.lag_mean, self.lag_max) {
             h.insert("lag_mean".into(), HeaderValue::Float(mean));
             h.insert("lag_max".into(), HeaderValue::Float(max));
+        }
+        if let Some((backlog, consumers)) = self.queue {
+            h.insert("backlog".into(), int(backlog));
+            h.insert("consumers".into(), int(consumers));
         }
         let kind = match self.scope {
             Scope::Client | Scope::ClientAll => "client",
@@ -584,6 +591,7 @@ impl Speedo {
                 errors: m.interval.errors,
                 lag_mean,
                 lag_max,
+                queue: None,
             };
             m.interval = Window::default();
             r
@@ -614,7 +622,9 @@ impl Speedo {
                     let (lag_mean, lag_max) = e.meter.interval.lag();
                     e.figures.lag_mean = lag_mean;
                     e.figures.lag_max = lag_max;
-                    out.push(Output::Speedo(record(scope, &name, &mut e.meter)));
+                    let mut r = record(scope, &name, &mut e.meter);
+                    r.queue = e.watch.queue.as_ref().map(|q| (q.backlog, q.consumers));
+                    out.push(Output::Speedo(r));
                 }
             }
             out.push(Output::Speedo(record(all_scope, "all", all)));

@@ -199,6 +199,7 @@ fn odd_names_are_escaped_and_cut() {
         errors: 0,
         lag_mean: None,
         lag_max: None,
+        queue: None,
     };
     assert_eq!(r(Scope::Client, "all").topic(), "v01.speedo.client.%all");
     assert_eq!(

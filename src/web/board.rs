@@ -40,6 +40,10 @@ pub struct Name {
     pub expected: Option<f64>,
     /// Seconds since the last good delivery.
     pub seconds_since_good: Option<f64>,
+    /// A client's broker queues: messages waiting (ready and unacknowledged), when watched.
+    pub backlog: Option<u64>,
+    /// Their consumers.
+    pub consumers: Option<u64>,
     /// Cumulative counts since dd_speedo started.
     pub good: u64,
     /// Cumulative error count.
@@ -152,6 +156,8 @@ impl Board {
                 lag_max: None,
                 expected: None,
                 seconds_since_good: None,
+                backlog: None,
+                consumers: None,
                 good: 0,
                 errors: 0,
                 good_bytes: 0,
@@ -186,6 +192,8 @@ impl Board {
         entry.lag_max = v.lag_max;
         entry.expected = v.expected_files_per_min;
         entry.seconds_since_good = v.seconds_since_good;
+        entry.backlog = v.queue.as_ref().map(|q| q.backlog);
+        entry.consumers = v.queue.as_ref().map(|q| q.consumers);
         entry.good = good;
         entry.errors = v.errors;
         entry.good_bytes = v.good_bytes;

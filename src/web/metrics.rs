@@ -209,6 +209,18 @@ impl Metrics {
             "Seconds since the last good delivery",
             opt(|n| n.seconds_since_good),
         )?;
+        gauges(
+            enc,
+            "ddmon_speedo_queue_backlog",
+            "A client's broker queues: messages ready and unacknowledged, at the last poll",
+            opt(|n| n.backlog.map(|b| b as f64)),
+        )?;
+        gauges(
+            enc,
+            "ddmon_speedo_queue_consumers",
+            "A client's broker queues: consumers, at the last poll",
+            opt(|n| n.consumers.map(|b| b as f64)),
+        )?;
         lag_and_states(enc, &names)?;
         gauges(
             enc,
