@@ -60,6 +60,16 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        // and every node listens (a node may say it runs before its AMQP listener is up)
+        for n in &cluster.nodes {
+            while tokio::net::TcpStream::connect(("127.0.0.1", n.port))
+                .await
+                .is_err()
+            {
+                assert!(Instant::now() < deadline, "node {} does not listen", n.name);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
         cluster
     }
 

@@ -126,6 +126,9 @@ pub struct Consumer {
     lost: bool,
     /// When to look whether the connection is still open.
     watch: tokio::time::Interval,
+    /// Subscriptions made so far (a new one: what the last did not acknowledge may come
+    /// again, not always marked `redelivered`).
+    generation: u64,
 }
 
 type Establishing = tokio::task::JoinHandle<(Backoff, Result<Option<Live>, BrokerError>)>;
@@ -155,6 +158,7 @@ impl Consumer {
             live: None,
             establishing: None,
             lost: false,
+            generation: 0,
             watch: {
                 let mut i = tokio::time::interval(Duration::from_secs(1));
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,6 +176,12 @@ impl Consumer {
         } else {
             Ok(None)
         }
+    }
+
+    /// How many subscriptions it made: a new one (a reconnection) may bring again what the
+    /// last did not acknowledge.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Is it consuming (a group's member: holding the lock, the active)?
@@ -218,6 +228,7 @@ impl Consumer {
         match outcome? {
             Some(live) => {
                 self.live = Some(live);
+                self.generation += 1;
                 Ok(true)
             }
             None => Ok(false),
@@ -280,6 +291,7 @@ impl Consumer {
             // a reconnection under way ends on the stop (it watches the same shutdown)
             if let Ok((_, Ok(Some(live)))) = task.await {
                 self.live = Some(live);
+                self.generation += 1;
             }
         }
         if let Some(live) = self.live.take() {

@@ -424,6 +424,11 @@ impl Replica {
         self.seen.contains(&fp)
     }
 
+    /// How many fingerprints it keeps.
+    pub fn ring_len(&self) -> usize {
+        self.ring_cap
+    }
+
     /// The active handled `d` at `at`: note it to write.
     pub fn wrote_delivery(&mut self, d: &Delivery, at: DateTime<Utc>) {
         self.counters.seq += 1;
@@ -682,6 +687,12 @@ pub struct Replication {
     reader: Option<StreamReader>,
     /// This member is the active and in step: it writes.
     pub writing: bool,
+    /// Deliveries still to check against the fingerprints since this member took over: what
+    /// the old active had not acknowledged comes first, and a quorum queue whose leader moved
+    /// does not always mark it `redelivered`.
+    pub fresh: usize,
+    /// The input's subscription (its generation) last seen.
+    pub subscription: u64,
     /// No reader before this (a failed attempt waits).
     retry_at: Option<std::time::Instant>,
 }
@@ -702,6 +713,8 @@ impl Replication {
             link: None,
             reader: None,
             writing: false,
+            fresh: 0,
+            subscription: 0,
             retry_at: None,
         }
     }

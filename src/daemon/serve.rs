@@ -562,6 +562,7 @@ impl<S: Service> Loop<'_, S> {
         }
         rep.replica.open_term();
         rep.writing = true;
+        rep.fresh = rep.replica.ring_len();
         let now = self.clock.now();
         self.service.took_over(now);
         let took = started.elapsed().as_secs_f64();
@@ -663,6 +664,17 @@ impl<S: Service> Loop<'_, S> {
         }
     }
 
+    /// A new subscription of a group's active (a reconnection it came through without losing
+    /// its role): what comes first is checked against the fingerprints.
+    fn note_subscription(&mut self, input: &Option<Consumer>) {
+        if let (Some(r), Some(i)) = (self.replication.as_mut(), input.as_ref()) {
+            if r.subscription != i.generation() {
+                r.subscription = i.generation();
+                r.fresh = r.replica.ring_len();
+            }
+        }
+    }
+
     /// A group's standby does not do the tool's work on its clock (no speedos, no reports).
     fn standby(&self) -> bool {
         self.runtime
@@ -739,7 +751,10 @@ impl<S: Service> Loop<'_, S> {
             self.take_over().await?;
         }
         if let Some(r) = self.replication.as_mut() {
-            if d.redelivered
+            let suspect =
+                d.redelivered || r.fresh > 0 || d.headers.contains_key("x-delivery-count");
+            r.fresh = r.fresh.saturating_sub(1);
+            if suspect
                 && r.replica
                     .seen(replica::fingerprint(&d.routing_key, &d.body))
             {
@@ -989,6 +1004,7 @@ impl<S: Service> Loop<'_, S> {
                 self.step_down(input).await?;
             }
             self.follow_role(input, requests).await?;
+            self.note_subscription(input);
             if self.standby() {
                 if let Some(r) = self.replication.as_mut() {
                     r.follow().await;
@@ -1005,6 +1021,7 @@ impl<S: Service> Loop<'_, S> {
             tokio::select! {
                 d = next_of(input), if self.pending.len() < limit => match d? {
                     Some(d) => {
+                        self.note_subscription(input);
                         self.on_delivery(d).await?;
                         if let Some(input) = input.as_mut() {
                             self.take_ready(input, limit).await?;
