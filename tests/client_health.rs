@@ -315,6 +315,14 @@ async fn stopped_stalled_slow_and_healthy_from_the_broker_side() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("stopped"), "{text}");
+    assert!(
+        text.contains("'client.stop.backlog'=") || text.contains("client.stop.backlog="),
+        "{text}"
+    );
+    assert!(
+        text.contains(" backlog=") && text.contains(" consumers=0"),
+        "{text}"
+    );
     sp.terminate();
     assert_eq!(sp.finish(20).0, 0);
 

@@ -290,19 +290,37 @@ fn judge(kind: Kind, e: &NameStats, check: &Check) -> Verdict {
     let range = |r: &Option<Range>| r.as_ref().map(Range::to_string).unwrap_or_default();
     let max = if m == Metric::ErrorRatio { "1" } else { "" };
     let label = format!("{}.{}", kind.as_str(), e.name);
+    let mut perfdata = perf(
+        &label,
+        value,
+        m.uom(),
+        &range(&check.warning),
+        &range(&check.critical),
+        "0",
+        max,
+    );
+    // a client whose broker queues are watched: its backlog beside the metric
+    if let Some(q) = &e.queue {
+        perfdata.push(' ');
+        perfdata.push_str(&perf(
+            &format!("{label}.backlog"),
+            Some(q.backlog as f64),
+            "",
+            "",
+            "",
+            "0",
+            "",
+        ));
+    }
+    let offender = offender.map(|o| match &e.queue {
+        Some(q) => format!("{o} backlog={} consumers={}", q.backlog, q.consumers),
+        None => o,
+    });
     Verdict {
         kind,
         status,
         offender,
-        perfdata: perf(
-            &label,
-            value,
-            m.uom(),
-            &range(&check.warning),
-            &range(&check.critical),
-            "0",
-            max,
-        ),
+        perfdata,
     }
 }
 
