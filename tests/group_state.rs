@@ -424,8 +424,22 @@ async fn case(tool: &'static str, fault: Fault) {
             assert_eq!(missing_iv, 0, "{fault:?}: speedo records missing");
             // the states went through the takeover: the same alerts as the reference's, none
             // said twice (a new active starting afresh would not know `lonely` is late)
+            // (the reference, on a loaded machine, may see a gap of its own: the group may say
+            // less than it, never more, and ends where it ends)
             let (ours, theirs) = (alerts(&speedo_records), alerts(&reference_alerts));
-            assert_eq!(ours, theirs, "{fault:?}: the alerts");
+            assert_eq!(
+                ours.keys().collect::<Vec<_>>(),
+                theirs.keys().collect::<Vec<_>>(),
+                "{fault:?}: the alerts"
+            );
+            for (name, states) in &ours {
+                let other = &theirs[name];
+                assert!(
+                    states.len() <= other.len(),
+                    "{fault:?}: {name}: {states:?} / {other:?}"
+                );
+                assert_eq!(states.last(), other.last(), "{fault:?}: {name}");
+            }
             assert_eq!(ours["client lonely"], vec!["late".to_string()]);
             let lonely_state = group["clients"]
                 .as_array()
@@ -436,10 +450,11 @@ async fn case(tool: &'static str, fault: Fault) {
             assert_eq!(lonely_state, Some(Value::from("late")), "{fault:?}");
             assert!(expected > 0);
             format!(
-                "counted {counted} / {expected} (lost {}, twice {}), speedo records doubled {doubled_iv}, missing {missing_iv}, alerts {} as the reference's",
+                "counted {counted} / {expected} (lost {}, twice {}), speedo records doubled {doubled_iv}, missing {missing_iv}, alerts {} (the reference's {})",
                 expected.saturating_sub(counted),
                 counted.saturating_sub(expected),
-                ours.values().map(Vec::len).sum::<usize>()
+                ours.values().map(Vec::len).sum::<usize>(),
+                theirs.values().map(Vec::len).sum::<usize>()
             )
         }
         _ => {
