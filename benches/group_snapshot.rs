@@ -15,9 +15,8 @@ use std::time::Instant;
 
 use chrono::Utc;
 use common::*;
-use ddmon::record::{Encoding, LogRecord};
 use ddmon::speedo::{Settings, Speedo, Thresholds, ThresholdsConfig};
-use ddmon::watchdog::{Limits, Table};
+use ddmon::watchdog::Table;
 
 fn parts(bytes: usize) -> usize {
     bytes.div_ceil(ddmon::daemon::replica::PART_BYTES)
@@ -65,37 +64,7 @@ fn speedo_side() {
 
 fn watchdog_side() {
     let now = Utc::now();
-    let limits = Limits {
-        node_timeout_ms: 3_600_000,
-        stuck_after_ms: 0,
-        reorder_window_ms: 10_000,
-        forget_after_ms: 0,
-    };
-    let mut t = Table::new(limits.clone(), now, false);
-    let mut r = LogRecord {
-        encoding: Encoding::V02,
-        time: now,
-        srcpath: "https://dd.weather.example/".into(),
-        relpath: String::new(),
-        status: 102,
-        node: String::new(),
-        client: String::new(),
-        duration: Some(0.0),
-        source: None,
-        from_cluster: None,
-        to_clusters: None,
-        flow: Some("flow_model_gem".into()),
-        message: None,
-        sum: None,
-        bytes: Some(123_456),
-    };
-    for i in 0..1_000_000u64 {
-        r.node = format!("node{:02}.pump.example", i % 100);
-        r.client = format!("client{:05}", (i * 7) % 10_000);
-        r.source = Some(format!("source{:02}", i % 50));
-        r.relpath = format!("model_gem/20261122/12/product_{i:010}.grib2");
-        t.observe(&r, now);
-    }
+    let (mut t, limits) = million_in_flight(now);
     let dir = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
     let (mut j, _) =

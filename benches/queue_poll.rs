@@ -74,17 +74,7 @@ fn main() {
             let listed = api.list_queues().await.unwrap();
             let o = t0.elapsed().as_secs_f64();
             let t0 = Instant::now();
-            let samples: Vec<_> = listed
-                .into_iter()
-                .map(|q| ddmon::speedo::queues::QueueSample {
-                    broker: url.into(),
-                    vhost: q.vhost.to_string(),
-                    ready: q.message_count.saturating_sub(q.unacknowledged_message_count),
-                    unacked: q.unacknowledged_message_count,
-                    consumers: u64::from(q.consumer_count),
-                    name: q.name,
-                })
-                .collect();
+            let samples = ddmon::speedo::samples_of(url, listed);
             let now = chrono::Utc::now();
             cq.update(url, samples, now);
             let clients = cq.clients();

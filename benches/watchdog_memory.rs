@@ -1,6 +1,6 @@
-//! Memory of the in-flight table with 1,000,000 open transfers (100 nodes, 10,000 clients,
-//! 50 sources, URLs of about 90 bytes), then a down report of one node built and split. The
-//! bar (issue 7): under 400 MiB resident.
+//! Memory of the in-flight table with 1,000,000 open transfers (`common::million_in_flight`:
+//! 100 nodes, 10,000 clients, 50 sources, URLs of about 90 bytes), then a down report of one
+//! node built and split. The bar (issue 7): under 400 MiB resident.
 //!
 //! `cargo bench --bench watchdog_memory` (or `scripts/bench`).
 
@@ -10,46 +10,15 @@ mod common;
 
 use chrono::Utc;
 use common::*;
-use ddmon::record::{Encoding, LogRecord};
-use ddmon::watchdog::{Limits, Table, WatchdogConfig};
+use ddmon::watchdog::WatchdogConfig;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
     let now = Utc::now();
-    let limits = Limits {
-        node_timeout_ms: 3_600_000,
-        stuck_after_ms: 0,
-        reorder_window_ms: 10_000,
-        forget_after_ms: 0,
-    };
-    let mut t = Table::new(limits, now, false);
-    let mut r = LogRecord {
-        encoding: Encoding::V02,
-        time: now,
-        srcpath: "https://dd.weather.example/".into(),
-        relpath: String::new(),
-        status: 102,
-        node: String::new(),
-        client: String::new(),
-        duration: Some(0.0),
-        source: None,
-        from_cluster: None,
-        to_clusters: None,
-        flow: Some("flow_model_gem".into()),
-        message: None,
-        sum: None,
-        bytes: Some(123_456),
-    };
     let started = std::time::Instant::now();
-    for i in 0..1_000_000u64 {
-        r.node = format!("node{:02}.pump.example", i % 100);
-        r.client = format!("client{:05}", (i * 7) % 10_000);
-        r.source = Some(format!("source{:02}", i % 50));
-        r.relpath = format!("model_gem/20261122/12/product_{i:010}.grib2");
-        t.observe(&r, now);
-    }
+    let (mut t, _) = million_in_flight(now);
     let fill = started.elapsed();
     println!(
         "1,000,000 open transfers in {} nodes: {:.1} MiB resident (peak {:.1} MiB), filled in {:.2} s (bar: < 400 MiB)",

@@ -20,8 +20,8 @@ use common::node::RabbitNode;
 use common::*;
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use serde_json::Value;
@@ -33,20 +33,10 @@ fn queue(client: &str) -> String {
 }
 
 async fn declare(conn: &lapin::Connection) {
-    let ch = conn.create_channel().await.unwrap();
     for x in ["log", "feed"] {
-        ch.exchange_declare(
-            x.into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare_topic(conn, x).await;
     }
+    let ch = conn.create_channel().await.unwrap();
     for c in CLIENTS {
         let q = queue(c);
         ch.queue_declare(

@@ -216,12 +216,10 @@ async fn a_groups_active_node_stops_and_the_standby_on_another_node_takes_over()
             .collect::<Vec<_>>()
             .join(",")
     };
-    let member_of = |tool: &str, i: usize, group: bool| {
-        let (bin, queue, instance) = match (tool, group) {
-            ("dd_speedo", true) => (env!("CARGO_BIN_EXE_dd_speedo"), "grp", "g1"),
-            ("dd_speedo", false) => (env!("CARGO_BIN_EXE_dd_speedo"), "ref", "r1"),
-            (_, true) => (env!("CARGO_BIN_EXE_dd_watchdog"), "grpw", "w1"),
-            _ => (env!("CARGO_BIN_EXE_dd_watchdog"), "refw", "rw1"),
+    let member_of = |tool: &str, i: usize| {
+        let (bin, queue, instance) = match tool {
+            "dd_speedo" => (env!("CARGO_BIN_EXE_dd_speedo"), "grp", "g1"),
+            _ => (env!("CARGO_BIN_EXE_dd_watchdog"), "grpw", "w1"),
         };
         let mut c = Command::new(bin);
         // no roster streams here: with them, stopping the node of a stream's leader once held
@@ -233,16 +231,13 @@ async fn a_groups_active_node_stops_and_the_standby_on_another_node_takes_over()
             .env_remove("DD_WATCHDOG_JOURNAL")
             .env("DD_ROSTER_STREAM", "none")
             .args(["--queue", queue, "--quorum", "--instance", instance])
-            .args(["--alive-interval", "1"]);
-        if group {
-            c.arg("--group");
-        }
+            .args(["--alive-interval", "1", "--group"]);
         if tool == "dd_speedo" {
             c.args(["--interval", "1", "--no-source-copies"]);
         }
         Running::spawn(c)
     };
-    let member = |i: usize| member_of("dd_speedo", i, true);
+    let member = |i: usize| member_of("dd_speedo", i);
     let active = member(0);
     let cfg = ddmon::config::BrokerConfig {
         url: cluster.url(2),
@@ -265,9 +260,9 @@ async fn a_groups_active_node_stops_and_the_standby_on_another_node_takes_over()
         assert!(t0.elapsed() < Duration::from_secs(60), "no active");
     }
     let standby = member(1);
-    let watchdog_active = member_of("dd_watchdog", 0, true);
+    let watchdog_active = member_of("dd_watchdog", 0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let watchdog_standby = member_of("dd_watchdog", 1, true);
+    let watchdog_standby = member_of("dd_watchdog", 1);
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (instance, pid) in [
         ("g1", active.child.id()),

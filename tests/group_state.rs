@@ -231,22 +231,6 @@ fn lonely() -> Vec<RawMessage> {
     v02_messages(&[r])
 }
 
-async fn declare_topic(conn: &lapin::Connection, name: &str) {
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        name.into(),
-        lapin::ExchangeKind::Topic,
-        lapin::options::ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        lapin::types::FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let _ = ch.close(200, "OK".into()).await;
-}
-
 /// Records published twice (each an identical copy, all of one interval: the window an
 /// active was publishing when its connection broke, published again by the next), and
 /// intervals missing between a name's first and last record.

@@ -41,29 +41,20 @@ pub async fn fill(cfg: &BrokerConfig, msgs: &[Outgoing]) {
 
 /// A durable queue bound to `exchange` on v02.# and v03.# (as the daemons declare theirs).
 pub async fn declare(cfg: &BrokerConfig, exchange: &str, queue: &str) {
-    let conn = ddmon::broker::raw::connect(cfg, "bench-declare")
-        .await
-        .unwrap();
-    let sub = ddmon::broker::Subscription {
-        exchange: exchange.into(),
-        bindings: vec!["v02.#".into(), "v03.#".into()],
-        queue: ddmon::broker::QueueSpec {
-            name: queue.into(),
-            durable: true,
-            exclusive: false,
-            quorum: false,
-            dead_letter_exchange: None,
-        },
-        active_lock: None,
-    };
-    ddmon::broker::raw::declare_queue(&conn, &sub)
-        .await
-        .unwrap();
-    let _ = conn.close(200, "OK".into()).await;
+    declare_input(cfg, exchange, queue, None).await;
 }
 
 /// As [`declare`], for a group's input (single active consumer).
 pub async fn declare_for_group(cfg: &BrokerConfig, exchange: &str, queue: &str) {
+    declare_input(cfg, exchange, queue, Some(format!("{queue}.active"))).await;
+}
+
+async fn declare_input(
+    cfg: &BrokerConfig,
+    exchange: &str,
+    queue: &str,
+    active_lock: Option<String>,
+) {
     let conn = ddmon::broker::raw::connect(cfg, "bench-declare")
         .await
         .unwrap();
@@ -77,7 +68,7 @@ pub async fn declare_for_group(cfg: &BrokerConfig, exchange: &str, queue: &str) 
             quorum: false,
             dead_letter_exchange: None,
         },
-        active_lock: Some(format!("{queue}.active")),
+        active_lock,
     };
     ddmon::broker::raw::declare_queue(&conn, &sub)
         .await
@@ -261,4 +252,43 @@ pub fn runs_of(check: &str, args: &str, runs: usize) -> (f64, f64) {
     };
     let children: Vec<f64> = text.lines().nth(1).unwrap().split(' ').map(secs).collect();
     (wall, (children[0] + children[1]) / runs as f64)
+}
+
+/// The memory benches' in-flight table: 1,000,000 open transfers (100 nodes, 10,000 clients,
+/// 50 sources, URLs of about 90 bytes), with the limits it was made with.
+pub fn million_in_flight(
+    now: chrono::DateTime<chrono::Utc>,
+) -> (ddmon::watchdog::Table, ddmon::watchdog::Limits) {
+    let limits = ddmon::watchdog::Limits {
+        node_timeout_ms: 3_600_000,
+        stuck_after_ms: 0,
+        reorder_window_ms: 10_000,
+        forget_after_ms: 0,
+    };
+    let mut t = ddmon::watchdog::Table::new(limits.clone(), now, false);
+    let mut r = ddmon::record::LogRecord {
+        encoding: ddmon::record::Encoding::V02,
+        time: now,
+        srcpath: "https://dd.weather.example/".into(),
+        relpath: String::new(),
+        status: 102,
+        node: String::new(),
+        client: String::new(),
+        duration: Some(0.0),
+        source: None,
+        from_cluster: None,
+        to_clusters: None,
+        flow: Some("flow_model_gem".into()),
+        message: None,
+        sum: None,
+        bytes: Some(123_456),
+    };
+    for i in 0..1_000_000u64 {
+        r.node = format!("node{:02}.pump.example", i % 100);
+        r.client = format!("client{:05}", (i * 7) % 10_000);
+        r.source = Some(format!("source{:02}", i % 50));
+        r.relpath = format!("model_gem/20261122/12/product_{i:010}.grib2");
+        t.observe(&r, now);
+    }
+    (t, limits)
 }

@@ -89,18 +89,39 @@ pub fn fingerprint(routing_key: &str, body: &[u8]) -> u64 {
     h
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An event line as read back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct Line {
     s: u64,
     at: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     k: Option<String>,
-    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    #[serde(default)]
     h: Headers,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     b: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     x: Option<Vec<u8>>,
+}
+
+/// An event line as written: borrowed from the delivery (the active writes one per delivery,
+/// on its hot path).
+#[derive(Debug, Serialize)]
+struct LineOut<'a> {
+    s: u64,
+    at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    k: Option<&'a str>,
+    #[serde(skip_serializing_if = "no_headers")]
+    h: &'a Headers,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x: Option<&'a [u8]>,
+}
+
+fn no_headers(h: &&Headers) -> bool {
+    h.is_empty()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,15 +206,31 @@ fn at_ms(ms: i64) -> DateTime<Utc> {
 }
 
 /// Headers as JSON keeps them: bytes that are text become a string (what the parser reads
-/// of them is the same).
-fn portable(h: &Headers) -> Headers {
+/// of them is the same); headers with no bytes are written as they are.
+fn portable(h: &Headers) -> std::borrow::Cow<'_, Headers> {
+    fn plain(v: &HeaderValue) -> bool {
+        match v {
+            HeaderValue::Bytes(_) => false,
+            HeaderValue::Table(t) => t.values().all(plain),
+            HeaderValue::Array(a) => a.iter().all(plain),
+            _ => true,
+        }
+    }
+    if h.values().all(plain) {
+        std::borrow::Cow::Borrowed(h)
+    } else {
+        std::borrow::Cow::Owned(converted(h))
+    }
+}
+
+fn converted(h: &Headers) -> Headers {
     fn one(v: &HeaderValue) -> HeaderValue {
         match v {
             HeaderValue::Bytes(b) => match std::str::from_utf8(b) {
                 Ok(s) => HeaderValue::Str(s.to_string()),
                 Err(_) => v.clone(),
             },
-            HeaderValue::Table(t) => HeaderValue::Table(portable(t)),
+            HeaderValue::Table(t) => HeaderValue::Table(converted(t)),
             HeaderValue::Array(a) => HeaderValue::Array(a.iter().map(one).collect()),
             other => other.clone(),
         }
@@ -433,14 +470,15 @@ impl Replica {
     pub fn wrote_delivery(&mut self, d: &Delivery, at: DateTime<Utc>) {
         self.counters.seq += 1;
         let (b, x) = match std::str::from_utf8(&d.body) {
-            Ok(s) => (Some(s.to_string()), None),
-            Err(_) => (None, Some(d.body.clone())),
+            Ok(s) => (Some(s), None),
+            Err(_) => (None, Some(d.body.as_slice())),
         };
-        let line = Line {
+        let headers = portable(&d.headers);
+        let line = LineOut {
             s: self.counters.seq,
             at: at.timestamp_millis(),
-            k: Some(d.routing_key.clone()),
-            h: portable(&d.headers),
+            k: Some(&d.routing_key),
+            h: &headers,
             b,
             x,
         };
@@ -452,11 +490,12 @@ impl Replica {
     /// The active's clock ticked at `at`: note it to write.
     pub fn wrote_tick(&mut self, at: DateTime<Utc>) {
         self.counters.seq += 1;
-        let line = Line {
+        let empty = Headers::new();
+        let line = LineOut {
             s: self.counters.seq,
             at: at.timestamp_millis(),
             k: None,
-            h: Headers::new(),
+            h: &empty,
             b: None,
             x: None,
         };
@@ -464,7 +503,7 @@ impl Replica {
         self.last_event = Some(at);
     }
 
-    fn push(&mut self, line: &Line) {
+    fn push(&mut self, line: &LineOut<'_>) {
         if self.out.is_empty() {
             self.out.push(b'E');
             let head = EventsHead {
@@ -662,6 +701,29 @@ impl Replica {
         self.out.clear();
         self.counters.synced = false;
     }
+}
+
+/// A service's snapshot: a first line of its counters (`head`), then the state as the tool
+/// keeps it (`body`). dd_speedo and dd_watchdog both write theirs this way.
+pub fn snapshot_with_head(head: &impl Serialize, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = serde_json::to_vec(head).unwrap_or_default();
+    out.push(b'\n');
+    body(&mut out);
+    out
+}
+
+/// Read back a [`snapshot_with_head`]: the counters, and the state's bytes.
+pub fn split_snapshot<T: serde::de::DeserializeOwned>(
+    snapshot: &[u8],
+) -> anyhow::Result<(T, &[u8])> {
+    let cut = snapshot
+        .iter()
+        .position(|&c| c == b'\n')
+        .ok_or_else(|| anyhow::anyhow!("a snapshot without its counters"))?;
+    Ok((
+        serde_json::from_slice(&snapshot[..cut])?,
+        &snapshot[cut + 1..],
+    ))
 }
 
 /// A frame as a message to the stream (mandatory: a stream that is gone is an error, not a
@@ -886,24 +948,15 @@ mod tests {
 
     fn events_frame_of(term: u64, events: &[TestEvent<'_>]) -> Vec<u8> {
         let mut out = format!("E{{\"term\":{term}}}").into_bytes();
+        let empty = Headers::new();
         for (s, at, d) in events {
-            let line = match d {
-                Some((k, b)) => Line {
-                    s: *s,
-                    at: *at,
-                    k: Some(k.to_string()),
-                    h: Headers::new(),
-                    b: std::str::from_utf8(b).ok().map(str::to_string),
-                    x: std::str::from_utf8(b).is_err().then(|| b.to_vec()),
-                },
-                None => Line {
-                    s: *s,
-                    at: *at,
-                    k: None,
-                    h: Headers::new(),
-                    b: None,
-                    x: None,
-                },
+            let line = LineOut {
+                s: *s,
+                at: *at,
+                k: d.map(|(k, _)| k),
+                h: &empty,
+                b: d.and_then(|(_, b)| std::str::from_utf8(b).ok()),
+                x: d.and_then(|(_, b)| std::str::from_utf8(b).is_err().then_some(b)),
             };
             out.push(b'\n');
             out.extend(serde_json::to_vec(&line).unwrap_or_default());

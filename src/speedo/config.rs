@@ -272,6 +272,19 @@ impl SpeedoConfig {
         crate::topic::source_exchange(&self.source_exchange_template, source)
     }
 
+    /// The clients' queues to watch, when a management API is named (the pattern was
+    /// checked by `validate`).
+    pub fn client_queues(&self) -> Option<super::queues::ClientQueues> {
+        if self.queues.management.is_empty() {
+            return None;
+        }
+        let pattern = regex::Regex::new(&self.queues.pattern).ok()?;
+        Some(super::queues::ClientQueues::new(
+            pattern,
+            self.queues.window,
+        ))
+    }
+
     /// The speedo these settings make.
     pub fn speedo(&self, now: DateTime<Utc>) -> Result<Speedo, ConfigError> {
         Ok(Speedo::new(

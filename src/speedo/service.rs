@@ -128,7 +128,15 @@ async fn poll_once(
         .await
         .map_err(|_| format!("{url}: no answer in 10 s"))?
         .map_err(|e| crate::route::permissions::api_error(&e, url))?;
-    Ok(listed
+    Ok(samples_of(url, listed))
+}
+
+/// The management API's queue listing of `url` as the samples the queues are judged on.
+pub fn samples_of(
+    url: &str,
+    listed: Vec<rabbitmq_http_client::responses::QueueInfo>,
+) -> Vec<queues::QueueSample> {
+    listed
         .into_iter()
         .map(|q| queues::QueueSample {
             broker: url.to_string(),
@@ -140,7 +148,7 @@ async fn poll_once(
             consumers: u64::from(q.consumer_count),
             name: q.name,
         })
-        .collect())
+        .collect()
 }
 
 impl SpeedoService {
@@ -305,10 +313,10 @@ impl Service for SpeedoService {
             alerts: self.alerts,
             resumed_ms: self.speedo.resumed_ms(),
         };
-        let mut out = serde_json::to_vec(&head).unwrap_or_default();
-        out.push(b'\n');
-        out.extend(state::to_vec(&self.speedo, now));
-        Some(out)
+        let speedo = &self.speedo;
+        Some(crate::daemon::replica::snapshot_with_head(&head, |out| {
+            out.extend(state::to_vec(speedo, now))
+        }))
     }
 
     fn took_over(&mut self, at: DateTime<Utc>) {
@@ -316,17 +324,12 @@ impl Service for SpeedoService {
     }
 
     fn restore(&mut self, snapshot: &[u8], at: DateTime<Utc>) -> anyhow::Result<()> {
-        let cut = snapshot
-            .iter()
-            .position(|&c| c == b'\n')
-            .context("a snapshot without its counters")?;
-        let head: GroupHead = serde_json::from_slice(&snapshot[..cut])?;
-        let saved: state::Saved = serde_json::from_slice(&snapshot[cut + 1..])?;
+        let (head, body): (GroupHead, _) = crate::daemon::replica::split_snapshot(snapshot)?;
+        let saved: state::Saved = serde_json::from_slice(body)?;
         let mut speedo = self.cfg.speedo(at)?;
         speedo.restore_exact(saved);
-        if let (Some(q), Ok(pattern)) = (&self.polls, regex::Regex::new(&self.cfg.queues.pattern)) {
-            let _ = q;
-            speedo.watch_queues(queues::ClientQueues::new(pattern, self.cfg.queues.window));
+        if let Some(q) = self.cfg.client_queues() {
+            speedo.watch_queues(q);
         }
         speedo.set_start(crate::clock::at_ms(head.started_ms));
         speedo.counted = head.counted;
@@ -479,12 +482,8 @@ pub async fn run(cfg: &SpeedoConfig, shutdown: Shutdown, clock: &dyn Clock) -> a
         backlog: Default::default(),
         polls: spawn_poller(cfg),
     };
-    if let Ok(pattern) = regex::Regex::new(&cfg.queues.pattern) {
-        if service.polls.is_some() {
-            service
-                .speedo
-                .watch_queues(queues::ClientQueues::new(pattern, cfg.queues.window));
-        }
+    if let Some(q) = cfg.client_queues() {
+        service.speedo.watch_queues(q);
     }
     // the replayed counts go into a state file at once, and the journal starts afresh
     service.keeper.save(&service.speedo, clock.now());

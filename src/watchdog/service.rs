@@ -194,10 +194,10 @@ impl Service for WatchdogService {
             reports: self.reports,
             skipped: self.skipped,
         };
-        let mut out = serde_json::to_vec(&head).unwrap_or_default();
-        out.push(b'\n');
-        self.table.snapshot(&mut out);
-        Some(out)
+        let table = &self.table;
+        Some(crate::daemon::replica::snapshot_with_head(&head, |out| {
+            table.snapshot(out)
+        }))
     }
 
     fn took_over(&mut self, at: DateTime<Utc>) {
@@ -205,13 +205,9 @@ impl Service for WatchdogService {
     }
 
     fn restore(&mut self, snapshot: &[u8], at: DateTime<Utc>) -> anyhow::Result<()> {
-        let cut = snapshot
-            .iter()
-            .position(|&c| c == b'\n')
-            .context("a snapshot without its counters")?;
-        let head: GroupHead = serde_json::from_slice(&snapshot[..cut])?;
+        let (head, body): (GroupHead, _) = crate::daemon::replica::split_snapshot(snapshot)?;
         let mut table = Table::new(self.cfg.limits(), at, self.table.journaling());
-        let loaded = journal::apply_lines(&mut table, &snapshot[cut + 1..]);
+        let loaded = journal::apply_lines(&mut table, body);
         if loaded.bad > 0 {
             anyhow::bail!("{} lines of the snapshot unreadable", loaded.bad);
         }

@@ -705,3 +705,21 @@ pub async fn read_routed(
     }
     (seen, deliveries, unknown)
 }
+
+/// Declare a durable topic exchange (one the test publishes to or listens on before the
+/// daemon that would declare it runs).
+pub async fn declare_topic(conn: &lapin::Connection, name: &str) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        name.into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = ch.close(200, "OK".into()).await;
+}
